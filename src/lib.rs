@@ -1,0 +1,4 @@
+//! shardmq: a thread-per-core, io_uring MQTT 3.1.1 broker and device-fleet
+//! data plane. See `README.md` for operation and `DESIGN.md` for architecture.
+
+pub mod mqtt;
