@@ -1,4 +1,7 @@
 //! shardmq: a thread-per-core, io_uring MQTT 3.1.1 broker and device-fleet
-//! data plane. See `README.md` for operation and `DESIGN.md` for architecture.
+//! data plane. See `README.md` for operation and `DESIGN.md` for the
+//! architecture.
 
+pub mod config;
 pub mod mqtt;
+pub mod shard;

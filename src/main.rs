@@ -1,1 +1,82 @@
-fn main() {}
+//! The `shardmq` server binary: command line, configuration, logging, start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use shardmq::config::{Config, Shards};
+use shardmq::shard::Server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Thread-per-core MQTT 3.1.1 broker.
+///
+/// With no arguments it serves MQTT on 0.0.0.0:1883 with one shard per
+/// available core, from embedded defaults.
+#[derive(Debug, Parser)]
+#[command(name = "shardmq", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file; every key is optional (see README.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the MQTT TCP listener [default: 0.0.0.0:1883].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Number of shards (threads, each pinned to a core) [default: one per core].
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Log filter: error, warn, info, debug, trace, or per-module directives
+    /// such as `shardmq=debug` [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    log: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.server.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let shards = config.shard_count();
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(listen = %server.listen, shards, "shardmq serving MQTT");
+    server.join();
+    ExitCode::SUCCESS
+}
+
+fn load(cli: &Cli) -> Result<Config, shardmq::config::ConfigError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = cli.listen {
+        config.mqtt.listen = listen;
+    }
+    if let Some(n) = cli.shards {
+        config.server.shards = Shards::Count(n);
+    }
+    if let Some(log) = &cli.log {
+        config.server.log.clone_from(log);
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.server.log).is_err() {
+        return Err(shardmq::config::ConfigError::Invalid {
+            key: "server.log",
+            message: format!("{:?} is not a log filter", config.server.log),
+        });
+    }
+    config.validate()?;
+    Ok(config)
+}

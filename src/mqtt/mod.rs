@@ -5,9 +5,11 @@
 //! comes in as an argument (`now: Instant`), bytes come in as `BytesMut` and go
 //! out into caller-owned buffers. The shard shell (`crate::shard`) drives it.
 
+pub mod broker;
 pub mod codec;
 pub mod index;
 pub mod retained;
+pub mod session;
 pub mod topic;
 
 /// Quality of service of a PUBLISH or a subscription.

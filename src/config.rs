@@ -1,0 +1,217 @@
+//! Configuration: a TOML file where every key is optional, over embedded
+//! defaults, with command-line overrides applied last.
+//!
+//! Units are part of key names (`_s`, `_bytes`), so a file reads unambiguously.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration cannot be used. One line each, for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid setting {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub mqtt: MqttConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `"auto"` (one shard per available core) or a number.
+    pub shards: Shards,
+    /// Pin each shard's thread to a core (shard i on core i mod cores).
+    pub pin_cores: bool,
+    /// Log filter, as `RUST_LOG` would take it: `info`, `warn`, `shardmq=debug`.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Shards {
+    Auto(AutoWord),
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// The MQTT-over-TCP listener.
+    pub listen: SocketAddr,
+    /// Largest packet accepted (fixed header included); checked from the fixed
+    /// header, before the body is buffered.
+    pub max_packet_size: usize,
+    /// Time a new socket has to deliver a complete CONNECT.
+    pub connect_timeout_s: u64,
+    /// Outgoing QoS 1/2 messages in flight per client before queueing.
+    pub max_inflight: u16,
+    /// Messages queued per session (offline, or beyond the inflight window);
+    /// newer messages are dropped, and counted, beyond it.
+    pub max_queued_messages: usize,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0_offline: bool,
+    /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
+    /// are dropped (a subscriber that stops reading must not grow memory).
+    pub max_outbox_bytes: usize,
+    /// Period of the `$SYS/broker/...` publications; 0 turns them off.
+    pub sys_interval_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            mqtt: MqttConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            shards: Shards::Auto(AutoWord::Auto),
+            pin_cores: true,
+            log: "info".to_string(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_packet_size: 1 << 20,
+            connect_timeout_s: 10,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            queue_qos0_offline: false,
+            max_outbox_bytes: 1 << 20,
+            sys_interval_s: 10,
+        }
+    }
+}
+
+/// The most shards a deployment may run: shard sets are `u64` bitmaps.
+pub const SHARDS_MAX: usize = 64;
+
+impl Config {
+    /// Reads `path` over the embedded defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: String::new(),
+            message: e.message().to_string(),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks relations that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let shards = self.shard_count();
+        if shards == 0 || shards > SHARDS_MAX {
+            return Err(ConfigError::Invalid {
+                key: "server.shards",
+                message: format!("{shards} is not within 1..={SHARDS_MAX}"),
+            });
+        }
+        // Below 5 bytes not even a PINGREQ fits with its length check.
+        if self.mqtt.max_packet_size < 5 || self.mqtt.max_packet_size > 268_435_460 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_packet_size",
+                message: "must be within 5..=268435460 bytes".to_string(),
+            });
+        }
+        if self.mqtt.max_inflight == 0 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.max_inflight",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if self.mqtt.connect_timeout_s == 0 {
+            return Err(ConfigError::Invalid {
+                key: "mqtt.connect_timeout_s",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            Shards::Count(n) => n,
+            Shards::Auto(_) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(SHARDS_MAX),
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.mqtt.connect_timeout_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.mqtt.listen.port(), 1883);
+        assert_eq!(c.mqtt.max_packet_size, 1 << 20);
+        assert_eq!(c.server.shards, Shards::Auto(AutoWord::Auto));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn keys_are_read_and_unknown_keys_refused() {
+        let c = Config::from_toml("[server]\nshards = 3\n[mqtt]\nsys_interval_s = 1\n").unwrap();
+        assert_eq!(c.shard_count(), 3);
+        assert_eq!(c.mqtt.sys_interval_s, 1);
+        assert!(Config::from_toml("[mqtt]\nmax_pakcet_size = 1\n").is_err());
+        assert!(Config::from_toml("[server]\nshards = \"many\"\n").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let c = Config::from_toml("[server]\nshards = 0\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\nmax_packet_size = 2\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

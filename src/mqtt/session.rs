@@ -1,0 +1,433 @@
+//! Per-client session state (MQTT 3.1.1 §4.1): subscriptions, the outgoing
+//! QoS 1/2 window, the queue behind it, and inbound QoS 2 packet ids.
+//!
+//! A session outlives its connections when clean session is 0. It writes
+//! packets into the caller's buffer and knows nothing of sockets or shards.
+//!
+//! # Invariants
+//! 1. `inflight.len() <= limits.max_inflight`; a message is queued only when
+//!    the window is full or the client is offline.
+//! 2. Every packet id in `inflight` is non-zero and unique.
+//! 3. `queue.len() <= limits.max_queued_messages`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::mqtt::codec;
+use crate::mqtt::topic::TopicName;
+use crate::mqtt::QoS;
+
+/// A message on its way to subscribers. Cloning shares topic and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: TopicName,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// Bounds that apply to every session of a broker.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_qos0_offline: bool,
+    pub max_outbox_bytes: usize,
+}
+
+/// Where an outgoing QoS 1/2 message stands in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Await {
+    /// QoS 1 PUBLISH sent, PUBACK expected.
+    PubAck,
+    /// QoS 2 PUBLISH sent, PUBREC expected.
+    PubRec,
+    /// PUBREL sent, PUBCOMP expected.
+    PubComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    pkid: u16,
+    message: Message,
+    awaiting: Await,
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written to the outbox.
+    Sent,
+    /// Kept for later (window full or offline).
+    Queued,
+    /// Dropped: queue full, outbox full for QoS 0, or QoS 0 while offline.
+    Dropped,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    client_id: String,
+    clean: bool,
+    online: bool,
+    subscriptions: HashMap<String, QoS>,
+    next_pkid: u16,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Message>,
+    incoming_qos2: HashSet<u16>,
+}
+
+impl Session {
+    pub fn new(client_id: String, clean: bool) -> Session {
+        Session {
+            client_id,
+            clean,
+            online: false,
+            subscriptions: HashMap::new(),
+            next_pkid: 1,
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+        }
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn is_clean(&self) -> bool {
+        self.clean
+    }
+
+    pub fn set_clean(&mut self, clean: bool) {
+        self.clean = clean;
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, QoS)> {
+        self.subscriptions.iter().map(|(f, q)| (f.as_str(), *q))
+    }
+
+    /// Records a subscription; returns the QoS it replaced, if any.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Option<QoS> {
+        self.subscriptions.insert(filter.to_string(), qos)
+    }
+
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    pub fn take_subscriptions(&mut self) -> HashMap<String, QoS> {
+        std::mem::take(&mut self.subscriptions)
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The client is gone; QoS 1/2 state stays for a later connection.
+    pub fn go_offline(&mut self) {
+        self.online = false;
+    }
+
+    /// A connection took this session: resend what was unacknowledged, with
+    /// DUP set (§4.4), then fill the window from the queue.
+    pub fn resume(&mut self, out: &mut BytesMut, limits: &SessionLimits) -> usize {
+        self.online = true;
+        for f in &self.inflight {
+            match f.awaiting {
+                Await::PubAck | Await::PubRec => encode(out, &f.message, f.pkid, true),
+                Await::PubComp => codec::encode_pubrel(out, f.pkid),
+            }
+        }
+        let resent = self.inflight.len();
+        resent + self.pump(out, limits)
+    }
+
+    /// Delivers `message` at `qos` (already the minimum of publish and
+    /// subscription).
+    pub fn deliver(
+        &mut self,
+        message: &Message,
+        qos: QoS,
+        out: &mut BytesMut,
+        limits: &SessionLimits,
+    ) -> Delivery {
+        if qos == QoS::AtMostOnce {
+            return self.deliver_qos0(message, out, limits);
+        }
+        let window_open = self.online
+            && self.queue.is_empty()
+            && self.inflight.len() < usize::from(limits.max_inflight);
+        if window_open {
+            self.send_inflight(with_qos(message, qos), out);
+            return Delivery::Sent;
+        }
+        self.enqueue(with_qos(message, qos), limits)
+    }
+
+    fn deliver_qos0(&mut self, message: &Message, out: &mut BytesMut, limits: &SessionLimits) -> Delivery {
+        if !self.online {
+            if limits.queue_qos0_offline {
+                return self.enqueue(with_qos(message, QoS::AtMostOnce), limits);
+            }
+            return Delivery::Dropped;
+        }
+        if out.len() >= limits.max_outbox_bytes {
+            return Delivery::Dropped;
+        }
+        codec::encode_publish(
+            out,
+            message.topic.as_str(),
+            &message.payload,
+            QoS::AtMostOnce,
+            message.retain,
+            false,
+            0,
+        );
+        Delivery::Sent
+    }
+
+    fn enqueue(&mut self, message: Message, limits: &SessionLimits) -> Delivery {
+        if self.queue.len() >= limits.max_queued_messages {
+            return Delivery::Dropped;
+        }
+        self.queue.push_back(message);
+        Delivery::Queued
+    }
+
+    fn send_inflight(&mut self, message: Message, out: &mut BytesMut) {
+        debug_assert!(message.qos != QoS::AtMostOnce);
+        let pkid = self.allocate_pkid();
+        encode(out, &message, pkid, false);
+        let awaiting = match message.qos {
+            QoS::ExactlyOnce => Await::PubRec,
+            _ => Await::PubAck,
+        };
+        self.inflight.push_back(Inflight {
+            pkid,
+            message,
+            awaiting,
+        });
+    }
+
+    /// The next packet id not in flight. The window is far below 65,535, so
+    /// the search ends within `inflight.len() + 1` steps.
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+            if !self.inflight.iter().any(|f| f.pkid == pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Moves queued messages into the window while it has room; returns how
+    /// many PUBLISH packets were written.
+    pub fn pump(&mut self, out: &mut BytesMut, limits: &SessionLimits) -> usize {
+        let mut sent = 0;
+        while self.online {
+            let Some(front) = self.queue.front() else { break };
+            if front.qos == QoS::AtMostOnce {
+                let message = self.queue.pop_front().expect("front exists");
+                encode(out, &message, 0, false);
+            } else if self.inflight.len() < usize::from(limits.max_inflight) {
+                let message = self.queue.pop_front().expect("front exists");
+                self.send_inflight(message, out);
+            } else {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    }
+
+    /// PUBACK from the client. Unknown ids are ignored: a late duplicate ack
+    /// is harmless.
+    pub fn handle_puback(&mut self, pkid: u16) -> bool {
+        self.complete(pkid, Await::PubAck)
+    }
+
+    /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC
+    /// for an id already released is answered again (our PUBREL was lost).
+    pub fn handle_pubrec(&mut self, pkid: u16, out: &mut BytesMut) -> bool {
+        let Some(f) = self.inflight.iter_mut().find(|f| f.pkid == pkid) else {
+            return false;
+        };
+        if matches!(f.awaiting, Await::PubRec | Await::PubComp) {
+            f.awaiting = Await::PubComp;
+            codec::encode_pubrel(out, pkid);
+            return true;
+        }
+        false
+    }
+
+    pub fn handle_pubcomp(&mut self, pkid: u16) -> bool {
+        self.complete(pkid, Await::PubComp)
+    }
+
+    fn complete(&mut self, pkid: u16, awaiting: Await) -> bool {
+        let position = self
+            .inflight
+            .iter()
+            .position(|f| f.pkid == pkid && f.awaiting == awaiting);
+        match position {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Inbound QoS 2 PUBLISH: true the first time `pkid` is seen, false for a
+    /// resend before PUBREL (the message must not be routed again).
+    pub fn receive_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.insert(pkid)
+    }
+
+    /// Inbound PUBREL: the id may be used again.
+    pub fn release_qos2(&mut self, pkid: u16) {
+        self.incoming_qos2.remove(&pkid);
+    }
+}
+
+fn with_qos(message: &Message, qos: QoS) -> Message {
+    Message {
+        qos,
+        ..message.clone()
+    }
+}
+
+fn encode(out: &mut BytesMut, message: &Message, pkid: u16, dup: bool) {
+    codec::encode_publish(
+        out,
+        message.topic.as_str(),
+        &message.payload,
+        message.qos,
+        message.retain,
+        dup,
+        pkid,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::codec::{decode, Packet};
+
+    const LIMITS: SessionLimits = SessionLimits {
+        max_inflight: 2,
+        max_queued_messages: 3,
+        queue_qos0_offline: false,
+        max_outbox_bytes: 1024,
+    };
+
+    fn message(qos: QoS) -> Message {
+        Message {
+            topic: TopicName::from_string("a/b".to_string()).unwrap(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+        }
+    }
+
+    fn packets(out: &mut BytesMut) -> Vec<Packet> {
+        let mut v = Vec::new();
+        while let Some(p) = decode(out, 1 << 20).unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    fn publish_ids(out: &mut BytesMut) -> Vec<(u16, bool)> {
+        packets(out)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.pkid, p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packet_ids_start_at_one_and_window_queues_the_rest() {
+        let mut s = Session::new("c".into(), false);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        for _ in 0..4 {
+            s.deliver(&message(QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out, &LIMITS);
+        }
+        assert_eq!(publish_ids(&mut out), vec![(1, false), (2, false)]);
+        assert_eq!(s.queued_len(), 2);
+        assert!(s.handle_puback(1));
+        assert!(!s.handle_puback(1), "a second ack of the same id is ignored");
+        s.pump(&mut out, &LIMITS);
+        assert_eq!(publish_ids(&mut out), vec![(3, false)]);
+    }
+
+    #[test]
+    fn queue_is_bounded_and_qos0_offline_dropped() {
+        let mut s = Session::new("c".into(), false);
+        let mut out = BytesMut::new();
+        let q1 = message(QoS::AtLeastOnce);
+        let outcomes: Vec<_> = (0..4)
+            .map(|_| s.deliver(&q1, QoS::AtLeastOnce, &mut out, &LIMITS))
+            .collect();
+        assert_eq!(outcomes[..3], [Delivery::Queued; 3]);
+        assert_eq!(outcomes[3], Delivery::Dropped);
+        let q0 = message(QoS::AtMostOnce);
+        assert_eq!(s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS), Delivery::Dropped);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn reconnect_resends_unacked_with_dup_and_pubrel_for_released() {
+        let mut s = Session::new("c".into(), false);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        s.deliver(&message(QoS::ExactlyOnce), QoS::ExactlyOnce, &mut out, &LIMITS);
+        s.deliver(&message(QoS::ExactlyOnce), QoS::ExactlyOnce, &mut out, &LIMITS);
+        packets(&mut out);
+        assert!(s.handle_pubrec(1, &mut out));
+        assert_eq!(packets(&mut out), vec![Packet::PubRel(1)]);
+        s.go_offline();
+        s.resume(&mut out, &LIMITS);
+        let p = packets(&mut out);
+        assert_eq!(p[0], Packet::PubRel(1));
+        match &p[1] {
+            Packet::Publish(p) => assert_eq!((p.pkid, p.dup), (2, true)),
+            other => panic!("expected a publish, got {other:?}"),
+        }
+        assert!(s.handle_pubcomp(1));
+        assert_eq!(s.inflight_len(), 1);
+    }
+
+    #[test]
+    fn inbound_qos2_is_deduplicated_until_release() {
+        let mut s = Session::new("c".into(), true);
+        assert!(s.receive_qos2(7));
+        assert!(!s.receive_qos2(7));
+        s.release_qos2(7);
+        assert!(s.receive_qos2(7));
+    }
+
+    #[test]
+    fn qos0_dropped_when_outbox_full() {
+        let mut s = Session::new("c".into(), true);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        out.extend_from_slice(&[0u8; 1024]);
+        let q0 = message(QoS::AtMostOnce);
+        assert_eq!(s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS), Delivery::Dropped);
+        assert_eq!(out.len(), 1024);
+    }
+}

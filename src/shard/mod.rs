@@ -1,0 +1,287 @@
+//! The shard shell: one pinned glommio executor per shard, each with its own
+//! `SO_REUSEPORT` listener, its `Broker` machine, and its ends of the mesh.
+//!
+//! The shell only does I/O and wakes tasks; every protocol decision is the
+//! broker's. After any input reaches the broker, `Shard::after_input` wakes
+//! the connections it named and stages its batches for other shards.
+//!
+//! # Ownership
+//! 1. Everything in `Shard` is touched only by its executor's thread.
+//! 2. Between shards only `ShardMsg` values travel, over bounded channels.
+
+mod conn;
+mod listener;
+pub mod mesh;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ShardId};
+use crate::mqtt::session::SessionLimits;
+use mesh::{Endpoints, ShardMsg, STAGED_BATCHES_MAX};
+
+/// Period of the broker's timer tick: keepalive is checked to within this.
+const TICK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start shard {shard}: {message}")]
+    Executor { shard: usize, message: String },
+}
+
+/// A running server: its shard threads and the address it listens on.
+pub struct Server {
+    pub listen: SocketAddr,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts every shard and returns once all listen, or the first error.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let shards = config.shard_count();
+        let listen = probe_listen(config.mqtt.listen)?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
+        let mut handles = Vec::with_capacity(shards);
+        for (i, endpoints) in mesh::full_mesh(shards).into_iter().enumerate() {
+            let placement = if config.server.pin_cores {
+                Placement::Fixed(i % cores)
+            } else {
+                Placement::Unbound
+            };
+            let config = config.clone();
+            let ready = ready_tx.clone();
+            let handle = LocalExecutorBuilder::new(placement)
+                .name(&format!("shard-{i}"))
+                .spawn(move || run_shard(i, shards, listen, config, endpoints, ready))
+                .map_err(|e| StartError::Executor {
+                    shard: i,
+                    message: e.to_string(),
+                })?;
+            handles.push(handle);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(StartError::Executor {
+                        shard: 0,
+                        message: "a shard stopped during start-up".to_string(),
+                    })
+                }
+            }
+        }
+        Ok(Server { listen, handles })
+    }
+
+    /// Waits for the shards; they run until the process ends.
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Binds once without `SO_REUSEPORT`, so a port held by anyone else fails
+/// here with a clear error instead of being silently shared, and port 0
+/// becomes one concrete port for every shard.
+fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    let probe = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    probe.local_addr().map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The state of one shard, shared by its tasks.
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) shards: usize,
+    pub(crate) config: Config,
+    pub(crate) broker: RefCell<Broker>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+    staging: RefCell<Vec<VecDeque<ShardMsg>>>,
+    flusher_wakers: RefCell<Vec<Option<Waker>>>,
+    staged: Cell<usize>,
+    congestion_waiters: RefCell<Vec<Waker>>,
+}
+
+impl Shard {
+    /// Wakes the connections the broker named and stages its remote batches.
+    pub(crate) fn after_input(&self) {
+        let mut broker = self.broker.borrow_mut();
+        {
+            let mut wakers = self.wakers.borrow_mut();
+            while let Some(conn) = broker.poll_woken() {
+                if let Some(w) = wakers.get_mut(conn.0 as usize).and_then(Option::take) {
+                    w.wake();
+                }
+            }
+        }
+        while let Some((to, batch)) = broker.poll_remote() {
+            self.stage(to, ShardMsg::Batch(batch));
+        }
+    }
+
+    pub(crate) fn stage(&self, to: ShardId, msg: ShardMsg) {
+        let to = usize::from(to.0);
+        self.staging.borrow_mut()[to].push_back(msg);
+        self.staged.set(self.staged.get() + 1);
+        if let Some(w) = self.flusher_wakers.borrow_mut()[to].take() {
+            w.wake();
+        }
+    }
+
+    /// True when connections should stop reading; registers `waker` to be
+    /// woken when the staged batches drain.
+    pub(crate) fn congested(&self, waker: &Waker) -> bool {
+        if self.staged.get() < STAGED_BATCHES_MAX {
+            return false;
+        }
+        self.congestion_waiters.borrow_mut().push(waker.clone());
+        true
+    }
+
+    pub(crate) fn set_waker(&self, conn: ConnId, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        let i = conn.0 as usize;
+        if wakers.len() <= i {
+            wakers.resize(i + 1, None);
+        }
+        match &wakers[i] {
+            Some(w) if w.will_wake(waker) => {}
+            _ => wakers[i] = Some(waker.clone()),
+        }
+    }
+
+    pub(crate) fn clear_waker(&self, conn: ConnId) {
+        if let Some(slot) = self.wakers.borrow_mut().get_mut(conn.0 as usize) {
+            *slot = None;
+        }
+    }
+}
+
+async fn run_shard(
+    index: usize,
+    shards: usize,
+    listen: SocketAddr,
+    config: Config,
+    endpoints: Endpoints,
+    ready: mpsc::Sender<Result<(), StartError>>,
+) {
+    let id = ShardId(index as u16);
+    let broker_config = BrokerConfig {
+        limits: SessionLimits {
+            max_inflight: config.mqtt.max_inflight,
+            max_queued_messages: config.mqtt.max_queued_messages,
+            queue_qos0_offline: config.mqtt.queue_qos0_offline,
+            max_outbox_bytes: config.mqtt.max_outbox_bytes,
+        },
+        sys_interval: (config.mqtt.sys_interval_s > 0)
+            .then(|| Duration::from_secs(config.mqtt.sys_interval_s)),
+    };
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        broker: RefCell::new(Broker::new(id, shards, broker_config, Instant::now())),
+        config,
+        wakers: RefCell::new(Vec::new()),
+        staging: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
+        flusher_wakers: RefCell::new(vec![None; shards]),
+        staged: Cell::new(0),
+        congestion_waiters: RefCell::new(Vec::new()),
+    });
+    let listener = match glommio::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let source = std::io::Error::other(e.to_string());
+            let _ = ready.send(Err(StartError::Bind { addr: listen, source }));
+            return;
+        }
+    };
+    let mut tasks = Vec::new();
+    for (from, rx) in endpoints.receivers.into_iter().enumerate() {
+        if let Some(rx) = rx {
+            tasks.push(glommio::spawn_local(receive(shard.clone(), ShardId(from as u16), rx)));
+        }
+    }
+    for (to, tx) in endpoints.senders.into_iter().enumerate() {
+        if let Some(tx) = tx {
+            tasks.push(glommio::spawn_local(flush(shard.clone(), to, tx)));
+        }
+    }
+    tasks.push(glommio::spawn_local(tick(shard.clone())));
+    let _ = ready.send(Ok(()));
+    listener::accept_loop(shard, listener).await;
+    drop(tasks);
+}
+
+/// Drains batches staged for shard `to` into its channel, awaiting space.
+async fn flush(shard: Rc<Shard>, to: usize, tx: SharedSender<ShardMsg>) {
+    let tx = tx.connect().await;
+    loop {
+        let msg = poll_fn(|cx| match shard.staging.borrow_mut()[to].pop_front() {
+            Some(m) => Poll::Ready(m),
+            None => {
+                shard.flusher_wakers.borrow_mut()[to] = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        let staged = shard.staged.get() - 1;
+        shard.staged.set(staged);
+        if staged < STAGED_BATCHES_MAX {
+            for w in shard.congestion_waiters.borrow_mut().drain(..) {
+                w.wake();
+            }
+        }
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Feeds what shard `from` sends into this shard's broker.
+async fn receive(shard: Rc<Shard>, from: ShardId, rx: SharedReceiver<ShardMsg>) {
+    let rx = rx.connect().await;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ShardMsg::Batch(batch) => {
+                let now = Instant::now();
+                {
+                    let mut broker = shard.broker.borrow_mut();
+                    for m in batch {
+                        broker.handle_remote(now, from, m);
+                    }
+                }
+                shard.after_input();
+            }
+            ShardMsg::Handoff(handoff) => {
+                glommio::spawn_local(conn::run_handoff(shard.clone(), *handoff)).detach();
+            }
+        }
+    }
+}
+
+async fn tick(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(TICK_INTERVAL).await;
+        shard.broker.borrow_mut().tick(Instant::now());
+        shard.after_input();
+    }
+}

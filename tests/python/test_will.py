@@ -1,0 +1,102 @@
+"""Keep-alive and will messages (MQTT 3.1.1 sections 3.1.2.5 and 3.1.2.10)."""
+
+import time
+
+from conftest import PEER
+from mqtt_raw import PINGREQ, PINGRESP, packet
+
+# Allowance past 1.5 x keep-alive for the server's timer granularity.
+# mosquitto checks keep-alives on a coarse periodic tick (it cuts a 2 s
+# keep-alive client off after about 5 s), so the reference run needs more.
+KEEPALIVE_SLACK = 7.0 if PEER == "mosquitto" else 2.0
+
+
+def _will_watcher(make_client, topic_filter="will/#"):
+    w = make_client("will-watcher")
+    w.connect()
+    w.subscribe([(topic_filter, 2)])
+    return w
+
+
+def test_keepalive_expiry_publishes_will(make_client, make_raw):
+    # The client stops talking but keeps its socket open: the server must
+    # cut it off after 1.5 x keep-alive (MQTT-3.1.2-24) and publish the will.
+    watcher = _will_watcher(make_client)
+    keepalive = 2
+    raw = make_raw()
+    assert raw.connect("will-ka", keepalive=keepalive, will=("will/ka", b"gone quiet", 1, False)) == (False, 0)
+    start = time.monotonic()
+
+    msgs = watcher.wait_messages(1, timeout=1.5 * keepalive + KEEPALIVE_SLACK)
+    elapsed = time.monotonic() - start
+    assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/ka", b"gone quiet", 1)], (
+        f"no will {elapsed:.1f}s after the client went silent"
+    )
+    # A client that pings once per keep-alive period is within its rights,
+    # so the server must not give up on it before that.
+    assert elapsed >= keepalive - 0.2, f"will published after only {elapsed:.2f}s of silence"
+    raw.wait_closed(1)
+
+
+def test_pings_keep_the_connection_alive(make_client, make_raw):
+    watcher = _will_watcher(make_client)
+    keepalive = 2
+    raw = make_raw()
+    raw.connect("will-ping", keepalive=keepalive, will=("will/ping", b"should not fire", 0, False))
+    # Ping every second for longer than 1.5 x keep-alive.
+    for _ in range(4):
+        time.sleep(1)
+        raw.send(packet(PINGREQ, 0, b""))
+        raw.expect(PINGRESP, timeout=2)
+    assert watcher.messages == []
+    raw.disconnect()
+    assert watcher.collect(0.5) == []
+
+
+def test_will_on_dropped_connection(make_client, make_raw):
+    # A connection closed without DISCONNECT publishes the will (MQTT-3.1.2-8).
+    watcher = _will_watcher(make_client)
+    raw = make_raw()
+    raw.connect("will-drop", keepalive=2, will=("will/drop", b"socket died", 2, False))
+    raw.close()
+    msgs = watcher.wait_messages(1, timeout=3)
+    assert [(m.topic, m.payload, m.qos, m.retain) for m in msgs] == [("will/drop", b"socket died", 2, False)]
+
+
+def test_no_will_after_clean_disconnect(make_client, make_raw):
+    # MQTT-3.1.2-10: DISCONNECT discards the will.
+    watcher = _will_watcher(make_client)
+    raw = make_raw()
+    raw.connect("will-clean", keepalive=2, will=("will/clean", b"must not appear", 1, False))
+    raw.disconnect()
+    assert watcher.collect(1.0) == []
+
+
+def test_retained_will(make_client, make_raw):
+    # A will with WillRetain=1 is published as a retained message
+    # (MQTT-3.1.2-17), so a later subscriber still sees it.
+    raw = make_raw()
+    raw.connect("will-retain", keepalive=5, will=("willret/status", b"offline", 1, True))
+    raw.close()
+    # The will is published asynchronously after the close is noticed.
+    deadline = time.monotonic() + 3
+    got = []
+    while time.monotonic() < deadline and not got:
+        late = make_client()
+        late.connect()
+        late.subscribe([("willret/status", 1)])
+        got = late.collect(0.3)
+        late.disconnect()
+    assert [(m.payload, m.retain) for m in got] == [(b"offline", True)]
+
+
+def test_will_from_paho_client(make_client):
+    # The same through paho's will_set, for wire-format interoperability
+    # with a widely used client; the connection is taken over by a second
+    # connection with the same id, which does not count as a DISCONNECT.
+    watcher = _will_watcher(make_client)
+    dying = make_client("will-paho", keepalive=2, will=("will/paho", b"paho will", 1, False))
+    dying.connect()
+    make_client("will-paho").connect()
+    msgs = watcher.wait_messages(1, timeout=3)
+    assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/paho", b"paho will", 1)]
