@@ -23,7 +23,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -76,15 +76,6 @@ pub struct MqttConfig {
     pub max_outbox_bytes: usize,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            mqtt: MqttConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -174,7 +174,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(shard: ShardId, shards: usize, config: BrokerConfig, now: Instant) -> Broker {
-        assert!(shards >= 1 && shards <= 64, "shard sets are u64 bitmaps");
+        assert!((1..=64).contains(&shards), "shard sets are u64 bitmaps");
         assert!(usize::from(shard.0) < shards);
         let next_sys = config.sys_interval.map(|i| now + i);
         Broker {
@@ -397,7 +397,8 @@ impl Broker {
 
     /// Whether the connection is closing, and why.
     pub fn closing(&self, conn: ConnId) -> Option<CloseReason> {
-        self.conn(conn).map_or(Some(CloseReason::Lost), |c| c.closing)
+        self.conn(conn)
+            .map_or(Some(CloseReason::Lost), |c| c.closing)
     }
 
     /// A SUBSCRIBE of this connection waits for its barrier.
@@ -564,7 +565,11 @@ impl Broker {
     /// SUBACK, then the retained messages of the granted filters (§3.3.1.3).
     fn finish_subscribe(&mut self, pending: PendingSuback) {
         let limits = self.config.limits;
-        let Some(c) = self.conns.get_mut(pending.conn.0 as usize).and_then(Option::as_mut) else {
+        let Some(c) = self
+            .conns
+            .get_mut(pending.conn.0 as usize)
+            .and_then(Option::as_mut)
+        else {
             return;
         };
         c.paused = false;
@@ -598,7 +603,13 @@ impl Broker {
         self.woken.push(pending.conn);
     }
 
-    fn handle_unsubscribe(&mut self, conn: ConnId, sid: SessionId, pkid: u16, filters: Vec<String>) {
+    fn handle_unsubscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        pkid: u16,
+        filters: Vec<String>,
+    ) {
         for filter in filters {
             let had = self.sessions[sid.0 as usize]
                 .as_mut()

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::*;
 use crate::mqtt::codec::{decode, LastWill, Packet, Subscribe, Unsubscribe};
@@ -53,7 +53,13 @@ impl World {
             .expect("some id hashes to every shard")
     }
 
-    fn connect_with(&mut self, id: &str, clean: bool, keepalive: u16, will: Option<LastWill>) -> Client {
+    fn connect_with(
+        &mut self,
+        id: &str,
+        clean: bool,
+        keepalive: u16,
+        will: Option<LastWill>,
+    ) -> Client {
         let shard = usize::from(owner_shard(id, self.shards.len()).0);
         let connect = Connect {
             protocol_level: 4,
@@ -178,7 +184,10 @@ fn publish_reaches_subscriber_on_another_shard() {
     assert_eq!(w.received(publisher), vec![Packet::PubAck(7)]);
     let got = w.publishes(sub);
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].pkid, got[0].qos, got[0].retain), (1, QoS::AtLeastOnce, false));
+    assert_eq!(
+        (got[0].pkid, got[0].qos, got[0].retain),
+        (1, QoS::AtLeastOnce, false)
+    );
     assert_eq!(&got[0].payload[..], b"hi");
 }
 
@@ -294,9 +303,16 @@ fn keepalive_expiry_publishes_the_will_and_disconnect_does_not() {
     let polite = w.connect_with(&w.id_on(0, "polite"), true, 2, Some(will("will/polite")));
     w.send(polite, Packet::Disconnect);
     w.advance(Duration::from_millis(2900));
-    assert_eq!(w.shards[0].closing(quiet.conn), None, "1.5 × keepalive not yet over");
+    assert_eq!(
+        w.shards[0].closing(quiet.conn),
+        None,
+        "1.5 × keepalive not yet over"
+    );
     w.advance(Duration::from_millis(200));
-    assert_eq!(w.shards[0].closing(quiet.conn), Some(CloseReason::KeepaliveExpired));
+    assert_eq!(
+        w.shards[0].closing(quiet.conn),
+        Some(CloseReason::KeepaliveExpired)
+    );
     let got = w.publishes(watcher);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].topic.as_str(), "will/quiet");
@@ -308,7 +324,10 @@ fn persistent_session_queues_offline_and_resumes() {
     let id = w.id_on(1, "persist");
     let p = w.connect(&w.id_on(0, "p"));
     let c = w.connect_with(&id, false, 0, None);
-    assert_eq!(connack(&w.received(c)), (false, ConnectReturnCode::Accepted));
+    assert_eq!(
+        connack(&w.received(c)),
+        (false, ConnectReturnCode::Accepted)
+    );
     w.subscribe(c, "s/#", QoS::ExactlyOnce);
     w.shards[1].connection_lost(c.conn);
     w.shards[1].release(c.conn);
@@ -348,14 +367,20 @@ fn clean_session_discards_subscriptions_and_routes() {
         .for_each_match("x/y", |s, _| targets |= 1 << s.0);
     assert_eq!(targets, 0, "shard 1's route was withdrawn");
     let c = w.connect(&id);
-    assert_eq!(connack(&w.received(c)), (false, ConnectReturnCode::Accepted));
+    assert_eq!(
+        connack(&w.received(c)),
+        (false, ConnectReturnCode::Accepted)
+    );
 }
 
 #[test]
 fn refusals_and_violations() {
     let mut w = World::new(1);
     let c = w.connect_with("", false, 0, None);
-    assert_eq!(connack(&w.received(c)), (false, ConnectReturnCode::IdentifierRejected));
+    assert_eq!(
+        connack(&w.received(c)),
+        (false, ConnectReturnCode::IdentifierRejected)
+    );
     assert_eq!(w.shards[0].closing(c.conn), Some(CloseReason::Refused));
     let c = w.connect("dup");
     let again = Packet::Connect(Box::new(Connect {
@@ -368,7 +393,10 @@ fn refusals_and_violations() {
         will: None,
     }));
     w.send(c, again);
-    assert_eq!(w.shards[0].closing(c.conn), Some(CloseReason::ProtocolError));
+    assert_eq!(
+        w.shards[0].closing(c.conn),
+        Some(CloseReason::ProtocolError)
+    );
     assert_eq!(w.shards[0].stats().protocol_errors, 1);
 }
 
@@ -380,7 +408,10 @@ fn unsubscribe_stops_delivery_and_invalid_filter_gets_0x80() {
         c,
         Packet::Subscribe(Subscribe {
             pkid: 2,
-            filters: vec![("a/#/b".into(), QoS::AtMostOnce), ("a/b".into(), QoS::AtLeastOnce)],
+            filters: vec![
+                ("a/#/b".into(), QoS::AtMostOnce),
+                ("a/b".into(), QoS::AtLeastOnce),
+            ],
         }),
     );
     let packets = w.received(c);
@@ -409,6 +440,9 @@ fn dollar_sys_is_not_writable_by_clients() {
     let c = w.connect("c");
     w.subscribe(c, "$SYS/#", QoS::AtMostOnce);
     w.received(c);
-    w.send(c, publish("$SYS/broker/fake", "1", QoS::AtMostOnce, false, 0));
+    w.send(
+        c,
+        publish("$SYS/broker/fake", "1", QoS::AtMostOnce, false, 0),
+    );
     assert!(w.publishes(c).is_empty());
 }

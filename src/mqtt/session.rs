@@ -40,11 +40,11 @@ pub struct SessionLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Await {
     /// QoS 1 PUBLISH sent, PUBACK expected.
-    PubAck,
+    Ack,
     /// QoS 2 PUBLISH sent, PUBREC expected.
-    PubRec,
+    Received,
     /// PUBREL sent, PUBCOMP expected.
-    PubComp,
+    Complete,
 }
 
 #[derive(Debug)]
@@ -143,8 +143,8 @@ impl Session {
         self.online = true;
         for f in &self.inflight {
             match f.awaiting {
-                Await::PubAck | Await::PubRec => encode(out, &f.message, f.pkid, true),
-                Await::PubComp => codec::encode_pubrel(out, f.pkid),
+                Await::Ack | Await::Received => encode(out, &f.message, f.pkid, true),
+                Await::Complete => codec::encode_pubrel(out, f.pkid),
             }
         }
         let resent = self.inflight.len();
@@ -173,7 +173,12 @@ impl Session {
         self.enqueue(with_qos(message, qos), limits)
     }
 
-    fn deliver_qos0(&mut self, message: &Message, out: &mut BytesMut, limits: &SessionLimits) -> Delivery {
+    fn deliver_qos0(
+        &mut self,
+        message: &Message,
+        out: &mut BytesMut,
+        limits: &SessionLimits,
+    ) -> Delivery {
         if !self.online {
             if limits.queue_qos0_offline {
                 return self.enqueue(with_qos(message, QoS::AtMostOnce), limits);
@@ -208,8 +213,8 @@ impl Session {
         let pkid = self.allocate_pkid();
         encode(out, &message, pkid, false);
         let awaiting = match message.qos {
-            QoS::ExactlyOnce => Await::PubRec,
-            _ => Await::PubAck,
+            QoS::ExactlyOnce => Await::Received,
+            _ => Await::Ack,
         };
         self.inflight.push_back(Inflight {
             pkid,
@@ -235,7 +240,9 @@ impl Session {
     pub fn pump(&mut self, out: &mut BytesMut, limits: &SessionLimits) -> usize {
         let mut sent = 0;
         while self.online {
-            let Some(front) = self.queue.front() else { break };
+            let Some(front) = self.queue.front() else {
+                break;
+            };
             if front.qos == QoS::AtMostOnce {
                 let message = self.queue.pop_front().expect("front exists");
                 encode(out, &message, 0, false);
@@ -253,7 +260,7 @@ impl Session {
     /// PUBACK from the client. Unknown ids are ignored: a late duplicate ack
     /// is harmless.
     pub fn handle_puback(&mut self, pkid: u16) -> bool {
-        self.complete(pkid, Await::PubAck)
+        self.complete(pkid, Await::Ack)
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC
@@ -262,8 +269,8 @@ impl Session {
         let Some(f) = self.inflight.iter_mut().find(|f| f.pkid == pkid) else {
             return false;
         };
-        if matches!(f.awaiting, Await::PubRec | Await::PubComp) {
-            f.awaiting = Await::PubComp;
+        if matches!(f.awaiting, Await::Received | Await::Complete) {
+            f.awaiting = Await::Complete;
             codec::encode_pubrel(out, pkid);
             return true;
         }
@@ -271,7 +278,7 @@ impl Session {
     }
 
     pub fn handle_pubcomp(&mut self, pkid: u16) -> bool {
-        self.complete(pkid, Await::PubComp)
+        self.complete(pkid, Await::Complete)
     }
 
     fn complete(&mut self, pkid: u16, awaiting: Await) -> bool {
@@ -364,12 +371,20 @@ mod tests {
         let mut out = BytesMut::new();
         s.resume(&mut out, &LIMITS);
         for _ in 0..4 {
-            s.deliver(&message(QoS::AtLeastOnce), QoS::AtLeastOnce, &mut out, &LIMITS);
+            s.deliver(
+                &message(QoS::AtLeastOnce),
+                QoS::AtLeastOnce,
+                &mut out,
+                &LIMITS,
+            );
         }
         assert_eq!(publish_ids(&mut out), vec![(1, false), (2, false)]);
         assert_eq!(s.queued_len(), 2);
         assert!(s.handle_puback(1));
-        assert!(!s.handle_puback(1), "a second ack of the same id is ignored");
+        assert!(
+            !s.handle_puback(1),
+            "a second ack of the same id is ignored"
+        );
         s.pump(&mut out, &LIMITS);
         assert_eq!(publish_ids(&mut out), vec![(3, false)]);
     }
@@ -385,7 +400,10 @@ mod tests {
         assert_eq!(outcomes[..3], [Delivery::Queued; 3]);
         assert_eq!(outcomes[3], Delivery::Dropped);
         let q0 = message(QoS::AtMostOnce);
-        assert_eq!(s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS), Delivery::Dropped);
+        assert_eq!(
+            s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS),
+            Delivery::Dropped
+        );
         assert!(out.is_empty());
     }
 
@@ -394,8 +412,18 @@ mod tests {
         let mut s = Session::new("c".into(), false);
         let mut out = BytesMut::new();
         s.resume(&mut out, &LIMITS);
-        s.deliver(&message(QoS::ExactlyOnce), QoS::ExactlyOnce, &mut out, &LIMITS);
-        s.deliver(&message(QoS::ExactlyOnce), QoS::ExactlyOnce, &mut out, &LIMITS);
+        s.deliver(
+            &message(QoS::ExactlyOnce),
+            QoS::ExactlyOnce,
+            &mut out,
+            &LIMITS,
+        );
+        s.deliver(
+            &message(QoS::ExactlyOnce),
+            QoS::ExactlyOnce,
+            &mut out,
+            &LIMITS,
+        );
         packets(&mut out);
         assert!(s.handle_pubrec(1, &mut out));
         assert_eq!(packets(&mut out), vec![Packet::PubRel(1)]);
@@ -427,7 +455,10 @@ mod tests {
         s.resume(&mut out, &LIMITS);
         out.extend_from_slice(&[0u8; 1024]);
         let q0 = message(QoS::AtMostOnce);
-        assert_eq!(s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS), Delivery::Dropped);
+        assert_eq!(
+            s.deliver(&q0, QoS::AtMostOnce, &mut out, &LIMITS),
+            Delivery::Dropped
+        );
         assert_eq!(out.len(), 1024);
     }
 }

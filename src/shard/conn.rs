@@ -145,7 +145,11 @@ impl Driver {
 }
 
 /// Writes as much of the outbox as the socket takes now.
-fn write_outbox(cx: &mut Context<'_>, stream: &mut TcpStream, outbox: &mut BytesMut) -> Result<(), Event> {
+fn write_outbox(
+    cx: &mut Context<'_>,
+    stream: &mut TcpStream,
+    outbox: &mut BytesMut,
+) -> Result<(), Event> {
     while !outbox.is_empty() {
         match Pin::new(&mut *stream).poll_write(cx, &outbox[..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Event::Lost),

@@ -121,6 +121,9 @@ fn local_client_id(shard: &Shard) -> String {
         if owner_shard(&candidate, shard.shards) == shard.id {
             return candidate;
         }
-        debug_assert!(started.elapsed().as_secs() < 1, "id search must end quickly");
+        debug_assert!(
+            started.elapsed().as_secs() < 1,
+            "id search must end quickly"
+        );
     }
 }

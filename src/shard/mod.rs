@@ -104,8 +104,11 @@ impl Server {
 /// here with a clear error instead of being silently shared, and port 0
 /// becomes one concrete port for every shard.
 fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    let probe = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    probe.local_addr().map_err(|source| StartError::Bind { addr, source })
+    let probe =
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    probe
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// The state of one shard, shared by its tasks.
@@ -210,14 +213,21 @@ async fn run_shard(
         Ok(l) => l,
         Err(e) => {
             let source = std::io::Error::other(e.to_string());
-            let _ = ready.send(Err(StartError::Bind { addr: listen, source }));
+            let _ = ready.send(Err(StartError::Bind {
+                addr: listen,
+                source,
+            }));
             return;
         }
     };
     let mut tasks = Vec::new();
     for (from, rx) in endpoints.receivers.into_iter().enumerate() {
         if let Some(rx) = rx {
-            tasks.push(glommio::spawn_local(receive(shard.clone(), ShardId(from as u16), rx)));
+            tasks.push(glommio::spawn_local(receive(
+                shard.clone(),
+                ShardId(from as u16),
+                rx,
+            )));
         }
     }
     for (to, tx) in endpoints.senders.into_iter().enumerate() {

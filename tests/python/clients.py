@@ -195,6 +195,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Stop the network loop and drop the socket, without DISCONNECT."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(DEFAULT_TIMEOUT)

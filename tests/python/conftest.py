@@ -62,7 +62,11 @@ class Broker:
             cmd = ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
         self.cmd = cmd
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # NO_COLOR: keep terminal colour codes out of the log attached to reports.
+        env = dict(os.environ, NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         self._wait_ready()
 
     def _command(self, workdir: Path, config: dict) -> list[str]:
