@@ -1883,7 +1883,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(20000))]
 
         /// Never panics, decodes to what re-encodes identically, and agrees
         /// with mqttbytes (`oracle::check` asserts all of it).
