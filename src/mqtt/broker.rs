@@ -235,8 +235,8 @@ impl Broker {
         c.keepalive = (connect.keep_alive_s > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
         c.will = connect.will.map(|w| Message {
-            topic: w.topic,
-            payload: w.payload,
+            topic: w.topic.compact(),
+            payload: Bytes::copy_from_slice(&w.payload),
             qos: w.qos,
             retain: w.retain,
         });

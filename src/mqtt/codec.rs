@@ -54,7 +54,6 @@
 //! require them to agree whenever both accept (see `oracle` below).
 
 // cargo-fuzz builds with `--cfg fuzzing`, which Cargo.toml does not declare.
-#![allow(unexpected_cfgs)]
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 

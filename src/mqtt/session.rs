@@ -204,7 +204,13 @@ impl Session {
         if self.queue.len() >= limits.max_queued_messages {
             return Delivery::Dropped;
         }
-        self.queue.push_back(message);
+        // Compact: a queued message may wait long, and a slice would pin the
+        // whole read buffer it was parsed from.
+        self.queue.push_back(Message {
+            topic: message.topic.compact(),
+            payload: Bytes::copy_from_slice(&message.payload),
+            ..message
+        });
         Delivery::Queued
     }
 

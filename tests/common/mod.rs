@@ -6,12 +6,13 @@
 //! Set `SHARDMQ_TEST_PEER=mosquitto` to run the same tests against a local
 //! `mosquitto` binary, which is useful as a reference for the expected
 //! behaviour; tests that depend on shardmq-only behaviour skip themselves
-//! through [`shardmq_only`].
+//! through [`shardmq_only`]. `SHARDMQ_TEST_LOG=debug` raises shardmq's log
+//! level; the broker's stderr is printed when a test fails.
 
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream as StdTcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -113,7 +114,7 @@ impl Broker {
                 .arg("--shards")
                 .arg(shards.to_string())
                 .arg("--log")
-                .arg("warn");
+                .arg(std::env::var("SHARDMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()));
             let config = (!extra_toml.trim().is_empty()).then(|| {
                 let path = write_config(extra_toml, "toml");
                 cmd.arg("--config").arg(&path);
@@ -152,29 +153,47 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Waits (bounded) until the port accepts TCP connections.
+    /// Waits (bounded) until the broker answers an MQTT CONNECT. Accepting
+    /// TCP alone is not enough: a socket can accept before the broker really
+    /// serves (e.g. a short-lived bind check), and a test connecting then
+    /// would be reset.
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + WAIT;
-        let addr = self.addr();
         loop {
-            if StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if self.handshake_ok() {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.finish_stderr();
                 return Err(format!(
-                    "exited with {status} before listening; stderr:\n{}",
+                    "exited with {status} before serving; stderr:\n{}",
                     self.stderr()
                 ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "not accepting on {addr} after {WAIT:?}; stderr:\n{}",
+                    "no CONNACK on {} after {WAIT:?}; stderr:\n{}",
+                    self.addr(),
                     self.stderr()
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// One CONNECT / CONNACK / DISCONNECT exchange with a blocking socket.
+    fn handshake_ok(&self) -> bool {
+        let step = Duration::from_millis(500);
+        let Ok(mut s) = StdTcpStream::connect_timeout(&self.addr(), step) else {
+            return false;
+        };
+        let mut ack = [0u8; 4];
+        s.set_read_timeout(Some(step)).is_ok()
+            && s.write_all(&Connect::new("harness-ready-probe").encode())
+                .is_ok()
+            && s.read_exact(&mut ack).is_ok()
+            && ack == connack(false, 0)
+            && s.write_all(&DISCONNECT).is_ok()
     }
 
     pub fn port(&self) -> u16 {
