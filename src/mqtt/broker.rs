@@ -16,10 +16,14 @@
 //!    `RouteRemove`, sent when a filter gains its first or loses its last
 //!    local subscriber; publishes are forwarded only to shards whose routes
 //!    match, retained publishes to every shard (the store is replicated).
-//! 3. A SUBACK is held until every other shard has answered a `Barrier`
-//!    sent after the route updates: the channels are FIFO, so by then every
-//!    shard routes to us and every retained message acknowledged before the
-//!    SUBSCRIBE has reached our store.
+//! 3. A subscription becomes active (enters the local index) and its SUBACK
+//!    is sent only when every other shard has answered a `Barrier` sent
+//!    after the route updates. The channels are FIFO, so by then every shard
+//!    routes to us, and every message acknowledged before the SUBSCRIBE has
+//!    reached us: retained ones are in the store and go out as retained, and
+//!    none is delivered a second time as a live copy.
+//! 4. Routes follow `filter_refs`, the number of sessions on this shard that
+//!    hold each filter, pending or active.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -160,6 +164,7 @@ pub struct Broker {
     free_sessions: Vec<u32>,
     by_client_id: HashMap<String, SessionId>,
     index: SubscriptionIndex<SessionId>,
+    filter_refs: HashMap<String, u32>,
     routes: SubscriptionIndex<ShardId>,
     retained: RetainedStore,
     pending_subacks: HashMap<u64, PendingSuback>,
@@ -189,6 +194,7 @@ impl Broker {
             free_sessions: Vec::new(),
             by_client_id: HashMap::new(),
             index: SubscriptionIndex::new(),
+            filter_refs: HashMap::new(),
             routes: SubscriptionIndex::new(),
             retained: RetainedStore::new(),
             pending_subacks: HashMap::new(),
@@ -531,12 +537,11 @@ impl Broker {
                 codes.push(0x80);
                 continue;
             }
-            if let Some(s) = self.sessions[sid.0 as usize].as_mut() {
-                s.subscribe(&filter, qos);
-            }
-            let outcome = self.index.subscribe(&filter, sid, qos);
-            if outcome.filter_was_empty {
-                self.broadcast(RemoteMsg::RouteAdd(filter.clone()));
+            let replaced = self.sessions[sid.0 as usize]
+                .as_mut()
+                .and_then(|s| s.subscribe(&filter, qos));
+            if replaced.is_none() {
+                self.filter_ref(&filter);
             }
             codes.push(qos as u8);
             granted.push((filter, qos));
@@ -562,8 +567,10 @@ impl Broker {
         }
     }
 
-    /// SUBACK, then the retained messages of the granted filters (§3.3.1.3).
+    /// Activates the granted filters, then sends the SUBACK and the retained
+    /// messages of those filters (§3.3.1.3).
     fn finish_subscribe(&mut self, pending: PendingSuback) {
+        self.activate(pending.session, &pending.granted);
         let limits = self.config.limits;
         let Some(c) = self
             .conns
@@ -603,6 +610,19 @@ impl Broker {
         self.woken.push(pending.conn);
     }
 
+    /// Puts the granted filters in the index, unless the session dropped
+    /// them (UNSUBSCRIBE, clean end) while the barrier was pending.
+    fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
+        let Some(session) = self.sessions[sid.0 as usize].as_ref() else {
+            return;
+        };
+        for (filter, qos) in granted {
+            if session.subscription(filter) == Some(*qos) {
+                self.index.subscribe(filter, sid, *qos);
+            }
+        }
+    }
+
     fn handle_unsubscribe(
         &mut self,
         conn: ConnId,
@@ -621,10 +641,30 @@ impl Broker {
         self.write(conn, |out| codec::encode_unsuback(out, pkid));
     }
 
+    /// A session dropped `filter`: out of the index, and the route is
+    /// withdrawn with the last holder on this shard.
     fn index_unsubscribe(&mut self, filter: &str, sid: SessionId) {
-        let outcome = self.index.unsubscribe(filter, sid);
-        if outcome.removed && outcome.filter_now_empty {
+        self.index.unsubscribe(filter, sid);
+        let Some(refs) = self.filter_refs.get_mut(filter) else {
+            debug_assert!(false, "every held filter is counted");
+            return;
+        };
+        *refs -= 1;
+        if *refs == 0 {
+            self.filter_refs.remove(filter);
             self.broadcast(RemoteMsg::RouteRemove(filter.to_string()));
+        }
+    }
+
+    /// A session took `filter`: the first holder on this shard announces
+    /// the route to the others.
+    fn filter_ref(&mut self, filter: &str) {
+        match self.filter_refs.get_mut(filter) {
+            Some(refs) => *refs += 1,
+            None => {
+                self.filter_refs.insert(filter.to_string(), 1);
+                self.broadcast(RemoteMsg::RouteAdd(filter.to_string()));
+            }
         }
     }
 

@@ -84,17 +84,22 @@ impl World {
         self.settle();
     }
 
+    /// Puts what the shards sent on the wire, delivering nothing yet.
+    fn collect(&mut self) {
+        for (i, b) in self.shards.iter_mut().enumerate() {
+            while let Some((to, batch)) = b.poll_remote() {
+                for m in batch {
+                    self.wire.push_back((ShardId(i as u16), to, m));
+                }
+            }
+            while b.poll_woken().is_some() {}
+        }
+    }
+
     /// Delivers every cross-shard message, in order, until none is left.
     fn settle(&mut self) {
         for _ in 0..10_000 {
-            for (i, b) in self.shards.iter_mut().enumerate() {
-                while let Some((to, batch)) = b.poll_remote() {
-                    for m in batch {
-                        self.wire.push_back((ShardId(i as u16), to, m));
-                    }
-                }
-                while b.poll_woken().is_some() {}
-            }
+            self.collect();
             let Some((from, to, msg)) = self.wire.pop_front() else {
                 return;
             };
@@ -223,6 +228,62 @@ fn suback_waits_for_the_barrier_and_precedes_retained() {
         other => panic!("expected the retained message, got {other:?}"),
     }
     assert!(!w.shards[0].is_paused(sub.conn));
+}
+
+#[test]
+fn message_acknowledged_before_subscribe_arrives_once_as_retained() {
+    let mut w = World::new(2);
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    let sub = w.connect(&w.id_on(0, "sub"));
+    w.received(sub);
+    w.received(publisher);
+    // The PUBACK is written while the copy for shard 0 is still in flight.
+    w.shards[1].handle_packet(
+        w.now,
+        publisher.conn,
+        publish("race/1", "v", QoS::AtLeastOnce, true, 4),
+    );
+    w.collect();
+    assert_eq!(w.received(publisher), vec![Packet::PubAck(4)]);
+    w.subscribe(sub, "race/1", QoS::AtLeastOnce);
+    let packets = w.received(sub);
+    assert_eq!(
+        packets.len(),
+        2,
+        "SUBACK and one retained copy: {packets:?}"
+    );
+    assert!(matches!(packets[0], Packet::SubAck { .. }));
+    assert!(matches!(&packets[1], Packet::Publish(p) if p.retain));
+    // Once active, the subscription gets live copies.
+    w.send(
+        publisher,
+        publish("race/1", "w", QoS::AtLeastOnce, false, 5),
+    );
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].retain);
+}
+
+#[test]
+fn unsubscribe_while_the_barrier_is_pending_leaves_nothing_active() {
+    let mut w = World::new(2);
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    let sub = w.connect(&w.id_on(0, "sub"));
+    let subscribe = Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: vec![("u/1".to_string(), QoS::AtMostOnce)],
+    });
+    w.shards[0].handle_packet(w.now, sub.conn, subscribe);
+    // The session ends (clean) before the barrier answers.
+    w.shards[0].connection_lost(sub.conn);
+    w.settle();
+    w.send(publisher, publish("u/1", "x", QoS::AtMostOnce, false, 0));
+    let mut targets = 0u64;
+    w.shards[1]
+        .routes
+        .for_each_match("u/1", |s, _| targets |= 1 << s.0);
+    assert_eq!(targets, 0, "the route was withdrawn");
+    assert_eq!(w.shards[0].index.subscription_count(), 0);
 }
 
 #[test]

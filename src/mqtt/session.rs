@@ -116,6 +116,11 @@ impl Session {
         self.subscriptions.insert(filter.to_string(), qos)
     }
 
+    /// The QoS granted for `filter`, if subscribed.
+    pub fn subscription(&self, filter: &str) -> Option<QoS> {
+        self.subscriptions.get(filter).copied()
+    }
+
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
         self.subscriptions.remove(filter).is_some()
     }

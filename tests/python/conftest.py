@@ -101,10 +101,15 @@ class Broker:
                 self.stop()
                 pytest.fail(f"broker exited with {self.proc.returncode} at startup:\n{self.log_tail()}")
             try:
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                return
+                with socket.create_connection((self.host, self.port), timeout=0.5) as probe:
+                    # A probe to a port nobody listens on yet can, rarely,
+                    # connect to itself (TCP simultaneous open); that is not
+                    # the broker.
+                    if probe.getsockname() != probe.getpeername():
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.stop()
         pytest.fail(f"broker not accepting connections on {self.port} after {timeout}s:\n{self.log_tail()}")
 

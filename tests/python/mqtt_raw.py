@@ -280,7 +280,11 @@ class RawClient:
         return list(ack.body[2:])
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, pid: int | None = None, **kw) -> None:
-        """Publish and complete the QoS flow from the sender's side."""
+        """Publish and complete the QoS flow from the sender's side.
+
+        Expects the acknowledgements to be the next packets, so use it on a
+        connection that is not also receiving publications.
+        """
         self.send(publish_packet(topic, payload, qos, pid, **kw))
         if qos == 1:
             assert self.expect(PUBACK).pid == pid

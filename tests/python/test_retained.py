@@ -1,5 +1,7 @@
 """Retained messages (MQTT 3.1.1 section 3.3.1.3)."""
 
+import time
+
 RETAINED = {
     "fromb/qos0": (b"qos 0", 0),
     "fromb/qos1": (b"qos 1", 1),
@@ -84,3 +86,27 @@ def test_retained_sent_again_on_resubscribe(make_client):
     sub.subscribe([("retresub/t", 2)])
     msgs = sub.wait_messages(2)
     assert [(m.payload, m.retain) for m in msgs] == [(b"kept", True), (b"kept", True)]
+
+
+def test_no_live_copy_of_messages_acknowledged_before_subscribe(make_client):
+    # A retained message whose PUBACK came before a SUBSCRIBE was even sent
+    # reaches that subscription only as the stored copy (RETAIN 1), never
+    # also as a live delivery. Subscribers with several client ids land on
+    # different shards from the publisher, and many rounds give a
+    # cross-shard race room to show.
+    pub = make_client("race-pub")
+    pub.connect()
+    subs = [make_client(f"race-sub-{k}") for k in range(4)]
+    for s in subs:
+        s.connect()
+    rounds = 40
+    for i in range(rounds):
+        pub.publish(f"race/{i}", f"v{i}".encode(), 1, retain=True)
+        subs[i % len(subs)].subscribe([(f"race/{i}", 1)])
+    time.sleep(0.3)
+    for k, s in enumerate(subs):
+        got = sorted((m.topic, m.payload, m.retain) for m in s.messages)
+        expected = sorted((f"race/{i}", f"v{i}".encode(), True) for i in range(k, rounds, len(subs)))
+        extra = [m for m in got if m not in expected or got.count(m) > 1]
+        missing = [m for m in expected if m not in got]
+        assert got == expected, f"race-sub-{k}: unexpected {extra}, missing {missing}"

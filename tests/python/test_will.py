@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from conftest import PEER
 from mqtt_raw import PINGREQ, PINGRESP, packet
 
@@ -101,15 +103,19 @@ def test_will_from_paho_client(make_client):
     assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/paho", b"paho will", 1)]
 
 
-def test_will_published_on_session_takeover(make_client, make_raw):
-    # MQTT-3.1.2-8: the will is published whenever the network connection
-    # closes other than by DISCONNECT; a takeover by a second connection
-    # with the same client id (MQTT-3.1.4-2) is such a close.
+def test_no_will_on_session_takeover(make_client, make_raw):
+    # shardmq discards the will when a second connection with the same client
+    # id takes the session over (MQTT-3.1.4-2): the device is back, and a will
+    # such as "offline" would announce the opposite of the truth. Fleet
+    # presence is built on this. mosquitto publishes the will here instead.
+    if PEER == "mosquitto":
+        pytest.skip("mosquitto publishes the will on takeover")
     watcher = _will_watcher(make_client)
     first = make_raw()
     first.connect("will-takeover", will=("will/takeover", b"replaced", 1, False))
     second = make_raw()
     assert second.connect("will-takeover") == (False, 0)
     first.wait_closed(3)
-    msgs = watcher.wait_messages(1, timeout=3)
-    assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/takeover", b"replaced", 1)]
+    # A will is routed at takeover, before the new CONNACK; waiting well
+    # past the delivery of one message shows that none was.
+    assert watcher.wait_messages(1, timeout=1.5) == []
