@@ -16,6 +16,7 @@ shard_tests!(
     qos2_inbound_exactly_once,
     fanout_to_many_subscribers,
     large_payload_delivered_intact,
+    inflight_window_limits_unacked_deliveries,
     publish_to_wildcard_topic_closed,
 );
 
@@ -224,6 +225,37 @@ async fn large_payload_delivered_intact(shards: usize) {
     let p = sub.recv().await;
     assert_eq!(p.payload.len(), payload.len());
     assert!(p.payload[..] == payload[..], "payload corrupted");
+}
+
+async fn inflight_window_limits_unacked_deliveries(shards: usize) {
+    let broker = Broker::start_with(shards, "[mqtt]\nmax_inflight = 3\n");
+    let mut raw = Raw::connect(&broker, "slow-acker").await;
+    raw.subscribe(1, &[("win/t", 1)], &[1]).await;
+    let mut publisher = Client::connect(&broker, "pub").await;
+    for i in 0..6 {
+        publisher
+            .publish("win/t", QoS::AtLeastOnce, false, format!("{i}").as_bytes())
+            .await;
+    }
+    let mut unacked = Vec::new();
+    for _ in 0..3 {
+        unacked.push(raw.recv_publish().await);
+    }
+    // The window is full: nothing else comes before our PINGRESP.
+    raw.ping().await;
+    // Each PUBACK frees one slot for the next queued message, in order.
+    let mut got = Vec::new();
+    let mut pending = 3;
+    while !unacked.is_empty() {
+        let p = unacked.remove(0);
+        raw.send(&puback(p.pkid)).await;
+        got.push(text(&p.payload));
+        if pending > 0 {
+            unacked.push(raw.recv_publish().await);
+            pending -= 1;
+        }
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4", "5"]);
 }
 
 async fn publish_to_wildcard_topic_closed(shards: usize) {

@@ -45,12 +45,22 @@ async fn will_on_keepalive_expiry(shards: usize) {
     let mut watcher = watcher(&broker).await;
     let connect = Connect {
         keepalive: 1,
-        ..with_will("sleepy", "will/sleepy")
+        ..with_will("sleepy-raw", "will/sleepy-raw")
     };
     let mut raw = Raw::connect_with(&broker, &connect).await;
-    // Silent past 1.5 × keepalive: the broker must drop us and send the will.
+    // A rumqttc client is silent too while its event loop is not polled.
+    let opts = options(&broker, "sleepy-rumqttc").keepalive_secs(1).will(
+        "will/sleepy-rumqttc",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    );
+    let _idle = Client::connect_with(opts).await;
+    // Silent past 1.5 × keepalive: the broker must drop both and send wills.
     raw.expect_closed().await;
-    expect_will(&mut watcher, "will/sleepy").await;
+    let mut topics = [watcher.recv().await.topic, watcher.recv().await.topic];
+    topics.sort();
+    assert_eq!(topics, ["will/sleepy-raw", "will/sleepy-rumqttc"]);
 }
 
 async fn keepalive_kept_by_pings(shards: usize) {
@@ -73,8 +83,12 @@ async fn will_on_socket_close(shards: usize) {
     for i in 0..4 {
         let id = format!("vanish-{i}");
         let topic = format!("will/{id}");
-        let raw = Raw::connect_with(&broker, &with_will(&id, &topic)).await;
-        drop(raw);
+        if i % 2 == 0 {
+            drop(Raw::connect_with(&broker, &with_will(&id, &topic)).await);
+        } else {
+            let opts = options(&broker, &id).will(&topic, "gone", QoS::AtLeastOnce, false);
+            Client::connect_with(opts).await.drop_connection();
+        }
         expect_will(&mut watcher, &topic).await;
     }
 }

@@ -102,13 +102,24 @@ impl Server {
 
 /// Binds once without `SO_REUSEPORT`, so a port held by anyone else fails
 /// here with a clear error instead of being silently shared, and port 0
-/// becomes one concrete port for every shard.
+/// becomes one concrete port for every shard. The probe never listens, so no
+/// client can connect to it and be reset when it closes.
 fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, StartError> {
-    let probe =
-        std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
-    probe
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, source })
+    let bind_error = |source| StartError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(bind_error)?;
+    // Allowed over TIME_WAIT leftovers of a previous run, refused (on Linux)
+    // where another socket listens.
+    socket.set_reuse_address(true).map_err(bind_error)?;
+    socket.bind(&addr.into()).map_err(bind_error)?;
+    let local = socket.local_addr().map_err(bind_error)?;
+    local
+        .as_socket()
+        .ok_or_else(|| bind_error(std::io::Error::other("not an IP address")))
 }
 
 /// The state of one shard, shared by its tasks.

@@ -7,7 +7,8 @@
 //! `mosquitto` binary, which is useful as a reference for the expected
 //! behaviour; tests that depend on shardmq-only behaviour skip themselves
 //! through [`shardmq_only`]. `SHARDMQ_TEST_LOG=debug` raises shardmq's log
-//! level; the broker's stderr is printed when a test fails.
+//! level; the broker's output (stdout and stderr) is printed when a test
+//! fails.
 
 #![allow(dead_code)]
 
@@ -68,14 +69,14 @@ pub fn shardmq_only() -> bool {
     is_mosquitto()
 }
 
-/// A running broker, killed on drop. Its stderr is kept and printed if the
+/// A running broker, killed on drop. Its output is kept and printed if the
 /// test that owns it panics.
 pub struct Broker {
     child: Child,
     port: u16,
     config: Option<PathBuf>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<JoinHandle<()>>,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 static CONFIG_SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -123,31 +124,23 @@ impl Broker {
             (cmd, config)
         };
         let mut child = cmd
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let output = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), output.clone()),
+            collect(child.stderr.take().unwrap(), output.clone()),
+        ];
         let mut broker = Broker {
             child,
             port,
             config,
-            stderr,
-            stderr_reader: Some(stderr_reader),
+            output,
+            readers,
         };
         broker.wait_ready()?;
         Ok(broker)
@@ -164,17 +157,17 @@ impl Broker {
                 return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                self.finish_stderr();
+                self.finish_output();
                 return Err(format!(
-                    "exited with {status} before serving; stderr:\n{}",
-                    self.stderr()
+                    "exited with {status} before serving; output:\n{}",
+                    self.output()
                 ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "no CONNACK on {} after {WAIT:?}; stderr:\n{}",
+                    "no CONNACK on {} after {WAIT:?}; output:\n{}",
                     self.addr(),
-                    self.stderr()
+                    self.output()
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -204,14 +197,14 @@ impl Broker {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// What the broker wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+    /// What the broker wrote to stdout and stderr so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
     }
 
-    /// After the process ended: waits for the last of its stderr.
-    fn finish_stderr(&mut self) {
-        if let Some(reader) = self.stderr_reader.take() {
+    /// After the process ended: waits for the last of its output.
+    fn finish_output(&mut self) {
+        for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
     }
@@ -222,13 +215,27 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            self.finish_stderr();
-            eprintln!("--- broker stderr ---\n{}--- end ---", self.stderr());
+            self.finish_output();
+            eprintln!("--- broker output ---\n{}--- end ---", self.output());
         }
         if let Some(path) = &self.config {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Appends everything read from `pipe` to `sink`, on its own thread.
+fn collect(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            sink.lock().unwrap().push_str(&text);
+        }
+    })
 }
 
 fn free_port() -> u16 {
@@ -380,7 +387,8 @@ impl Client {
                 | Packet::PubComp(_)),
             )) => self.acks.push_back(p),
             Ok(Event::Outgoing(Outgoing::Publish(_))) => self.sent += 1,
-            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => self.closed = true,
+            // Never poll after an error: rumqttc would reconnect.
+            Err(_) => self.closed = true,
             Ok(_) => {}
         }
         !self.closed
@@ -490,7 +498,9 @@ impl Client {
         within(async { while self.poll().await {} }).await
     }
 
-    /// Sends DISCONNECT and closes the socket.
+    /// Sends DISCONNECT and waits for the broker to close the connection, so
+    /// that everything sent before (PUBACKs included) has been processed when
+    /// the next step of the test starts.
     pub async fn disconnect(mut self) {
         self.client.disconnect().await.unwrap();
         self.closed().await;
