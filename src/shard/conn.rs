@@ -20,11 +20,6 @@ use super::Shard;
 use crate::mqtt::broker::ConnId;
 use crate::mqtt::codec::{self, Connect};
 
-/// Bytes asked of the socket per read. Small enough that an idle connection
-/// holds nothing (the buffer is released when empty), large enough that a
-/// burst of small publishes costs one syscall per many packets.
-const READ_CHUNK: usize = 8 * 1024;
-
 enum Event {
     /// New bytes in the read buffer, or undecoded bytes to resume on.
     Readable,
@@ -50,6 +45,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: TcpStream, connect: Connec
         conn,
         rbuf,
         undecoded: true,
+        rbuf_owned: true,
     };
     loop {
         match poll_fn(|cx| driver.poll(cx, &mut stream)).await {
@@ -74,6 +70,8 @@ struct Driver {
     rbuf: BytesMut,
     /// The read buffer may hold complete packets not yet decoded.
     undecoded: bool,
+    /// The read buffer is an allocation of its own, not an arena slice.
+    rbuf_owned: bool,
 }
 
 impl Driver {
@@ -99,18 +97,29 @@ impl Driver {
         if shard.congested(cx.waker()) {
             return Poll::Pending;
         }
-        let filled = self.rbuf.len();
-        self.rbuf.resize(filled + READ_CHUNK, 0);
-        let read = Pin::new(&mut *stream).poll_read(cx, &mut self.rbuf[filled..]);
-        match read {
+        // Reads land in the shard's arena: an idle connection holds no buffer.
+        let mut arena = shard.arena.borrow_mut();
+        match Pin::new(&mut *stream).poll_read(cx, arena.space()) {
             Poll::Ready(Ok(n)) if n > 0 => {
-                self.rbuf.truncate(filled + n);
+                let chunk = arena.take(n);
+                if self.rbuf.is_empty() {
+                    self.rbuf = chunk;
+                } else {
+                    // O(1) when the chunk follows the rest in the same block.
+                    self.rbuf.unsplit(chunk);
+                }
+                self.rbuf_owned = false;
                 self.undecoded = true;
                 Poll::Ready(Event::Readable)
             }
             Poll::Ready(_) => Poll::Ready(Event::Lost),
             Poll::Pending => {
-                self.rbuf.truncate(filled);
+                if !self.rbuf.is_empty() && !self.rbuf_owned {
+                    // A partial packet waits for more bytes: copy it out so a
+                    // slow sender pins a few bytes, not a whole arena block.
+                    self.rbuf = BytesMut::from(&self.rbuf[..]);
+                    self.rbuf_owned = true;
+                }
                 Poll::Pending
             }
         }
@@ -137,8 +146,7 @@ impl Driver {
         }
         self.undecoded = false;
         if self.rbuf.is_empty() {
-            // Decoded packets share the old allocation; an idle connection
-            // keeps none.
+            // Let go of the arena block: an idle connection keeps nothing.
             self.rbuf = BytesMut::new();
         }
     }

@@ -94,7 +94,9 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
 
 /// Reads until one packet is decoded; only a CONNECT may come first.
 async fn read_first_packet(stream: &mut TcpStream, rbuf: &mut BytesMut, max: usize) -> FirstPacket {
-    let mut chunk = [0u8; CONNECT_READ_CHUNK];
+    // On the heap: this future lives as long as the connection's task, and
+    // an array here would be part of its size.
+    let mut chunk = vec![0u8; CONNECT_READ_CHUNK];
     loop {
         match codec::decode(rbuf, max) {
             Ok(Some(Packet::Connect(c))) => return FirstPacket::Connect(c),

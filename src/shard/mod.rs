@@ -9,6 +9,7 @@
 //! 1. Everything in `Shard` is touched only by its executor's thread.
 //! 2. Between shards only `ShardMsg` values travel, over bounded channels.
 
+mod arena;
 mod conn;
 mod listener;
 pub mod mesh;
@@ -128,6 +129,7 @@ pub(crate) struct Shard {
     pub(crate) shards: usize,
     pub(crate) config: Config,
     pub(crate) broker: RefCell<Broker>,
+    pub(crate) arena: RefCell<arena::ReadArena>,
     wakers: RefCell<Vec<Option<Waker>>>,
     staging: RefCell<Vec<VecDeque<ShardMsg>>>,
     flusher_wakers: RefCell<Vec<Option<Waker>>>,
@@ -214,6 +216,7 @@ async fn run_shard(
         shards,
         broker: RefCell::new(Broker::new(id, shards, broker_config, Instant::now())),
         config,
+        arena: RefCell::new(arena::ReadArena::new()),
         wakers: RefCell::new(Vec::new()),
         staging: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
         flusher_wakers: RefCell::new(vec![None; shards]),
