@@ -2,7 +2,8 @@
 //!
 //! One task per connection polls, in this order: write the outbox, stop if
 //! the broker closes the connection, then read — unless the broker paused the
-//! connection (a SUBSCRIBE awaiting its barrier) or the mesh is congested.
+//! connection (a SUBSCRIBE awaiting its barrier), the peer leaves more than
+//! `max_outbox_bytes` unread, or the mesh is congested.
 
 use std::future::poll_fn;
 use std::os::fd::{FromRawFd, IntoRawFd};
@@ -79,10 +80,12 @@ impl Driver {
         let shard = &*self.shard;
         shard.set_waker(self.conn, cx.waker());
         let mut broker = shard.broker.borrow_mut();
+        let mut backlog = 0;
         if let Some(outbox) = broker.outbox_mut(self.conn) {
             if let Err(event) = write_outbox(cx, stream, outbox) {
                 return Poll::Ready(event);
             }
+            backlog = outbox.len();
         }
         if broker.closing(self.conn).is_some() {
             return Poll::Ready(Event::Closed);
@@ -91,6 +94,12 @@ impl Driver {
             return Poll::Pending;
         }
         drop(broker);
+        if backlog >= shard.config.mqtt.max_outbox_bytes {
+            // The peer does not read what it asks for (acks, PINGRESP): stop
+            // reading it until the socket takes the backlog. The pending
+            // write woke registration brings us back.
+            return Poll::Pending;
+        }
         if self.undecoded {
             return Poll::Ready(Event::Readable);
         }
