@@ -58,6 +58,11 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: TcpStream, connect: Connec
             }
         }
         driver.shard.after_input();
+        // glommio is cooperative: a peer that keeps the socket full would
+        // otherwise keep this task running and starve every other
+        // connection of the shard, subscribers included. One read (up to
+        // `arena::READ_MAX` bytes) per turn.
+        futures_lite::future::yield_now().await;
     }
     driver.shard.after_input();
     driver.shard.clear_waker(conn);

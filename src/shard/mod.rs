@@ -294,6 +294,8 @@ async fn receive(shard: Rc<Shard>, from: ShardId, rx: SharedReceiver<ShardMsg>) 
                     }
                 }
                 shard.after_input();
+                // A busy peer shard must not starve this shard's sockets.
+                futures_lite::future::yield_now().await;
             }
             ShardMsg::Handoff(handoff) => {
                 glommio::spawn_local(conn::run_handoff(shard.clone(), *handoff)).detach();
