@@ -1,0 +1,706 @@
+#!/usr/bin/env python3
+"""Tabulates the shardmq-bench JSON reports of one `benches/compare` run.
+
+    report.py summary RUN/<broker>.<scenario> STARTED   one line on progress
+    report.py write RUN RESULTS.md results.png          the results page and chart
+
+A run directory holds meta.txt (key=value lines written by the script) and,
+per broker and scenario, <broker>.<scenario>.status ("ok" or why not) and,
+when ok, <broker>.<scenario>.json (shardmq-bench --json).
+"""
+
+import itertools
+import json
+import math
+import os
+import sys
+import time
+
+BROKERS = ["shardmq", "shardmq-2shards", "mosquitto", "mosquitto-nodelay", "rumqttd"]
+BROKER_NAMES = {
+    "shardmq": "shardmq (1 shard)",
+    "shardmq-2shards": "shardmq (2 shards, unpinned)",
+    "mosquitto": "mosquitto",
+    "mosquitto-nodelay": "mosquitto, TCP_NODELAY",
+    "rumqttd": "rumqttd",
+}
+MOSQUITTOS = ("mosquitto", "mosquitto-nodelay")
+LOAD_SCENARIOS = ["p2p-q0", "fanout-q0", "p2p-q1", "p2p-q2", "latency"]
+SCENARIO_NAMES = {
+    "p2p-q0": "p2p 50 pairs, QoS 0",
+    "fanout-q0": "fan-out 1 → 100, QoS 0",
+    "p2p-q1": "p2p 50 pairs, QoS 1, window 32",
+    "p2p-q2": "p2p 50 pairs, QoS 2, window 32",
+    "latency": "latency, 10k msg/s over 10 pairs, QoS 0",
+    "conns": "idle connections",
+}
+SHORT_NAMES = {
+    "latency": "10k msg/s",
+    "p2p-q0": "p2p QoS 0",
+    "fanout-q0": "fan-out 1→100 QoS 0",
+    "p2p-q1": "p2p QoS 1",
+    "p2p-q2": "p2p QoS 2",
+}
+# Above this share of its core the generator, not the broker, may set the pace.
+GENERATOR_BOUND = 0.9
+# Other people's processes using more cores than this during a run disturb it
+# (the script's threshold for trying again).
+DISTURBED = 0.10
+
+
+class Run:
+    def __init__(self, path):
+        self.path = path
+        self.meta = {}
+        with open(os.path.join(path, "meta.txt"), encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.rstrip("\n").partition("=")
+                self.meta[key] = value
+        self.brokers = [b for b in BROKERS if b in self.meta.get("brokers", "").split()]
+        self.scenarios = self.meta.get("scenarios", "").split()
+        self._attempts = {}
+
+    def attempts(self, broker, scenario):
+        """Every attempt in order, as dicts: status ("ok" or why not),
+        report (the JSON, when ok), load and top (other people's CPU)."""
+        key = (broker, scenario)
+        if key in self._attempts:
+            return self._attempts[key]
+        out = []
+        for n in itertools.count():
+            base = os.path.join(self.path, f"{broker}.{scenario}.try{n}")
+            try:
+                with open(base + ".status", encoding="utf-8") as f:
+                    status = f.read().strip()
+            except FileNotFoundError:
+                break
+            report = None
+            if status == "ok":
+                try:
+                    with open(base + ".json", encoding="utf-8") as f:
+                        report = json.load(f)
+                except (OSError, ValueError) as e:
+                    status = f"unreadable JSON report: {e}"
+            load, top = foreign_load(base)
+            out.append({"status": status, "report": report, "load": load, "top": top})
+        self._attempts[key] = out
+        return out
+
+    def chosen(self, broker, scenario):
+        """The attempt the tables show: the best one that worked (other
+        load only ever makes a broker look worse), else the last failure;
+        None when the scenario was not run."""
+        tries = self.attempts(broker, scenario)
+        worked = [t for t in tries if t["report"] is not None]
+        if not worked:
+            return tries[-1] if tries else None
+        return max(worked, key=lambda t: score(scenario, t["report"]))
+
+    def result(self, broker, scenario):
+        """(status, report): status is "ok", a failure reason, or None when not run."""
+        t = self.chosen(broker, scenario)
+        return (None, None) if t is None else (t["status"], t["report"])
+
+    def report(self, broker, scenario):
+        return self.result(broker, scenario)[1]
+
+    def note(self, broker, scenario):
+        """What a reader should know about the attempts behind a row, or None:
+        the chosen one was disturbed, or the attempts disagree (by over 25%,
+        or some failed)."""
+        tries = self.attempts(broker, scenario)
+        t = self.chosen(broker, scenario)
+        parts = []
+        if t and t["load"] is not None and t["load"] > DISTURBED:
+            parts.append(
+                f"‡ other people's processes used {t['load']:.2f} cores during it "
+                f"({t['top'].replace(',', ', ')})"
+            )
+        if len(tries) > 1:
+            what, metric, fmt = headline(scenario)
+            values = [metric(a["report"]) if a["report"] is not None else None for a in tries]
+            known = [v for v in values if v is not None]
+            agree = len(known) == len(values) and min(known) > 0 and max(known) / min(known) <= 1.25
+            if not agree:
+                shown = " / ".join("failed" if v is None else fmt(v) for v in values)
+                loads = " / ".join("?" if a["load"] is None else f"{a['load']:.2f}" for a in tries)
+                parts.append(f"{len(tries)} attempts: {what} {shown}, with other processes at {loads} cores")
+        return "; ".join(parts) or None
+
+    def reference(self, scenario):
+        """(broker, report) of the better mosquitto run: lower p99 for the
+        latency scenario, more delivered/s for the others."""
+        runs = [(b, self.report(b, scenario)) for b in MOSQUITTOS]
+        runs = [(b, r) for b, r in runs if r is not None]
+        if scenario == "conns":
+            runs = [(b, r) for b, r in runs if b == "mosquitto"]
+        if not runs:
+            return None, None
+        if scenario == "latency":
+            return min(runs, key=lambda br: p99(br[1]) if p99(br[1]) is not None else math.inf)
+        return max(runs, key=lambda br: delivered(br[1]) or 0)
+
+    def base(self, scenario):
+        return self.reference(scenario)[1]
+
+
+# --- figures -------------------------------------------------------------------
+
+
+def dig(report, *keys):
+    """report[k1][k2]..., or None where anything is missing."""
+    value = report
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return None
+        value = value[key]
+    return value
+
+
+def delivered(report):
+    return dig(report, "delivered_per_s")
+
+
+def cpu_per_million(report):
+    # Nothing delivered leaves the broker's CPU with nothing to divide by.
+    if not delivered(report):
+        return None
+    return dig(report, "server", "cpu_s_per_million_delivered")
+
+
+def latency(report, key):
+    # Without samples (a saturated broker delivers nothing sent in the window
+    # before the drain ends) the percentiles read 0: no figure.
+    if not dig(report, "latency", "samples"):
+        return None
+    return dig(report, "latency", key)
+
+
+def p99(report):
+    return latency(report, "p99_us")
+
+
+def rss_per_conn(report):
+    return dig(report, "server", "rss_bytes_per_conn")
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def cell(text):
+    """Free text made safe for a Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def count(value):
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def fmt_ratio(value):
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def fmt_us(value):
+    if value is None:
+        return "—"
+    if value < 1000:
+        return f"{value:.0f} µs"
+    if value < 1_000_000:
+        return f"{value / 1000:.3g} ms"
+    return f"{value / 1_000_000:.3g} s"
+
+
+def fmt_cpu(value):
+    return "—" if value is None else f"{value:.3g}"
+
+
+def loss(report):
+    i = report.get("integrity") or {}
+    lost, expected = i.get("lost"), i.get("expected")
+    if lost is None:
+        return "—"
+    if lost and expected:
+        return f"{lost:,} ({100 * lost / expected:.2g}%)"
+    return f"{lost:,}"
+
+
+def headline(scenario):
+    """(name, metric, format) of a scenario's main figure."""
+    if scenario == "latency":
+        return "p99", p99, fmt_us
+    if scenario == "conns":
+        return "RSS/connection", rss_per_conn, lambda v: f"{count(v)} B"
+    return "delivered/s", delivered, count
+
+
+def score(scenario, report):
+    """Higher is better: delivered/s, or less p99, or less RSS per connection."""
+    _, metric, _ = headline(scenario)
+    value = metric(report)
+    if value is None:
+        return -math.inf
+    return value if scenario not in ("latency", "conns") else -value
+
+
+# --- progress line ---------------------------------------------------------------
+
+
+def foreign_load(base):
+    """(cores, "name:cores,...") other processes used during a run, or (None, "")."""
+    try:
+        with open(base + ".foreign", encoding="utf-8") as f:
+            cores, _, top = f.read().strip().partition(" ")
+        return float(cores), top
+    except (OSError, ValueError):
+        return None, ""
+
+
+def summary(base, started):
+    broker, scenario = os.path.basename(base).split(".")[:2]
+    with open(base + ".status", encoding="utf-8") as f:
+        status = f.read().strip()
+    took = ""
+    try:
+        took = f" ({time.time() - float(started):.0f} s)"
+    except ValueError:
+        pass
+    load, top = foreign_load(base)
+    if load is not None and load > DISTURBED:
+        took += f"; other processes used {load:.2f} cores ({top.replace(',', ', ')})"
+    head = f"    {broker:17} {scenario:10}"
+    if status != "ok":
+        print(f"{head} FAILED: {status}{took}")
+        return
+    with open(base + ".json", encoding="utf-8") as f:
+        r = json.load(f)
+    if scenario == "conns":
+        print(
+            f"{head} {r.get('established', 0):,}/{r.get('requested', 0):,} connections, "
+            f"RSS/conn {count(rss_per_conn(r))} B{took}"
+        )
+        return
+    i = r.get("integrity") or {}
+    print(
+        f"{head} delivered/s {count(delivered(r)):>11}  p99 {fmt_us(p99(r)):>9}  "
+        f"CPU s/1M {fmt_cpu(cpu_per_million(r)):>6}  lost {i.get('lost', '?')} "
+        f"dup {i.get('duplicated', '?')}{took}"
+    )
+
+
+# --- RESULTS.md --------------------------------------------------------------------
+
+
+def load_table(run):
+    rows = [
+        "| Scenario | Broker | delivered/s | × mosquitto | published/s | p50 | p99 | p99.9 "
+        "| lost | dup | broker CPU s / 1M delivered | × mosquitto | generator cores |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    for scenario in LOAD_SCENARIOS:
+        if scenario not in run.scenarios:
+            continue
+        ref, base = run.reference(scenario)
+        for broker in run.brokers:
+            status, r = run.result(broker, scenario)
+            if status is None:
+                continue
+            name = SCENARIO_NAMES[scenario]
+            if r is None:
+                rows.append(f"| {name} | {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 10)
+                continue
+            cores = dig(r, "bench", "cores")
+            gen = "—" if cores is None else f"{cores:.2f}"
+            if cores is not None and cores >= GENERATOR_BOUND and scenario != "latency":
+                gen += " †"
+            note = run.note(broker, scenario)
+            if note and note.startswith("‡"):
+                gen += " ‡"
+            i = r.get("integrity") or {}
+            mark = " ◆" if broker == ref else ""
+            rows.append(
+                f"| {name} | {BROKER_NAMES[broker]}{mark} | {count(delivered(r))} "
+                f"| {fmt_ratio(ratio(delivered(r), delivered(base)))} "
+                f"| {count(dig(r, 'published_per_s'))} "
+                f"| {fmt_us(latency(r, 'p50_us'))} | {fmt_us(p99(r))} "
+                f"| {fmt_us(latency(r, 'p999_us'))} "
+                f"| {loss(r)} | {count(i.get('duplicated'))} "
+                f"| {fmt_cpu(cpu_per_million(r))} "
+                f"| {fmt_ratio(ratio(cpu_per_million(r), cpu_per_million(base)))} | {gen} |"
+            )
+            extra = [note] if note else []
+            if i.get("reordered"):
+                extra.append(f"{i['reordered']:,} reordered")
+            if i.get("unacked"):
+                extra.append(f"{i['unacked']:,} never acknowledged")
+            errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+            if errors:
+                extra.append("generator saw " + ", ".join(f"{k} ×{v}" for k, v in errors.items()))
+            if extra:
+                notes.append(f"- {name}, {BROKER_NAMES[broker]}: " + "; ".join(extra) + ".")
+    return rows, notes
+
+
+def conns_table(run):
+    if "conns" not in run.scenarios:
+        return [], []
+    rows = [
+        "| Broker | established | held to the end | connects/s | RSS / connection "
+        "| anonymous / connection | × mosquitto (RSS) | broker RSS before → after |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    base = run.base("conns")
+    for broker in run.brokers:
+        status, r = run.result(broker, "conns")
+        if status is None:
+            continue
+        if r is None:
+            rows.append(f"| {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 6)
+            continue
+        before = dig(r, "server", "before", "vm_rss_kib")
+        after = dig(r, "server", "after", "vm_rss_kib")
+        span = "—" if before is None or after is None else f"{before / 1024:.1f} → {after / 1024:.1f} MiB"
+        note = run.note(broker, "conns")
+        if note:
+            notes.append(f"- idle connections, {BROKER_NAMES[broker]}: {note}.")
+        rows.append(
+            f"| {BROKER_NAMES[broker]} | {count(r.get('established'))} of {count(r.get('requested'))} "
+            f"| {count(r.get('held'))} | {count(r.get('connects_per_s'))} "
+            f"| {count(rss_per_conn(r))} B | {count(dig(r, 'server', 'anonymous_bytes_per_conn'))} B "
+            f"| {fmt_ratio(ratio(rss_per_conn(r), rss_per_conn(base)))} | {span} |"
+        )
+        errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+        if errors:
+            notes.append(
+                f"- idle connections, {BROKER_NAMES[broker]}: generator saw "
+                + ", ".join(f"{k} ×{v}" for k, v in errors.items())
+                + "."
+            )
+    return rows, notes
+
+
+def verdict_at_least(value, target):
+    if value is None:
+        return "no figure"
+    if value <= 0:
+        return "**MISS**: nothing delivered"
+    if value >= target:
+        return f"**PASS** ({100 * (value / target - 1):.0f}% above)"
+    return f"**MISS** by {100 * (1 - value / target):.0f}% (needs {target / value:.2f}× more)"
+
+
+def verdict_at_most(value, target):
+    if value is None:
+        return "no figure"
+    if value <= target:
+        return f"**PASS** ({100 * (1 - value / target):.0f}% below)"
+    return f"**MISS** by {100 * (value / target - 1):.0f}% (needs {value / target:.2f}× less)"
+
+
+def targets(run):
+    rows = ["| Target (issue 3) | Measured | Verdict |", "|---|---|---|"]
+
+    def both(scenario):
+        return run.report("shardmq", scenario), run.base(scenario)
+
+    for scenario, goal in (("p2p-q0", 4.0), ("fanout-q0", 4.0), ("p2p-q1", 2.5)):
+        if scenario not in run.scenarios:
+            continue
+        s, m = both(scenario)
+        r = ratio(delivered(s), delivered(m))
+        tries = run.attempts("shardmq", scenario)
+        stalled = sum(1 for t in tries if t["report"] is not None and not delivered(t["report"]))
+        caveat = f"; {stalled} of {len(tries)} attempts delivered nothing" if stalled and r else ""
+        rows.append(
+            f"| {SCENARIO_NAMES[scenario]}: delivered/s ≥ {goal:g}× mosquitto "
+            f"| {fmt_ratio(r)} ({count(delivered(s))} vs {count(delivered(m))}{caveat}) "
+            f"| {verdict_at_least(r, goal)} |"
+        )
+    if "latency" in run.scenarios:
+        s, m = both("latency")
+        r = ratio(p99(s), p99(m))
+        rows.append(
+            f"| p99 latency at 10k msg/s ≤ mosquitto | {fmt_us(p99(s))} vs {fmt_us(p99(m))} "
+            f"({fmt_ratio(r)}) | {verdict_at_most(r, 1.0)} |"
+        )
+    # At a light fixed load too, not only flat out.
+    for scenario in ("p2p-q0", "fanout-q0", "p2p-q1", "latency"):
+        if scenario not in run.scenarios:
+            continue
+        s, m = both(scenario)
+        r = ratio(cpu_per_million(s), cpu_per_million(m))
+        rows.append(
+            f"| broker CPU per delivered message ≤ 0.25× mosquitto ({SHORT_NAMES[scenario]}) "
+            f"| {fmt_ratio(r)} ({fmt_cpu(cpu_per_million(s))} vs {fmt_cpu(cpu_per_million(m))} s / 1M) "
+            f"| {verdict_at_most(r, 0.25)} |"
+        )
+    if "conns" in run.scenarios:
+        s, m = both("conns")
+        r = ratio(rss_per_conn(s), rss_per_conn(m))
+        n = count(s.get("requested")) if s else "—"
+        rows.append(
+            f"| RSS per idle connection ≤ mosquitto (at {n}) "
+            f"| {count(rss_per_conn(s))} B vs {count(rss_per_conn(m))} B ({fmt_ratio(r)}) "
+            f"| {verdict_at_most(r, 1.0)} |"
+        )
+    for broker in ("shardmq", "shardmq-2shards"):
+        for scenario in ("p2p-q1", "p2p-q2"):
+            status, s = run.result(broker, scenario)
+            if status is None:
+                continue
+            what = f"zero lost or duplicated, {SHORT_NAMES[scenario]}, {BROKER_NAMES[broker]}"
+            if s is None:
+                rows.append(f"| {what} | {cell(status)} | no figure |")
+                continue
+            i = s.get("integrity") or {}
+            lost, dup = i.get("lost"), i.get("duplicated")
+            clean = lost == 0 and dup == 0
+            rows.append(
+                f"| {what} | lost {count(lost)}, duplicated {count(dup)} of {count(i.get('expected'))} "
+                f"| {'**PASS**' if clean else '**MISS**'} |"
+            )
+    return rows
+
+
+def cross_shard(run):
+    if "shardmq-2shards" not in run.brokers:
+        return []
+    lines = []
+    for scenario in ("p2p-q0", "p2p-q1"):
+        if scenario not in run.scenarios:
+            continue
+        one = run.report("shardmq", scenario)
+        two = run.report("shardmq-2shards", scenario)
+        name = SCENARIO_NAMES[scenario]
+        if run.result("shardmq-2shards", scenario)[0] is None:
+            continue
+        if one is None or two is None:
+            lines.append(f"- {name}: not measured, a run failed (see the table).")
+            continue
+        if not delivered(one) or not delivered(two):
+            lines.append(
+                f"- {name}: not measured, shardmq with {'1 shard' if not delivered(one) else '2 shards'} "
+                f"delivered nothing in the window (1 shard {count(delivered(one))}/s, 2 shards "
+                f"{count(delivered(two))}/s)."
+            )
+            continue
+        d = ratio(delivered(two), delivered(one))
+        c = ratio(cpu_per_million(two), cpu_per_million(one))
+        lost = dig(two, "integrity", "lost")
+        caveat = (
+            f" Two shards lost {count(lost)} of {count(dig(two, 'integrity', 'expected'))} messages here "
+            f"(one shard: {count(dig(one, 'integrity', 'lost'))})."
+            if lost and not two.get("loss_allowed", scenario.endswith("q0"))
+            else ""
+        )
+        lines.append(
+            f"- {name}: 2 unpinned shards deliver {count(delivered(two))}/s against "
+            f"{count(delivered(one))}/s for 1 pinned shard ({fmt_ratio(d)}) and spend "
+            f"{fmt_cpu(cpu_per_million(two))} against {fmt_cpu(cpu_per_million(one))} s of broker CPU "
+            f"per million delivered ({fmt_ratio(c)}"
+            + (f", {100 * (c - 1):+.0f}% per message)." if c is not None else ").")
+            + caveat
+        )
+    if lines:
+        lines.append(
+            "\nWith two shards about half of the pairs have publisher and subscriber on different "
+            "shards, so a message crosses the shard mesh. The two shards share the two cores with the "
+            "generator, so delivered/s says little about scaling here; broker CPU per message is the "
+            "figure that states the cost of cross-shard delivery."
+        )
+    return lines
+
+
+def write(run_path, md_path, png_path):
+    run = Run(run_path)
+    m = run.meta
+    quick = m.get("quick") == "1"
+    load_rows, load_notes = load_table(run)
+    conn_rows, conn_notes = conns_table(run)
+    # The script runs from the repository root.
+    rel_run = os.path.relpath(run_path)
+
+    out = ["# shardmq, mosquitto and rumqttd side by side", ""]
+    out.append(
+        f"Latest output of `benches/compare`{' (quick run: short windows, indicative only)' if quick else ''}, "
+        f"{m.get('date', '?')}. Raw JSON reports, broker configurations and logs: `{rel_run}/`."
+    )
+    out += [
+        "",
+        "## Setup",
+        "",
+        f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory', '?')}, "
+        f"{m.get('kernel', '?')}; {m.get('busy_before', '?')}% of the CPU was busy with other work "
+        f"in the second before the run.",
+        f"- Versions: shardmq `{m.get('shardmq', '?')}`, {m.get('bench', '?')}, {m.get('mosquitto', '?')} "
+        f"(Debian package), {m.get('rumqttd', '?')} (crates.io), {m.get('rustc', '?')}.",
+        f"- Command: `{m.get('command', '?')}`",
+        f"- Method: the brokers run one after another on 127.0.0.1, each started afresh for every "
+        f"scenario and pinned to core 0 (`taskset -c 0`; shardmq with one shard). The load generator "
+        f"`shardmq-bench` runs one thread pinned to core 1. 64 B payloads; {m.get('warmup', '?')} s "
+        f"warm-up, then a {m.get('duration', '?')} s measured window, then up to {m.get('drain', '?')} s "
+        f"of drain. Throughput is counted over the window; lost and duplicated over the whole run (at "
+        f"QoS 0 a broker may drop, so loss there is information, not an error). Broker CPU is utime + "
+        f"stime from `/proc/PID/stat` over the window, per million delivered messages: on a shared "
+        f"2-core machine the fairest figure. Idle connections: {m.get('conns', '?')} clients held "
+        f"{m.get('hold', '?')} s; RSS per connection is the growth of the broker's VmRSS divided by the "
+        f"connections. Other people's processes may share the machine: a run during which they used "
+        f"more than {DISTURBED:.0%} of a core is repeated (up to {m.get('retries', '?')} times) and the "
+        f"best attempt kept, since other load only makes a broker look worse; ‡ marks a figure whose "
+        f"best attempt was still disturbed, and the notes list the attempts where they disagree.",
+        "- Settings: 1000 queued messages and 32 in flight per client everywhere (shardmq's defaults; "
+        "mosquitto `max_queued_messages 1000`, `max_inflight_messages 32`, no persistence; rumqttd "
+        "`max_inflight_count = 32` and limits well above the runs' needs). shardmq sets TCP_NODELAY; "
+        "mosquitto runs twice, with its default (Nagle's algorithm, which coalesces its "
+        "one-write-per-packet output) and with `set_tcp_nodelay true`, and every ratio is taken "
+        "against the better of the two (◆: more delivered/s, or the lower p99 in the latency "
+        "scenario).",
+        "",
+        "## Throughput and latency",
+        "",
+        *load_rows,
+        "",
+        "† the generator used ≥ 90% of its core: the broker may be able to do more than shown.",
+    ]
+    if load_notes:
+        out += ["", *load_notes]
+    if conn_rows:
+        out += ["", f"## Idle connections ({count(int(m.get('conns', 0) or 0))})", "", *conn_rows]
+        if conn_notes:
+            out += ["", *conn_notes]
+    out += ["", "## Targets", "", *targets(run)]
+    cs = cross_shard(run)
+    if cs:
+        out += ["", "## Cross-shard delivery", "", *cs]
+    out += ["", "![delivered/s and costs relative to mosquitto](results.png)", ""]
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(out))
+    try:
+        chart(run, png_path)
+    except ImportError as e:
+        # The tables are the result; the chart is a view of them.
+        print(f"compare: no chart drawn ({e}); install matplotlib", file=sys.stderr)
+
+
+# --- chart -------------------------------------------------------------------------------
+
+
+def chart(run, png_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "shardmq": "#1f6fb4",
+        "shardmq-2shards": "#8fbbe0",
+        "mosquitto": "#9a9a9a",
+        "rumqttd": "#e07b39",
+    }
+    labels = {
+        "shardmq": "shardmq, 1 shard",
+        "shardmq-2shards": "shardmq, 2 shards unpinned",
+        "mosquitto": "mosquitto (reference = 1)",
+        "rumqttd": "rumqttd",
+    }
+
+    def rel(broker, scenario, metric):
+        if broker == "mosquitto":
+            return 1.0 if run.base(scenario) is not None else None
+        return ratio(metric(run.report(broker, scenario)), metric(run.base(scenario)))
+
+    # Left: throughput, higher is better. Right: costs, lower is better.
+    left = [
+        (SHORT_NAMES[s], s, delivered, {"p2p-q0": 4.0, "fanout-q0": 4.0, "p2p-q1": 2.5}.get(s))
+        for s in ("p2p-q0", "fanout-q0", "p2p-q1", "p2p-q2")
+        if s in run.scenarios
+    ]
+    right = [
+        (f"CPU / msg\n{SHORT_NAMES[s]}", s, cpu_per_million, 0.25)
+        for s in ("p2p-q0", "fanout-q0", "p2p-q1", "latency")
+        if s in run.scenarios
+    ]
+    if "latency" in run.scenarios:
+        right.append(("p99 latency\nat 10k msg/s", "latency", p99, 1.0))
+    if "conns" in run.scenarios:
+        right.append(("RSS per\nidle connection", "conns", rss_per_conn, 1.0))
+
+    fig, axes = plt.subplots(
+        1, 2, figsize=(16, 6), gridspec_kw={"width_ratios": [max(len(left), 1), max(len(right), 1)]}
+    )
+
+    def panel(ax, groups, title, log, floor):
+        brokers = [
+            b for b in run.brokers
+            if b != "mosquitto-nodelay" and any(run.result(b, g[1])[0] is not None for g in groups)
+        ]
+        width = 0.8 / max(len(brokers), 1)
+        values = []
+        for gi, (_, scenario, metric, goal) in enumerate(groups):
+            present = [b for b in brokers if run.result(b, scenario)[0] is not None]
+            for bi, broker in enumerate(present):
+                x = gi - 0.4 + width * (bi + 0.5) + width * (len(brokers) - len(present)) / 2
+                v = rel(broker, scenario, metric)
+                if v is None or v <= 0:
+                    failed = run.report(broker, scenario) is None
+                    ax.text(x, 0.02, "failed" if failed else "none delivered", rotation=90, ha="center",
+                            va="bottom", fontsize=8, transform=ax.get_xaxis_transform(), color="#b00020")
+                    continue
+                values.append(v)
+                ax.bar(x, v, width * 0.92, color=colors[broker], label=labels[broker])
+                ax.text(x, v, f"{v:.2g}×" if v < 10 else f"{v:.0f}×", ha="center", va="bottom", fontsize=7.5)
+            if goal is not None:
+                ax.hlines(goal, gi - 0.45, gi + 0.45, colors="#b00020", linestyles="dashed", linewidth=1.2,
+                          label="target")
+        ax.axhline(1.0, color="#555555", linewidth=0.8)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels([g[0] for g in groups], fontsize=9)
+        ax.set_title(title, fontsize=11)
+        if log or (values and max(values) / min(values) > 40):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}×"))
+            if values:
+                goals = [g[3] for g in groups if g[3] is not None]
+                ax.set_ylim(min(values + goals + [1.0]) / 2, max(values + goals) * 2.5)
+        else:
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}×"))
+            if values:
+                ax.set_ylim(0, max(max(values), floor) * 1.15)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+
+    panel(axes[0], left, "Delivered messages/s relative to mosquitto (higher is better)", False, 4.0)
+    panel(axes[1], right, "Costs relative to mosquitto (lower is better)", True, 1.0)
+
+    handles = {}
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(n, h)
+    order = [labels[b] for b in BROKERS if b in labels] + ["target"]
+    names = [n for n in order if n in handles]
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=len(names), frameon=False)
+    m = run.meta
+    fig.suptitle(
+        f"{m.get('cpu', '')}, broker on core 0 and load generator on core 1, 64 B payload"
+        f"{' (quick run)' if m.get('quick') == '1' else ''} — {m.get('date', '')}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    fig.savefig(png_path, dpi=110)
+
+
+def main(argv):
+    if len(argv) == 3 and argv[0] == "summary":
+        summary(argv[1], argv[2])
+    elif len(argv) == 4 and argv[0] == "write":
+        write(*argv[1:])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

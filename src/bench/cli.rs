@@ -1,0 +1,422 @@
+//! The command line: options shared by every scenario, then one subcommand
+//! per scenario with its own options and an example in its `--help`.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use super::payload::HEADER_LEN;
+
+const ABOUT: &str = "MQTT 3.1.1 load generator for shardmq, mosquitto, rumqttd or any broker";
+
+const LONG_ABOUT: &str = "\
+MQTT 3.1.1 load generator for shardmq, mosquitto, rumqttd or any broker.
+
+Each executor thread (--threads) runs one io_uring event loop that drives
+many connections with coalesced writes and large reads, so one core of load
+generator can saturate a broker core. Connections are spread over the
+threads round-robin; --cpus pins thread i to the i-th listed CPU.
+
+Every payload starts with a 20-byte header (publisher id u32, sequence u64,
+send time u64 ns on CLOCK_MONOTONIC), so subscribers measure end-to-end
+latency and count lost, duplicated and reordered messages per
+(publisher, subscriber) pair.
+
+A run connects every client (CONNECT clean session, waits for CONNACK),
+subscribes every subscriber (waits for SUBACK), then publishes for
+--warmup + --duration; only the --duration window after the warm-up is
+measured. Publishers then stop and the run drains (at most --drain) until
+every QoS 1/2 message is acknowledged and delivered.
+
+Output: a table on stdout (on stderr when --json -), JSON with --json, and
+a progress line on stderr about once per second. Exit status 0 after a
+report, 1 when the clients could not be set up, 2 on bad usage.";
+
+const EXAMPLES: &str = "\
+Examples:
+  shardmq-bench --port 1883 p2p --pairs 50 --qos 1
+  shardmq-bench fanout --publishers 1 --subscribers 100 --duration 5s
+  shardmq-bench fanin --publishers 200 --rate 1000 --qos 2
+  shardmq-bench latency --rate 10000 --pairs 10 --json lat.json
+  shardmq-bench conns --count 15000 --server-pid $(pidof mosquitto)
+  taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
+
+/// `shardmq-bench [GLOBAL OPTIONS] <SCENARIO> [SCENARIO OPTIONS]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardmq-bench",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// Options every scenario takes; they may come before or after the
+/// scenario name.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalOpts {
+    /// Broker host name or address.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Broker TCP port.
+    #[arg(long, global = true, default_value_t = 1883)]
+    pub port: u16,
+
+    /// Executor threads, each one io_uring event loop with its share of
+    /// the connections.
+    #[arg(long, global = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+
+    /// CPUs to pin the threads to, in order (e.g. `1`, `2,3`, `0-3`);
+    /// the list repeats if shorter than --threads. Default: unpinned.
+    #[arg(long, global = true, value_parser = parse_cpu_list)]
+    pub cpus: Option<CpuList>,
+
+    /// Broker process id: report its CPU time over the measured window
+    /// (CPU-seconds per million delivered messages) and its memory.
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+
+    /// Also write the report as JSON to this file (`-` for stdout, which
+    /// moves the table to stderr).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub json: Option<String>,
+
+    /// A name for this run, copied into the report (e.g. the broker).
+    #[arg(long, global = true)]
+    pub label: Option<String>,
+
+    /// Deadline for one client's TCP connect + CONNACK (+ SUBACK).
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Connection attempts in flight at once, over all threads; more
+    /// overflows the broker's listen backlog and costs SYN retries.
+    #[arg(long, global = true, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connect_concurrency: u32,
+
+    /// MQTT keepalive in seconds sent in CONNECT; clients send PINGREQ
+    /// after half of it without other traffic.
+    #[arg(long, global = true, default_value_t = 60,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub keepalive: u16,
+
+    /// No progress line on stderr.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+/// CPU numbers for `--cpus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// N publishers -> N subscribers, one topic per pair.
+    #[command(
+        long_about = "N publishers -> N subscribers, one topic per pair \
+                      (<prefix>/p2p/<i>): measures plain routing throughput.",
+        after_help = "Example:\n  shardmq-bench p2p --pairs 50 --qos 1 --inflight 32 --duration 10s"
+    )]
+    P2p(P2pArgs),
+
+    /// P publishers -> S subscribers, all on one topic.
+    #[command(
+        long_about = "P publishers -> S subscribers, all on one topic \
+                      (<prefix>/fanout): every message is delivered S times.",
+        after_help = "Example:\n  shardmq-bench fanout --publishers 1 --subscribers 100 --rate 5000"
+    )]
+    Fanout(FanoutArgs),
+
+    /// P publishers on distinct topics -> one subscriber on a wildcard.
+    #[command(
+        long_about = "P publishers on distinct topics (<prefix>/fanin/<i>) -> one \
+                      subscriber on <prefix>/fanin/+.",
+        after_help = "Example:\n  shardmq-bench fanin --publishers 100 --rate 1000 --qos 1"
+    )]
+    Fanin(FaninArgs),
+
+    /// Open and hold N idle connections; report connect rate and, with
+    /// --server-pid, the broker's memory per connection.
+    #[command(
+        long_about = "Open N connections (CONNECT, clean session, --keepalive), hold \
+                      them idle for --hold while answering keepalive with PINGREQ, \
+                      then disconnect. Reports the connect rate and latency and, with \
+                      --server-pid, the broker's RSS growth per connection (VmRSS of \
+                      /proc/PID/status, and Anonymous of /proc/PID/smaps_rollup); \
+                      measure a freshly started broker, whose heap holds nothing \
+                      from earlier runs. The open-files limit is raised to its hard \
+                      limit first.",
+        after_help = "Example:\n  shardmq-bench conns --count 15000 --hold 10s --server-pid $(pidof shardmq)"
+    )]
+    Conns(ConnsArgs),
+
+    /// Fixed offered total rate over --pairs pairs; latency percentiles.
+    #[command(
+        long_about = "Publish at a fixed total rate (--rate msg/s, spread evenly over \
+                      --pairs p2p pairs and staggered in time) and report the latency \
+                      distribution; the offered load is kept even if the broker falls \
+                      behind.",
+        after_help = "Example:\n  shardmq-bench latency --rate 10000 --pairs 10 --qos 0"
+    )]
+    Latency(LatencyArgs),
+}
+
+/// `p2p` options.
+#[derive(Debug, Clone, Args)]
+pub struct P2pArgs {
+    /// Publisher/subscriber pairs.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pairs: u32,
+    #[command(flatten)]
+    pub rate: PerPublisherRate,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+/// `fanout` options.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Publishers, all on the one topic.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishers: u32,
+    /// Subscribers, each receiving every message.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub subscribers: u32,
+    #[command(flatten)]
+    pub rate: PerPublisherRate,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+/// `fanin` options.
+#[derive(Debug, Clone, Args)]
+pub struct FaninArgs {
+    /// Publishers, each on its own topic under the wildcard.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub publishers: u32,
+    #[command(flatten)]
+    pub rate: PerPublisherRate,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+/// `conns` options.
+#[derive(Debug, Clone, Args)]
+pub struct ConnsArgs {
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+    /// How long to hold them once all are open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+}
+
+/// `latency` options.
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    /// Offered total rate in messages per second, over all pairs.
+    #[arg(long, default_value_t = 10_000.0, value_parser = parse_positive_rate)]
+    pub rate: f64,
+    /// Publisher/subscriber pairs sharing the rate.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pairs: u32,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+/// `--rate` of the throughput scenarios.
+#[derive(Debug, Clone, Args)]
+pub struct PerPublisherRate {
+    /// Messages per second per publisher; 0 publishes as fast as the
+    /// inflight window (QoS 1/2) or the write buffer (QoS 0) allows.
+    #[arg(long = "rate", default_value_t = 0.0, value_parser = parse_rate)]
+    pub per_publisher: f64,
+}
+
+/// Options of every publishing scenario.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Load options")]
+pub struct LoadOpts {
+    /// QoS of PUBLISH and SUBSCRIBE.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes per message, header included (at least 20).
+    #[arg(long, default_value_t = 64, value_parser = parse_payload)]
+    pub payload: usize,
+    /// QoS 1/2 messages a publisher may have unacknowledged.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=16384))]
+    pub inflight: u16,
+    /// Measured window, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Publishing before the measured window, not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Longest wait after publishing stops for acknowledgements and
+    /// deliveries still under way (capped at 5s).
+    #[arg(long, default_value = "3s", value_parser = parse_drain)]
+    pub drain: Duration,
+    /// First topic level of every topic the run uses.
+    #[arg(long, default_value = "bench")]
+    pub topic_prefix: String,
+    /// Bytes a connection queues before writing to its socket; QoS 0
+    /// publishers wait for the socket beyond it.
+    #[arg(long, default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
+    pub write_buffer: u32,
+}
+
+/// Largest accepted `--payload`: far beyond benchmarking needs, far below
+/// the MQTT packet limit.
+const PAYLOAD_MAX: usize = 16 * 1024 * 1024;
+
+/// Longest drain: the run must end soon after the window.
+pub const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+fn parse_payload(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
+    if !(HEADER_LEN..=PAYLOAD_MAX).contains(&bytes) {
+        return Err(format!(
+            "must be {HEADER_LEN}..={PAYLOAD_MAX} (the payload holds a {HEADER_LEN}-byte header)"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if !rate.is_finite() || rate < 0.0 {
+        return Err("must be a number >= 0".to_string());
+    }
+    Ok(rate)
+}
+
+fn parse_positive_rate(text: &str) -> Result<f64, String> {
+    match parse_rate(text)? {
+        rate if rate > 0.0 => Ok(rate),
+        _ => Err("must be > 0".to_string()),
+    }
+}
+
+fn parse_drain(text: &str) -> Result<Duration, String> {
+    let drain = parse_duration(text)?;
+    if drain > DRAIN_MAX {
+        return Err(format!("at most {}s", DRAIN_MAX.as_secs()));
+    }
+    Ok(drain)
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1.5s`, `250us`, or a bare number of
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s, 500ms or 2m"))?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown unit `{other}` (use ns, us, ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| e.to_string())
+}
+
+/// Parses `1`, `2,3`, `0-3` or `0-1,4`.
+pub fn parse_cpu_list(text: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let bad = || format!("`{part}` is not a CPU number or range like 2-3");
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+                let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+                if lo > hi {
+                    return Err(bad());
+                }
+                cpus.extend(lo..=hi);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err("empty CPU list".to_string());
+    }
+    Ok(CpuList(cpus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("1"), Ok(CpuList(vec![1])));
+        assert_eq!(parse_cpu_list("0-2,5"), Ok(CpuList(vec![0, 1, 2, 5])));
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+    }
+
+    #[test]
+    fn options_go_before_or_after_the_scenario() {
+        let cli = Cli::try_parse_from([
+            "shardmq-bench",
+            "--port",
+            "1884",
+            "p2p",
+            "--pairs",
+            "3",
+            "--threads",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.port, 1884);
+        assert_eq!(cli.global.threads, 2);
+        match cli.scenario {
+            Scenario::P2p(args) => assert_eq!(args.pairs, 3),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payload_must_hold_the_header() {
+        assert!(Cli::try_parse_from(["shardmq-bench", "p2p", "--payload", "19"]).is_err());
+        assert!(Cli::try_parse_from(["shardmq-bench", "p2p", "--payload", "20"]).is_ok());
+    }
+}

@@ -1,0 +1,98 @@
+//! `shardmq-bench`: an MQTT 3.1.1 load generator for any broker.
+//!
+//! # Shape
+//!
+//! The main thread parses the command line, turns the scenario into a
+//! [`scenario::Plan`] (clients, topics, expectations), starts one glommio
+//! executor per `--threads` ([`fleet`]), and then only watches the clock:
+//! it signals go, takes CPU snapshots at the edges of the measured window,
+//! decides when the drain is over, and assembles the [`report`].
+//!
+//! Each executor ([`worker`]) opens its clients ([`setup`], [`client`])
+//! and runs one task per client: [`publisher`] (paced by [`pacer`]),
+//! [`subscriber`] or [`idle`]. Payloads carry a header ([`payload`])
+//! stamped on one process-wide clock ([`clock`]), from which subscribers
+//! compute latency and track sequence numbers ([`stats`]). Threads share
+//! only [`control`]: phase signals one way, running totals the other; the
+//! [`doorbell`] carries the wake-ups.
+//!
+//! # Not the bottleneck
+//!
+//! One io_uring loop per core drives many sockets; a publisher appends a
+//! batch of packets to its write buffer and writes it with one syscall; a
+//! subscriber reads up to 256 KiB at once and decodes in place. Buffers,
+//! payload templates and the latency histogram are allocated up front, so
+//! the per-message path allocates nothing. The bench reports its own CPU
+//! time per delivered message to show how much headroom it had.
+
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod conns;
+pub mod control;
+pub mod doorbell;
+pub mod fleet;
+pub mod idle;
+pub mod load;
+pub mod pacer;
+pub mod payload;
+pub mod publisher;
+pub mod report;
+pub mod scenario;
+pub mod setup;
+pub mod stats;
+pub mod subscriber;
+pub mod sys;
+pub mod worker;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Scenario};
+use scenario::Plan;
+
+/// Runs the scenario of `cli`, prints its report, and returns the exit
+/// status: 0 after a report, 1 if the run could not take place.
+pub fn main(cli: Cli) -> ExitCode {
+    let plan = Plan::new(&cli.scenario);
+    check_open_files(plan.connections());
+    if let Err(e) = sys::install_interrupt_handler() {
+        eprintln!("shardmq-bench: warning: cannot install a signal handler: {e}");
+    }
+    // Start the clock before any thread reads it.
+    clock::now_ns();
+    let global = &cli.global;
+    let json = global.json.as_deref();
+    let written = match &cli.scenario {
+        Scenario::Conns(args) => {
+            conns::run(global, args, &plan).map(|r| report::emit(&r, &r.table(), json))
+        }
+        _ => load::run(global, &plan).map(|r| report::emit(&r, &r.table(), json)),
+    };
+    match written {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("shardmq-bench: cannot write the report: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("shardmq-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the open-files limit and warns if the run needs more.
+fn check_open_files(connections: usize) {
+    // Descriptors of the executors, stdio and /proc reads on top.
+    const SPARE: u64 = 64;
+    match sys::raise_open_files_limit() {
+        Ok(limit) if limit < connections as u64 + SPARE => eprintln!(
+            "shardmq-bench: warning: {connections} connections but only {limit} open files allowed"
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("shardmq-bench: warning: cannot raise the open-files limit: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
