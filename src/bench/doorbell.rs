@@ -39,10 +39,10 @@ use glommio::net::UnixStream;
 use super::control::{bump, Control};
 use super::sys;
 
-/// How long an executor may miss rings before it is kicked. Long enough
-/// that a thread merely kept off its CPU by other processes is rarely
-/// taken for a stuck one; a kick by mistake does no harm anyway.
-const STALL: Duration = Duration::from_millis(200);
+/// How long an executor may miss rings before it is kicked: a few ring
+/// periods, so a stuck executor costs little of the window. A thread
+/// merely kept off its CPU that long is kicked too, which does no harm.
+const STALL: Duration = Duration::from_millis(30_000);
 
 /// Creates a doorbell: the main thread's end (non-blocking) and the
 /// executor's.

@@ -24,6 +24,17 @@
 //!    none is delivered a second time as a live copy.
 //! 4. Routes follow `filter_refs`, the number of sessions on this shard that
 //!    hold each filter, pending or active.
+//!
+//! # Back-pressure
+//! A QoS 1/2 message is acknowledged to its publisher before subscribers on
+//! other shards have it, so publishers must be slowed down when a connected
+//! subscriber falls behind, or its queue would overflow and acknowledged
+//! messages be dropped. When an online session's queue passes half of
+//! `max_queued_messages`, its shard is under pressure and tells the others
+//! (`Pressure`); while any shard is, connections that publish at QoS 1/2 are
+//! not read from (`is_throttled`), except those whose own session is behind,
+//! which must keep reading their acknowledgements. Pressure ends when the
+//! queues are below a quarter of the limit.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -82,6 +93,8 @@ pub enum RemoteMsg {
     BarrierAck(u64),
     /// Counters for `$SYS`, sent to shard 0.
     Stats(ShardStats),
+    /// The sender has (or no longer has) a connected subscriber behind.
+    Pressure(bool),
 }
 
 /// Counters of one shard, summed over shards for `$SYS`.
@@ -140,6 +153,8 @@ struct Conn {
     closing: Option<CloseReason>,
     /// A SUBSCRIBE waits for its barrier: no further packet is processed.
     paused: bool,
+    /// Has published at QoS 1/2: throttled under back-pressure.
+    publisher: bool,
 }
 
 struct PendingSuback {
@@ -175,6 +190,10 @@ pub struct Broker {
     shard_stats: Vec<ShardStats>,
     next_sys: Option<Instant>,
     scratch: Vec<(SessionId, QoS)>,
+    /// Online sessions whose queue is past the high-water mark.
+    behind: std::collections::HashSet<SessionId>,
+    /// Shards (bit per shard, this one included) under pressure.
+    pressure: u64,
 }
 
 impl Broker {
@@ -205,6 +224,8 @@ impl Broker {
             shard_stats: vec![ShardStats::default(); shards],
             next_sys,
             scratch: Vec::new(),
+            behind: std::collections::HashSet::new(),
+            pressure: 0,
         }
     }
 
@@ -283,6 +304,7 @@ impl Broker {
             will: None,
             closing: None,
             paused: false,
+            publisher: false,
         };
         match self.free_conns.pop() {
             Some(i) => {
@@ -365,6 +387,8 @@ impl Broker {
             self.stats.protocol_errors += 1;
         }
         if let Some(sid) = session {
+            // An offline session's queue is bounded by policy, not pressure.
+            self.caught_up(sid);
             self.session_conn[sid.0 as usize] = None;
             let clean = match self.sessions[sid.0 as usize].as_mut() {
                 Some(s) => {
@@ -474,6 +498,11 @@ impl Broker {
 
     fn handle_publish(&mut self, conn: ConnId, sid: SessionId, p: Publish) {
         self.stats.messages_received += 1;
+        if p.qos != QoS::AtMostOnce {
+            if let Some(c) = self.conn_mut(conn) {
+                c.publisher = true;
+            }
+        }
         let fresh = match p.qos {
             QoS::AtMostOnce => true,
             QoS::AtLeastOnce => {
@@ -518,9 +547,69 @@ impl Broker {
         if ack(s, &mut c.outbox) {
             self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
         }
+        let queued = s.queued_len();
         if c.outbox.len() != before {
             self.woken.push(conn);
         }
+        if queued <= self.low_water() {
+            self.caught_up(sid);
+        }
+    }
+
+    fn high_water(&self) -> usize {
+        self.config.limits.max_queued_messages / 2
+    }
+
+    fn low_water(&self) -> usize {
+        self.config.limits.max_queued_messages / 4
+    }
+
+    /// An online session's queue passed the high-water mark.
+    fn fell_behind(&mut self, sid: SessionId) {
+        if self.behind.insert(sid) && self.behind.len() == 1 {
+            self.set_pressure(true);
+        }
+    }
+
+    /// A session caught up, went offline or ended.
+    fn caught_up(&mut self, sid: SessionId) {
+        if self.behind.remove(&sid) && self.behind.is_empty() {
+            self.set_pressure(false);
+        }
+    }
+
+    fn set_pressure(&mut self, on: bool) {
+        tracing::debug!(shard = self.shard.0, on, "subscriber back-pressure");
+        self.broadcast(RemoteMsg::Pressure(on));
+        self.update_pressure(self.shard, on);
+    }
+
+    fn update_pressure(&mut self, shard: ShardId, on: bool) {
+        let was = self.pressure != 0;
+        if on {
+            self.pressure |= 1 << shard.0;
+        } else {
+            self.pressure &= !(1 << shard.0);
+        }
+        if was && self.pressure == 0 {
+            // Throttled publishers wait to be woken.
+            for (i, c) in self.conns.iter().enumerate() {
+                if c.as_ref().is_some_and(|c| c.publisher) {
+                    self.woken.push(ConnId(i as u32));
+                }
+            }
+        }
+    }
+
+    /// Whether the shell should stop reading this connection for now.
+    pub fn is_throttled(&self, conn: ConnId) -> bool {
+        if self.pressure == 0 {
+            return false;
+        }
+        let Some(c) = self.conn(conn) else {
+            return false;
+        };
+        c.publisher && !c.session.is_some_and(|sid| self.behind.contains(&sid))
     }
 
     fn handle_subscribe(
@@ -690,6 +779,7 @@ impl Broker {
                     self.finish_subscribe(pending);
                 }
             }
+            RemoteMsg::Pressure(on) => self.update_pressure(from, on),
             RemoteMsg::Stats(stats) => {
                 if let Some(slot) = self.shard_stats.get_mut(usize::from(from.0)) {
                     *slot = stats;
@@ -819,6 +909,7 @@ impl Broker {
             message
         };
         let limits = self.config.limits;
+        let high_water = self.high_water();
         for &(sid, sub_qos) in &matched {
             let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
                 continue;
@@ -836,7 +927,11 @@ impl Broker {
                         self.woken.push(conn);
                     }
                 }
-                Delivery::Queued => {}
+                Delivery::Queued => {
+                    if conn.is_some() && session.queued_len() >= high_water {
+                        self.fell_behind(sid);
+                    }
+                }
                 Delivery::Dropped => self.stats.messages_dropped += 1,
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! One task per connection polls, in this order: write the outbox, stop if
 //! the broker closes the connection, then read — unless the broker paused the
-//! connection (a SUBSCRIBE awaiting its barrier), the peer leaves more than
+//! connection (a SUBSCRIBE awaiting its barrier) or throttles it (a
+//! subscriber somewhere is behind), the peer leaves more than
 //! `max_outbox_bytes` unread, or the mesh is congested.
 
 use std::future::poll_fn;
@@ -95,7 +96,9 @@ impl Driver {
         if broker.closing(self.conn).is_some() {
             return Poll::Ready(Event::Closed);
         }
-        if broker.is_paused(self.conn) {
+        if broker.is_paused(self.conn) || broker.is_throttled(self.conn) {
+            // The broker wakes this connection when the pause or the
+            // back-pressure ends.
             return Poll::Pending;
         }
         drop(broker);
@@ -146,7 +149,10 @@ impl Driver {
         let now = Instant::now();
         let mut broker = self.shard.broker.borrow_mut();
         loop {
-            if broker.is_paused(self.conn) || broker.closing(self.conn).is_some() {
+            if broker.is_paused(self.conn)
+                || broker.is_throttled(self.conn)
+                || broker.closing(self.conn).is_some()
+            {
                 return;
             }
             match codec::decode(&mut self.rbuf, max) {
