@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Tabulates the shardmq-bench JSON reports of one `benches/compare` run.
 
-    report.py summary RUN/<broker>.<scenario> STARTED   one line on progress
-    report.py write RUN RESULTS.md results.png          the results page and chart
+    report.py summary RUN/<broker>.<scenario>.try<n> STARTED   one progress line
+    report.py write RUN RESULTS.md results.png                 the results page and chart
 
 A run directory holds meta.txt (key=value lines written by the script) and,
-per broker and scenario, <broker>.<scenario>.status ("ok" or why not) and,
-when ok, <broker>.<scenario>.json (shardmq-bench --json).
+per attempt at a scenario, <broker>.<scenario>.try<n>.status ("ok" or why
+not), .json (shardmq-bench --json, when ok) and .foreign (cores other
+people's processes used meanwhile, from cpuwatch.py). The tables show the
+best attempt of each scenario.
 """
 
 import itertools
@@ -41,8 +43,9 @@ SHORT_NAMES = {
     "p2p-q1": "p2p QoS 1",
     "p2p-q2": "p2p QoS 2",
 }
-# Above this share of its core the generator, not the broker, may set the pace.
-GENERATOR_BOUND = 0.9
+# A generator above this share of its core, with a broker below it, set the
+# pace itself.
+SATURATED = 0.9
 # Other people's processes using more cores than this during a run disturb it
 # (the script's threshold for trying again).
 DISTURBED = 0.10
@@ -296,7 +299,7 @@ def summary(base, started):
 def load_table(run):
     rows = [
         "| Scenario | Broker | delivered/s | × mosquitto | published/s | p50 | p99 | p99.9 "
-        "| lost | dup | broker CPU s / 1M delivered | × mosquitto | generator cores |",
+        "| lost | dup | broker CPU s / 1M delivered | × mosquitto | cores: broker / generator |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     notes = []
@@ -312,13 +315,18 @@ def load_table(run):
             if r is None:
                 rows.append(f"| {name} | {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 10)
                 continue
-            cores = dig(r, "bench", "cores")
-            gen = "—" if cores is None else f"{cores:.2f}"
-            if cores is not None and cores >= GENERATOR_BOUND and scenario != "latency":
-                gen += " †"
+            gen_cores, broker_cores = dig(r, "bench", "cores"), dig(r, "server", "cores")
+            cores = " / ".join("—" if c is None else f"{c:.2f}" for c in (broker_cores, gen_cores))
+            if (
+                scenario != "latency"
+                and gen_cores is not None
+                and broker_cores is not None
+                and gen_cores >= SATURATED > broker_cores
+            ):
+                cores += " †"
             note = run.note(broker, scenario)
             if note and note.startswith("‡"):
-                gen += " ‡"
+                cores += " ‡"
             i = r.get("integrity") or {}
             mark = " ◆" if broker == ref else ""
             rows.append(
@@ -329,7 +337,7 @@ def load_table(run):
                 f"| {fmt_us(latency(r, 'p999_us'))} "
                 f"| {loss(r)} | {count(i.get('duplicated'))} "
                 f"| {fmt_cpu(cpu_per_million(r))} "
-                f"| {fmt_ratio(ratio(cpu_per_million(r), cpu_per_million(base)))} | {gen} |"
+                f"| {fmt_ratio(ratio(cpu_per_million(r), cpu_per_million(base)))} | {cores} |"
             )
             extra = [note] if note else []
             if i.get("reordered"):
@@ -564,7 +572,9 @@ def write(run_path, md_path, png_path):
         "",
         *load_rows,
         "",
-        "† the generator used ≥ 90% of its core: the broker may be able to do more than shown.",
+        "Cores are CPU time over the window: 1.00 is one core busy. † the generator used ≥ 90% of "
+        "its core while the broker did not: the generator set the pace, and the broker may be able "
+        "to do more than shown.",
     ]
     if load_notes:
         out += ["", *load_notes]
