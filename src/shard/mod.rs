@@ -123,6 +123,29 @@ fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, StartError> {
         .ok_or_else(|| bind_error(std::io::Error::other("not an IP address")))
 }
 
+/// Backlog of each shard's listener.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// One shard's listener: `SO_REUSEPORT` so every shard binds the same
+/// address, and `SO_REUSEADDR` (which glommio's own `bind` leaves out) so the
+/// accepted sockets carry it too: their TIME_WAIT remains must not keep the
+/// next start's probe from binding, e.g. on a service restart.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(socket);
+    // SAFETY: `fd` is a bound, listening socket whose ownership moves into
+    // the listener; nothing else holds it.
+    Ok(unsafe { <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 /// The state of one shard, shared by its tasks.
 pub(crate) struct Shard {
     pub(crate) id: ShardId,
@@ -223,10 +246,9 @@ async fn run_shard(
         staged: Cell::new(0),
         congestion_waiters: RefCell::new(Vec::new()),
     });
-    let listener = match glommio::net::TcpListener::bind(listen) {
+    let listener = match bind_listener(listen) {
         Ok(l) => l,
-        Err(e) => {
-            let source = std::io::Error::other(e.to_string());
+        Err(source) => {
             let _ = ready.send(Err(StartError::Bind {
                 addr: listen,
                 source,
