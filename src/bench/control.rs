@@ -22,6 +22,10 @@ pub struct Progress {
     pub heartbeat: AtomicU64,
     /// The thread's id for signals; 0 until it runs.
     thread: AtomicU64,
+    /// The thread's kernel id; 0 until it runs.
+    tid: AtomicU64,
+    /// The thread is done with its clients and about to return.
+    finished: AtomicBool,
 }
 
 /// Sums of every thread's [`Progress`].
@@ -63,16 +67,18 @@ impl Control {
         &self.progress[index]
     }
 
-    /// Records the id of executor thread `index` (from its own thread).
-    pub fn set_thread_id(&self, index: usize, thread: u64) {
+    /// Records the ids of executor thread `index` (from its own thread).
+    pub fn set_thread_ids(&self, index: usize, thread: u64, tid: u32) {
+        self.progress[index].tid.store(tid.into(), Release);
         self.progress[index].thread.store(thread, Release);
     }
 
-    /// The id of executor thread `index`, once it runs.
-    pub fn thread_id(&self, index: usize) -> Option<u64> {
-        match self.progress[index].thread.load(Acquire) {
+    /// The pthread and kernel ids of executor thread `index`, once it runs.
+    pub fn thread_ids(&self, index: usize) -> Option<(u64, u32)> {
+        let p = &self.progress[index];
+        match p.thread.load(Acquire) {
             0 => None,
-            thread => Some(thread),
+            thread => Some((thread, p.tid.load(Acquire) as u32)),
         }
     }
 
@@ -114,9 +120,15 @@ impl Control {
         self.stop.load(Acquire)
     }
 
-    /// A thread has closed its clients and is about to return.
-    pub fn set_finished(&self) {
+    /// Thread `index` has closed its clients and is about to return.
+    pub fn set_finished(&self, index: usize) {
+        self.progress[index].finished.store(true, Release);
         self.finished.fetch_add(1, AcqRel);
+    }
+
+    /// Whether thread `index` is about to return (or has).
+    pub fn thread_finished(&self, index: usize) -> bool {
+        self.progress[index].finished.load(Acquire)
     }
 
     pub fn finished_threads(&self) -> usize {

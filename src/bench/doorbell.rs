@@ -20,8 +20,10 @@
 //! wait for the go, then the watcher in `worker`). Phase changes thus come
 //! through a socket, not a timer. If an executor's heartbeat stands still
 //! while the main thread keeps ringing, the main thread interrupts that
-//! thread with a signal whose handler does nothing, which ends the stuck
-//! wait. Each such kick is counted and reported as `executor_stalls`.
+//! thread with a signal whose handler does nothing, which ends a stuck
+//! wait. When the thread was asleep at that moment (not busy, not waiting
+//! for a CPU) it had missed its wake-ups: that is counted and reported as
+//! `executor_stalls`.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -42,7 +44,7 @@ use super::sys;
 /// How long an executor may miss rings before it is kicked: a few ring
 /// periods, so a stuck executor costs little of the window. A thread
 /// merely kept off its CPU that long is kicked too, which does no harm.
-const STALL: Duration = Duration::from_millis(30_000);
+const STALL: Duration = Duration::from_millis(30);
 
 /// Creates a doorbell: the main thread's end (non-blocking) and the
 /// executor's.
@@ -61,7 +63,7 @@ pub fn pair() -> Result<(StdUnixStream, OwnedFd), String> {
 pub struct Bells {
     bells: Vec<StdUnixStream>,
     seen: RefCell<Vec<(u64, Instant)>>,
-    kicks: Cell<u64>,
+    stalls: Cell<u64>,
 }
 
 impl Bells {
@@ -84,19 +86,23 @@ impl Bells {
             if beat != *last {
                 *last = beat;
                 *since = Instant::now();
-            } else if since.elapsed() >= STALL && control.finished_threads() < self.bells.len() {
-                if let Some(thread) = control.thread_id(index) {
+            } else if since.elapsed() >= STALL && !control.thread_finished(index) {
+                if let Some((thread, tid)) = control.thread_ids(index) {
+                    // Asleep with rings pending is a missed wake-up; busy
+                    // or kept off its CPU is not, though a kick is harmless.
+                    if sys::thread_sleeps(tid) {
+                        self.stalls.set(self.stalls.get() + 1);
+                    }
                     sys::interrupt_thread(thread);
-                    self.kicks.set(self.kicks.get() + 1);
                 }
                 *since = Instant::now();
             }
         }
     }
 
-    /// Kicks so far.
-    pub fn kicks(&self) -> u64 {
-        self.kicks.get()
+    /// Missed wake-ups found so far.
+    pub fn stalls(&self) -> u64 {
+        self.stalls.get()
     }
 }
 

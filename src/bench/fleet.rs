@@ -17,7 +17,7 @@ use super::stats::ThreadStats;
 use super::worker::{self, Settings, ThreadSetup};
 
 /// How often the main thread looks at the counters and rings the
-/// doorbells (see `worker`).
+/// doorbells (see `doorbell`).
 pub const POLL: Duration = Duration::from_millis(10);
 
 /// The executor threads of a run.
@@ -126,7 +126,7 @@ impl Fleet {
             std::thread::sleep(POLL);
         }
         let mut total = ThreadStats {
-            executor_stalls: self.bells.kicks(),
+            executor_stalls: self.bells.stalls(),
             ..ThreadStats::default()
         };
         for handle in self.handles {

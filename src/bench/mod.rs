@@ -51,7 +51,8 @@ use cli::{Cli, Scenario};
 use scenario::Plan;
 
 /// Runs the scenario of `cli`, prints its report, and returns the exit
-/// status: 0 after a report, 1 if the run could not take place.
+/// status: 0 after a report, 1 if the run could not take place, 2 for a
+/// `--server-pid` that names no readable process.
 pub fn main(cli: Cli) -> ExitCode {
     let plan = Plan::new(&cli.scenario);
     check_open_files(plan.connections());
@@ -61,6 +62,12 @@ pub fn main(cli: Cli) -> ExitCode {
     // Start the clock before any thread reads it.
     clock::now_ns();
     let global = &cli.global;
+    if let Some(pid) = global.server_pid {
+        if let Err(e) = sys::process_cpu(pid) {
+            eprintln!("shardmq-bench: --server-pid {pid}: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let json = global.json.as_deref();
     let written = match &cli.scenario {
         Scenario::Conns(args) => {

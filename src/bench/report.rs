@@ -104,8 +104,8 @@ pub struct LoadReport {
     pub loss_allowed: bool,
     pub bench: BenchCpu,
     pub server: Option<ServerCpu>,
-    /// Times an executor missed its wake-ups and was interrupted (see
-    /// `doorbell`); a stall during the window depresses the figures.
+    /// Times an executor slept through its wake-ups for 30 ms or more and
+    /// was interrupted (see `doorbell`); stalls depress the figures.
     pub executor_stalls: u64,
     pub errors: ProblemCounts,
 }
@@ -267,7 +267,7 @@ impl LoadReport {
 
 fn stall_row(table: &mut Table, stalls: u64) {
     if stalls > 0 {
-        table.row("executor stalls (kicked)", stalls.to_string());
+        table.row("executor stalls", stalls.to_string());
     }
 }
 

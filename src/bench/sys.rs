@@ -116,12 +116,32 @@ pub fn current_thread() -> u64 {
     unsafe { libc::pthread_self() as u64 }
 }
 
+/// The calling thread's kernel id, for `thread_sleeps`.
+pub fn current_tid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    tid.max(0) as u32
+}
+
+/// True if thread `tid` of this process is asleep in the kernel (state S
+/// or D in /proc/self/task/TID/stat), false if running, runnable or gone.
+pub fn thread_sleeps(tid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("S" | "D"))
+}
+
 /// Sends the interrupt signal to a thread of this process, as returned by
 /// `current_thread` on that thread, which must still be running.
 pub fn interrupt_thread(thread: u64) {
     // SAFETY: the id comes from pthread_self on a thread of this process
-    // that has not been joined (callers check), and the signal has a
-    // handler (`install_interrupt_handler`), so it cannot end the process.
+    // that has not been joined (the caller joins only after its last
+    // ring), and the signal has a handler (`install_interrupt_handler`),
+    // so it cannot end the process.
     unsafe {
         libc::pthread_kill(thread as libc::pthread_t, INTERRUPT);
     }
@@ -161,6 +181,26 @@ mod tests {
     fn own_process_is_readable() {
         assert!(memory("self").unwrap().vm_rss_kib > 0);
         assert!(process_cpu(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn a_thread_waiting_on_a_channel_sleeps() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            tid_tx.send(current_tid()).unwrap();
+            let _ = rx.recv();
+        });
+        let tid = tid_rx.recv().unwrap();
+        // The thread goes to sleep soon after sending its id.
+        let asleep = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            thread_sleeps(tid)
+        });
+        drop(tx);
+        waiter.join().unwrap();
+        assert!(asleep);
+        assert!(!thread_sleeps(tid), "a finished thread is not asleep");
     }
 
     #[test]

@@ -204,8 +204,8 @@ async fn run(setup: ThreadSetup) -> ThreadStats {
         plan,
         doorbell,
     } = setup;
-    let _finished = Finished(control.clone());
-    control.set_thread_id(index, sys::current_thread());
+    let _finished = Finished(control.clone(), index);
+    control.set_thread_ids(index, sys::current_thread(), sys::current_tid());
     let rings = Rc::new(Rings::default());
     let bell = glommio::spawn_local(doorbell::listen(
         doorbell,
@@ -228,11 +228,11 @@ async fn run(setup: ThreadSetup) -> ThreadStats {
 
 /// Tells the main thread this thread is done, even if it panicked, so
 /// that it stops ringing and joins.
-struct Finished(Arc<Control>);
+struct Finished(Arc<Control>, usize);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.0.set_finished();
+        self.0.set_finished(self.1);
     }
 }
 
