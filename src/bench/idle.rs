@@ -43,10 +43,8 @@ impl Idle {
 
     /// Holds the connection until the run stops, then disconnects.
     pub async fn run(mut self) {
-        match drive(|cx| self.step(cx)).await {
-            Ok(()) => self.conn.close().await,
-            Err(problem) => self.local.problem(problem, true),
-        }
+        let outcome = drive(|cx| self.step(cx)).await;
+        self.local.finish(self.conn, outcome).await;
     }
 
     fn step(&mut self, cx: &mut Context<'_>) -> Result<Step, Problem> {

@@ -207,10 +207,7 @@ impl Publisher {
             });
         }
         bump(&progress.publishers_finished, 1);
-        match outcome {
-            Ok(()) => self.conn.close().await,
-            Err(problem) => self.local.problem(problem, true),
-        }
+        self.local.finish(self.conn, outcome).await;
     }
 
     fn step(&mut self, cx: &mut Context<'_>) -> Result<Step, Problem> {

@@ -65,10 +65,7 @@ impl Subscriber {
                 });
             }
         }
-        match outcome {
-            Ok(()) => self.conn.close().await,
-            Err(problem) => self.local.problem(problem, true),
-        }
+        self.local.finish(self.conn, outcome).await;
     }
 
     fn step(&mut self, cx: &mut Context<'_>) -> Result<Step, Problem> {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use super::client::Conn;
 use super::clock;
 use super::control::{bump, Control};
 use super::doorbell::{self, Rings};
@@ -145,6 +146,14 @@ impl Local {
 
     /// Counts a problem; those that end a connection also go to the
     /// progress line.
+    /// Ends a client's run: a clean disconnect, or its problem recorded.
+    pub async fn finish(&self, conn: Conn, outcome: Result<(), Problem>) {
+        match outcome {
+            Ok(()) => conn.close().await,
+            Err(problem) => self.problem(problem, true),
+        }
+    }
+
     pub fn problem(&self, problem: Problem, fatal: bool) {
         self.stats.borrow_mut().problems.add(problem);
         if fatal {
