@@ -229,10 +229,6 @@ impl Broker {
         }
     }
 
-    pub fn shard(&self) -> ShardId {
-        self.shard
-    }
-
     pub fn stats(&self) -> ShardStats {
         let mut s = self.stats;
         s.clients_connected = self.conns.iter().filter(|c| c.is_some()).count() as u64;
@@ -277,13 +273,6 @@ impl Broker {
         };
         self.stats.messages_sent += sent as u64;
         self.woken.push(conn);
-        conn
-    }
-
-    /// Answers a CONNECT that cannot be served with `code`, then closes.
-    pub fn refuse_connect(&mut self, now: Instant, code: ConnectReturnCode) -> ConnId {
-        let conn = self.alloc_conn(now);
-        self.refuse(conn, code);
         conn
     }
 
