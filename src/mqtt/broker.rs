@@ -7,7 +7,17 @@
 //! batch of inputs:
 //!
 //! 1. `poll_woken` — connections whose outbox grew or that must close;
-//! 2. `poll_remote` — batches for other shards, one per destination.
+//! 2. `poll_remote` — batches for other shards, one per destination;
+//! 3. `poll_service` — events of connections a service above the broker
+//!    terminates (the voice gateway's devices).
+//!
+//! # Service connections
+//! A connection opened with `connect_service` is a protocol peer of a
+//! service, not a pub/sub client: its PUBLISHes are acknowledged as usual
+//! but handed to the service (`ServiceEvent::Published`) instead of routed,
+//! and the service answers with `push`, which writes a QoS 0 PUBLISH to that
+//! connection whether or not it subscribed. Its subscriptions work as for
+//! any client, so a message pushed once arrives once.
 //!
 //! # Ownership
 //! 1. A client id belongs to shard `owner_shard(id, shards)`; only that
@@ -155,6 +165,21 @@ struct Conn {
     paused: bool,
     /// Has published at QoS 1/2: throttled under back-pressure.
     publisher: bool,
+    /// A service connection (see the module docs).
+    service: bool,
+}
+
+/// What happened to a service connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// It published; QoS 1/2 duplicates are already filtered out.
+    Published {
+        conn: ConnId,
+        topic: TopicName,
+        payload: Bytes,
+    },
+    /// It is closing; `push` to it is a no-op from now on.
+    Closed { conn: ConnId, reason: CloseReason },
 }
 
 struct PendingSuback {
@@ -194,6 +219,7 @@ pub struct Broker {
     behind: std::collections::HashSet<SessionId>,
     /// Shards (bit per shard, this one included) under pressure.
     pressure: u64,
+    service_events: std::collections::VecDeque<ServiceEvent>,
 }
 
 impl Broker {
@@ -226,6 +252,7 @@ impl Broker {
             scratch: Vec::new(),
             behind: std::collections::HashSet::new(),
             pressure: 0,
+            service_events: std::collections::VecDeque::new(),
         }
     }
 
@@ -244,6 +271,23 @@ impl Broker {
     /// A CONNECT arrived on a socket this shard will run. Queues the
     /// CONNACK; a refused connection comes back already closing.
     pub fn connect(&mut self, now: Instant, connect: Connect) -> ConnId {
+        self.open(now, connect, false)
+    }
+
+    /// As `connect`, for a service connection (see the module docs).
+    pub fn connect_service(&mut self, now: Instant, connect: Connect) -> ConnId {
+        self.open(now, connect, true)
+    }
+
+    /// A CONNECT that a check above the broker refused (credentials, client
+    /// id form): the connection only carries the CONNACK with `code`.
+    pub fn refuse_connect(&mut self, now: Instant, code: ConnectReturnCode) -> ConnId {
+        let conn = self.alloc_conn(now);
+        self.refuse(conn, code);
+        conn
+    }
+
+    fn open(&mut self, now: Instant, connect: Connect, service: bool) -> ConnId {
         let conn = self.alloc_conn(now);
         if connect.client_id.is_empty() && !connect.clean_session {
             // §3.1.3-8: a zero-length id needs clean session 1.
@@ -255,6 +299,7 @@ impl Broker {
         let (session, present) = self.open_session(&connect.client_id, connect.clean_session);
         let c = self.conn_mut(conn).expect("just allocated");
         c.session = Some(session);
+        c.service = service;
         c.keepalive = (connect.keep_alive_s > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
         c.will = connect.will.map(|w| Message {
@@ -294,6 +339,7 @@ impl Broker {
             closing: None,
             paused: false,
             publisher: false,
+            service: false,
         };
         match self.free_conns.pop() {
             Some(i) => {
@@ -370,8 +416,13 @@ impl Broker {
             return;
         }
         c.closing = Some(reason);
+        let service = c.service;
         let will = c.will.take();
         let session = c.session.take();
+        if service {
+            self.service_events
+                .push_back(ServiceEvent::Closed { conn, reason });
+        }
         if reason == CloseReason::ProtocolError {
             self.stats.protocol_errors += 1;
         }
@@ -506,8 +557,19 @@ impl Broker {
                 fresh
             }
         };
+        if !fresh {
+            return;
+        }
+        if self.conn(conn).is_some_and(|c| c.service) {
+            self.service_events.push_back(ServiceEvent::Published {
+                conn,
+                topic: p.topic,
+                payload: p.payload,
+            });
+            return;
+        }
         // `$SYS` belongs to the broker; clients' publishes there are dropped.
-        if !fresh || p.topic.as_str().starts_with("$SYS/") {
+        if p.topic.as_str().starts_with("$SYS/") {
             return;
         }
         let message = Message {
@@ -939,7 +1001,50 @@ impl Broker {
         self.remote_out[usize::from(to.0)].push(msg);
     }
 
+    /// Writes a QoS 0 PUBLISH straight to a connection (see the module
+    /// docs). False when the connection is gone or closing, or when its
+    /// socket is `max_outbox_bytes` behind (the message is dropped, counted).
+    pub fn push(&mut self, conn: ConnId, topic: &str, payload: &[u8]) -> bool {
+        let max = self.config.limits.max_outbox_bytes;
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        if c.closing.is_some() {
+            return false;
+        }
+        if c.outbox.len() >= max {
+            self.stats.messages_dropped += 1;
+            return false;
+        }
+        codec::encode_publish(
+            &mut c.outbox,
+            topic,
+            payload,
+            QoS::AtMostOnce,
+            false,
+            false,
+            0,
+        );
+        self.stats.messages_sent += 1;
+        self.woken.push(conn);
+        true
+    }
+
+    /// Closes a service connection on the service's behalf (its peer broke
+    /// the service's protocol); the will is published as for any violation.
+    pub fn close_service(&mut self, conn: ConnId) {
+        if self.conn(conn).is_some_and(|c| c.service) {
+            self.close(conn, CloseReason::ProtocolError);
+        }
+    }
+
     // ----- outputs ------------------------------------------------------------
+
+    /// The next event of a service connection.
+    #[must_use]
+    pub fn poll_service(&mut self) -> Option<ServiceEvent> {
+        self.service_events.pop_front()
+    }
 
     /// A connection to wake: its outbox grew, its pause ended, or it closes.
     /// May repeat a connection; waking twice is harmless.

@@ -41,10 +41,22 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
 pub(super) async fn run(shard: Rc<Shard>, mut stream: TcpStream, connect: Connect, rbuf: BytesMut) {
-    let conn = shard.broker.borrow_mut().connect(Instant::now(), connect);
+    let admitted = match shard.service() {
+        Some(service) => service.admit(&shard, Box::new(connect), stream.peer_addr().ok()),
+        None => Err(Box::new(connect)),
+    };
+    let (conn, max_packet) = match admitted {
+        Ok(taken) => taken,
+        Err(connect) => {
+            let conn = shard.broker.borrow_mut().connect(Instant::now(), *connect);
+            (conn, shard.config.mqtt.max_packet_size)
+        }
+    };
+    shard.after_input();
     let mut driver = Driver {
         shard,
         conn,
+        max_packet,
         rbuf,
         undecoded: true,
         rbuf_owned: true,
@@ -74,6 +86,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: TcpStream, connect: Connec
 struct Driver {
     shard: Rc<Shard>,
     conn: ConnId,
+    max_packet: usize,
     rbuf: BytesMut,
     /// The read buffer may hold complete packets not yet decoded.
     undecoded: bool,
@@ -145,7 +158,7 @@ impl Driver {
     /// Decodes and hands over every complete packet, unless the broker
     /// pauses or closes the connection on the way.
     fn process(&mut self) {
-        let max = self.shard.config.mqtt.max_packet_size;
+        let max = self.max_packet;
         let now = Instant::now();
         let mut broker = self.shard.broker.borrow_mut();
         loop {

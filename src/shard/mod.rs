@@ -8,6 +8,11 @@
 //! # Ownership
 //! 1. Everything in `Shard` is touched only by its executor's thread.
 //! 2. Between shards only `ShardMsg` values travel, over bounded channels.
+//!
+//! # Services
+//! A service above the broker (the voice gateway) plugs in through
+//! `Service`: it may take CONNECTs as service connections, receives their
+//! events, has its own messages on the mesh, and is ticked with the broker.
 
 mod arena;
 mod conn;
@@ -27,7 +32,8 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ShardId};
+use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ServiceEvent, ShardId};
+use crate::mqtt::codec::Connect;
 use crate::mqtt::session::SessionLimits;
 use mesh::{Endpoints, ShardMsg, STAGED_BATCHES_MAX};
 
@@ -46,6 +52,32 @@ pub enum StartError {
     Executor { shard: usize, message: String },
 }
 
+/// A service running on every shard beside the broker. All calls come from
+/// the shard's own thread.
+pub trait Service {
+    /// Spawns the service's tasks on the shard; called once, first.
+    fn start(self: Rc<Self>, shard: Rc<Shard>);
+    /// A CONNECT this shard runs. `Ok` when the service took it (the
+    /// connection is a service connection or refused), with the packet size
+    /// limit of the connection; `Err` gives it back for the broker.
+    fn admit(
+        &self,
+        shard: &Shard,
+        connect: Box<Connect>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(ConnId, usize), Box<Connect>>;
+    /// Events of service connections.
+    fn on_events(&self, shard: &Shard, events: Vec<ServiceEvent>);
+    /// A `ShardMsg::Service` from another shard.
+    fn on_remote(&self, shard: &Shard, from: ShardId, msg: Box<dyn std::any::Any + Send>);
+    /// Called with every broker tick.
+    fn tick(&self, shard: &Shard, now: Instant);
+}
+
+/// Creates the service of each shard, given the shard index; called on the
+/// shard's thread.
+pub type ServiceFactory = std::sync::Arc<dyn Fn(usize) -> Rc<dyn Service> + Send + Sync>;
+
 /// A running server: its shard threads and the address it listens on.
 pub struct Server {
     pub listen: SocketAddr,
@@ -54,9 +86,13 @@ pub struct Server {
 
 impl Server {
     /// Starts every shard and returns once all listen, or the first error.
-    pub fn start(config: Config) -> Result<Server, StartError> {
+    pub fn start(config: Config, service: Option<ServiceFactory>) -> Result<Server, StartError> {
         let shards = config.shard_count();
-        let listen = probe_listen(config.mqtt.listen)?;
+        let listen = if config.mqtt.enabled {
+            probe_listen(config.mqtt.listen)?
+        } else {
+            config.mqtt.listen
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
         let mut handles = Vec::with_capacity(shards);
@@ -68,9 +104,10 @@ impl Server {
             };
             let config = config.clone();
             let ready = ready_tx.clone();
+            let service = service.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
-                .spawn(move || run_shard(i, shards, listen, config, endpoints, ready))
+                .spawn(move || run_shard(i, shards, listen, config, endpoints, service, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -147,7 +184,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener>
 }
 
 /// The state of one shard, shared by its tasks.
-pub(crate) struct Shard {
+pub struct Shard {
     pub(crate) id: ShardId,
     pub(crate) shards: usize,
     pub(crate) config: Config,
@@ -158,23 +195,66 @@ pub(crate) struct Shard {
     flusher_wakers: RefCell<Vec<Option<Waker>>>,
     staged: Cell<usize>,
     congestion_waiters: RefCell<Vec<Waker>>,
+    service: std::cell::OnceCell<Rc<dyn Service>>,
 }
 
 impl Shard {
-    /// Wakes the connections the broker named and stages its remote batches.
-    pub(crate) fn after_input(&self) {
-        let mut broker = self.broker.borrow_mut();
-        {
-            let mut wakers = self.wakers.borrow_mut();
-            while let Some(conn) = broker.poll_woken() {
-                if let Some(w) = wakers.get_mut(conn.0 as usize).and_then(Option::take) {
-                    w.wake();
+    /// Wakes the connections the broker named, stages its remote batches,
+    /// and gives the events of service connections to the service (whose
+    /// answers may wake connections again).
+    pub fn after_input(&self) {
+        loop {
+            let mut events = Vec::new();
+            {
+                let mut broker = self.broker.borrow_mut();
+                {
+                    let mut wakers = self.wakers.borrow_mut();
+                    while let Some(conn) = broker.poll_woken() {
+                        if let Some(w) = wakers.get_mut(conn.0 as usize).and_then(Option::take) {
+                            w.wake();
+                        }
+                    }
+                }
+                while let Some((to, batch)) = broker.poll_remote() {
+                    self.stage(to, ShardMsg::Batch(batch));
+                }
+                while let Some(event) = broker.poll_service() {
+                    events.push(event);
                 }
             }
+            if events.is_empty() {
+                return;
+            }
+            if let Some(service) = self.service.get() {
+                service.on_events(self, events);
+            }
         }
-        while let Some((to, batch)) = broker.poll_remote() {
-            self.stage(to, ShardMsg::Batch(batch));
-        }
+    }
+
+    /// Sends a service message to another shard.
+    pub fn send_service(&self, to: ShardId, msg: Box<dyn std::any::Any + Send>) {
+        self.stage(to, ShardMsg::Service(msg));
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The broker machine; never borrowed across an await.
+    pub fn broker(&self) -> &RefCell<Broker> {
+        &self.broker
+    }
+
+    pub(crate) fn service(&self) -> Option<&Rc<dyn Service>> {
+        self.service.get()
     }
 
     pub(crate) fn stage(&self, to: ShardId, msg: ShardMsg) {
@@ -221,6 +301,7 @@ async fn run_shard(
     listen: SocketAddr,
     config: Config,
     endpoints: Endpoints,
+    service: Option<ServiceFactory>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -245,17 +326,27 @@ async fn run_shard(
         flusher_wakers: RefCell::new(vec![None; shards]),
         staged: Cell::new(0),
         congestion_waiters: RefCell::new(Vec::new()),
+        service: std::cell::OnceCell::new(),
     });
-    let listener = match bind_listener(listen) {
-        Ok(l) => l,
-        Err(source) => {
-            let _ = ready.send(Err(StartError::Bind {
-                addr: listen,
-                source,
-            }));
-            return;
+    let listener = if shard.config.mqtt.enabled {
+        match bind_listener(listen) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind {
+                    addr: listen,
+                    source,
+                }));
+                return;
+            }
         }
+    } else {
+        None
     };
+    if let Some(factory) = service {
+        let service = factory(index);
+        let _ = shard.service.set(service.clone());
+        service.start(shard.clone());
+    }
     let mut tasks = Vec::new();
     for (from, rx) in endpoints.receivers.into_iter().enumerate() {
         if let Some(rx) = rx {
@@ -273,7 +364,10 @@ async fn run_shard(
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
     let _ = ready.send(Ok(()));
-    listener::accept_loop(shard, listener).await;
+    match listener {
+        Some(listener) => listener::accept_loop(shard, listener).await,
+        None => std::future::pending::<()>().await,
+    }
     drop(tasks);
 }
 
@@ -322,6 +416,12 @@ async fn receive(shard: Rc<Shard>, from: ShardId, rx: SharedReceiver<ShardMsg>) 
             ShardMsg::Handoff(handoff) => {
                 glommio::spawn_local(conn::run_handoff(shard.clone(), *handoff)).detach();
             }
+            ShardMsg::Service(msg) => {
+                if let Some(service) = shard.service() {
+                    service.on_remote(&shard, from, msg);
+                }
+                shard.after_input();
+            }
         }
     }
 }
@@ -329,7 +429,11 @@ async fn receive(shard: Rc<Shard>, from: ShardId, rx: SharedReceiver<ShardMsg>) 
 async fn tick(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(TICK_INTERVAL).await;
-        shard.broker.borrow_mut().tick(Instant::now());
+        let now = Instant::now();
+        shard.broker.borrow_mut().tick(now);
+        if let Some(service) = shard.service() {
+            service.tick(&shard, now);
+        }
         shard.after_input();
     }
 }
