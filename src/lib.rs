@@ -4,5 +4,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod http;
 pub mod mqtt;
 pub mod shard;
+pub mod voice;

@@ -48,14 +48,42 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let shards = config.shard_count();
-    let server = match Server::start(config) {
+    let service = if config.voice.enabled {
+        match shardmq::voice::start(&config) {
+            Ok(started) => {
+                tracing::info!(
+                    udp = %started.udp,
+                    steering = ?started.steering,
+                    "voice gateway enabled"
+                );
+                Some(started.factory)
+            }
+            Err(e) => {
+                eprintln!("shardmq: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        if !config.http.listen.is_empty() {
+            tracing::warn!("[http] serves the voice gateway; it stays off while [voice] is off");
+        }
+        None
+    };
+    let server = match Server::start(config.clone(), service) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: {e}");
             return ExitCode::from(1);
         }
     };
-    tracing::info!(listen = %server.listen, shards, "shardmq serving MQTT");
+    if config.mqtt.enabled {
+        tracing::info!(listen = %server.listen, shards, "shardmq serving MQTT");
+    } else {
+        tracing::info!(
+            shards,
+            "shardmq running without its broker (external broker mode)"
+        );
+    }
     server.join();
     ExitCode::SUCCESS
 }

@@ -18,7 +18,10 @@ fn broker() -> u16 {
          [mqtt]\nlisten = \"127.0.0.1:0\"\nsys_interval_s = 0\n",
     )
     .expect("test config is valid");
-    Server::start(config).expect("broker starts").listen.port()
+    Server::start(config, None)
+        .expect("broker starts")
+        .listen
+        .port()
 }
 
 fn cli(port: u16, args: &str) -> Cli {

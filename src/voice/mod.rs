@@ -1,0 +1,132 @@
+//! The xiaozhi voice gateway: devices hold their control channel over MQTT
+//! and stream Opus over AES-128-CTR encrypted UDP; each conversation is
+//! bridged to a chat backend over WebSocket (`protocols/xiaozhi.md`).
+//!
+//! Sans-IO parts: `packet` (the UDP header and cipher), `audio` (one
+//! conversation's UDP state), `identity` (device ids and credentials),
+//! `control` (JSON messages), `gateway` (one shard's machine). Shell:
+//! `service` (the shard's side), `bridge` (backend WebSockets), `external`
+//! (external broker mode), `management` (HTTP glue), `bpf` (UDP steering).
+
+pub mod audio;
+pub mod bpf;
+mod bridge;
+pub mod control;
+mod external;
+pub mod gateway;
+pub mod identity;
+mod management;
+pub mod metrics;
+pub mod packet;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, Steering};
+use crate::shard::ServiceFactory;
+use bridge::Backend;
+use gateway::{Gateway, GatewayConfig};
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum VoiceStartError {
+    #[error("cannot bind UDP {addr}: {source}")]
+    Udp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backend(#[from] bridge::BackendError),
+}
+
+/// How UDP datagrams reach their shard, as started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringInForce {
+    Bpf,
+    Forward,
+}
+
+/// What `start` set up: the factory for the shards, and facts to log.
+pub struct Started {
+    pub factory: ServiceFactory,
+    pub udp: SocketAddr,
+    pub steering: SteeringInForce,
+}
+
+/// Binds the UDP group (one socket per shard, in shard order, so the
+/// reuseport program's index is the shard) and resolves the backends.
+pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
+    let shards = config.shard_count();
+    let backends = config
+        .voice
+        .chat_servers
+        .iter()
+        .chain(&config.voice.dev_chat_servers)
+        .map(|url| Backend::resolve(url))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addr = config.voice.udp_listen;
+    let want_bpf = config.voice.steering == Steering::Bpf && shards > 1;
+    let group = bpf::bind_group(addr, shards, want_bpf)
+        .map_err(|source| VoiceStartError::Udp { addr, source })?;
+    if let bpf::Steering::Failed(e) = &group.steering {
+        tracing::warn!(error = %e, "UDP steering program refused; datagrams are forwarded between shards");
+    }
+    let udp = group.local_addr;
+    let steering = if group.steering.is_attached() || shards == 1 {
+        SteeringInForce::Bpf
+    } else {
+        SteeringInForce::Forward
+    };
+    let fds = group.sockets;
+    let public_port = match config.voice.public_port {
+        0 => udp.port(),
+        p => p,
+    };
+    let sockets = Mutex::new(fds.into_iter().map(Some).collect::<Vec<_>>());
+    let config = config.clone();
+    let factory: ServiceFactory = Arc::new(move |shard: usize| {
+        let socket = sockets
+            .lock()
+            .expect("not poisoned")
+            .get_mut(shard)
+            .and_then(Option::take)
+            .expect("one socket per shard");
+        let voice = &config.voice;
+        let gateway = Gateway::new(GatewayConfig {
+            // External broker mode: conversations live on shard 0, where
+            // the broker client runs.
+            shard: if voice.external_broker.enabled() {
+                0
+            } else {
+                shard as u32
+            },
+            shards: shards as u32,
+            public_host: voice.public_host.clone(),
+            public_port,
+            chat_servers: voice.chat_servers.clone(),
+            dev_chat_servers: voice.dev_chat_servers.clone(),
+            dev_macs: voice
+                .dev_macs
+                .iter()
+                .map(|m| m.to_ascii_lowercase())
+                .collect(),
+            backend_token: voice.backend_token.clone(),
+            backend_secret: voice.backend_secret.clone(),
+            hello_timeout: std::time::Duration::from_secs(voice.backend_hello_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(voice.idle_timeout_s),
+        });
+        std::rc::Rc::new(service::VoiceService::new(
+            config.clone(),
+            shard,
+            gateway,
+            socket,
+            backends.clone(),
+        )) as std::rc::Rc<dyn crate::shard::Service>
+    });
+    Ok(Started {
+        factory,
+        udp,
+        steering,
+    })
+}

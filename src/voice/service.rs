@@ -1,0 +1,683 @@
+//! The voice gateway on a shard (shell): admits devices' MQTT connections,
+//! feeds the gateway machine with their messages, its UDP socket and its
+//! backend WebSockets, and carries out what the machine asks.
+//!
+//! Each shard runs one `VoiceService` with its own socket of the UDP group
+//! (`bpf::bind_group`). A conversation lives on the shard that owns its
+//! device's client id; its conn id makes the reuseport program deliver its
+//! datagrams to that shard, and a datagram that lands elsewhere anyway
+//! (steering off, or a stale id) is forwarded over the mesh.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::UdpSocket;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::mqtt::broker::{owner_shard, ConnId, ServiceEvent, ShardId};
+use crate::mqtt::codec::{Connect, ConnectReturnCode};
+use crate::shard::{Service, Shard};
+use crate::voice::bridge::{self, Backend, BridgeCmd};
+use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
+use crate::voice::identity;
+use crate::voice::packet::{self, MAX_DATAGRAM};
+
+/// Frames queued towards one backend before audio is dropped: a backend
+/// that stops reading must not grow the shard's memory.
+const BRIDGE_QUEUE: usize = 256;
+
+/// Datagrams from other shards waiting for this shard's receive task.
+const FORWARD_QUEUE: usize = 1024;
+
+/// Between the voice services of different shards.
+pub(crate) enum VoiceMsg {
+    /// A datagram that arrived on the sender's socket.
+    Datagram { from: SocketAddr, data: Vec<u8> },
+    /// An MCP request for a device of the receiver; answered with `McpDone`.
+    Mcp {
+        token: u64,
+        client_id: String,
+        payload: Value,
+    },
+    McpDone {
+        token: u64,
+        result: Result<Value, String>,
+    },
+    /// Status of devices of the receiver; answered with `StatusDone`.
+    Status { token: u64, client_ids: Vec<String> },
+    StatusDone {
+        token: u64,
+        statuses: Vec<(String, DeviceStatus)>,
+    },
+    /// The sender's counters, for shard 0's `/metrics`.
+    Counters(VoiceCounters),
+}
+
+/// Where the outcome of an MCP request goes.
+enum McpOrigin {
+    Local(Rc<Slot<Result<Value, String>>>),
+    Remote { shard: ShardId, token: u64 },
+}
+
+/// How devices are reached.
+enum Devices {
+    /// Connections of the built-in broker; the key is the `ConnId`.
+    Builtin {
+        conns: HashMap<DeviceKey, (ConnId, String)>,
+    },
+    /// An external broker: the key names a reply topic.
+    External(crate::voice::external::Link),
+}
+
+pub struct VoiceService {
+    config: Config,
+    shard: ShardId,
+    shards: usize,
+    gateway: RefCell<Gateway>,
+    socket: RefCell<Option<std::os::fd::OwnedFd>>,
+    udp: std::cell::OnceCell<Rc<UdpSocket>>,
+    backends: Vec<Backend>,
+    bridges: RefCell<HashMap<u32, LocalSender<BridgeCmd>>>,
+    devices: RefCell<Devices>,
+    mcp: RefCell<HashMap<u64, McpOrigin>>,
+    /// Status requests waiting for other shards: the slot, answers missing.
+    statuses: RefCell<HashMap<u64, (Rc<StatusSlot>, usize)>>,
+    next_token: Cell<u64>,
+    /// Counters of every shard, on shard 0.
+    shard_counters: RefCell<Vec<VoiceCounters>>,
+    /// Datagrams forwarded by other shards, for the receive task.
+    forwarded: std::cell::OnceCell<LocalSender<(SocketAddr, Vec<u8>)>>,
+    /// Set by `start`: tasks spawned later need owned handles.
+    me: std::cell::OnceCell<Weak<VoiceService>>,
+    home: std::cell::OnceCell<Weak<Shard>>,
+}
+
+impl VoiceService {
+    pub(crate) fn new(
+        config: Config,
+        shard: usize,
+        gateway: Gateway,
+        socket: std::os::fd::OwnedFd,
+        backends: Vec<Backend>,
+    ) -> VoiceService {
+        let shards = config.shard_count();
+        let devices = if config.voice.external_broker.enabled() {
+            Devices::External(crate::voice::external::Link::default())
+        } else {
+            Devices::Builtin {
+                conns: HashMap::new(),
+            }
+        };
+        VoiceService {
+            config,
+            shard: ShardId(shard as u16),
+            shards,
+            gateway: RefCell::new(gateway),
+            socket: RefCell::new(Some(socket)),
+            udp: std::cell::OnceCell::new(),
+            backends,
+            bridges: RefCell::new(HashMap::new()),
+            devices: RefCell::new(devices),
+            mcp: RefCell::new(HashMap::new()),
+            statuses: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            shard_counters: RefCell::new(vec![VoiceCounters::default(); shards]),
+            forwarded: std::cell::OnceCell::new(),
+            me: std::cell::OnceCell::new(),
+            home: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn handles(&self) -> Option<(Rc<VoiceService>, Rc<Shard>)> {
+        Some((self.me.get()?.upgrade()?, self.home.get()?.upgrade()?))
+    }
+
+    fn udp(&self) -> Option<&Rc<UdpSocket>> {
+        self.udp.get()
+    }
+
+    fn token(&self) -> u64 {
+        let t = self.next_token.get();
+        self.next_token.set(t + 1);
+        t
+    }
+
+    /// Carries out the gateway's actions; then the shard wakes whatever
+    /// connections they wrote to.
+    pub(crate) fn run_actions(&self, shard: &Shard) {
+        loop {
+            let Some(action) = self.gateway.borrow_mut().poll_action() else {
+                break;
+            };
+            match action {
+                Action::ToDevice { device, payload } => self.to_device(shard, device, &payload),
+                Action::CloseDevice { device } => {
+                    if let Devices::Builtin { conns } = &*self.devices.borrow() {
+                        if let Some((conn, _)) = conns.get(&device) {
+                            shard.broker().borrow_mut().close_service(*conn);
+                        }
+                    }
+                }
+                Action::OpenBackend {
+                    conv,
+                    url,
+                    headers,
+                    hello,
+                } => {
+                    let Some(backend) = self.backends.iter().find(|b| b.url == url).cloned() else {
+                        self.gateway
+                            .borrow_mut()
+                            .backend_closed(Instant::now(), conv);
+                        continue;
+                    };
+                    let Some((me, home)) = self.handles() else {
+                        continue;
+                    };
+                    let (tx, rx) = local_channel::new_bounded(BRIDGE_QUEUE);
+                    self.bridges.borrow_mut().insert(conv, tx);
+                    glommio::spawn_local(bridge::run(me, home, conv, backend, headers, hello, rx))
+                        .detach();
+                }
+                Action::BackendText { conv, text } => {
+                    if let Some(tx) = self.bridges.borrow().get(&conv) {
+                        // A full queue means the backend stopped reading;
+                        // control text is small and rare, so it still waits
+                        // its turn rather than being lost.
+                        if let Err(e) = tx.try_send(BridgeCmd::Text(text)) {
+                            tracing::debug!(conv, error = %e, "backend queue full");
+                        }
+                    }
+                }
+                Action::CloseBackend { conv } => {
+                    if let Some(tx) = self.bridges.borrow_mut().remove(&conv) {
+                        let _ = tx.try_send(BridgeCmd::Close);
+                    }
+                }
+                Action::McpDone { token, result } => self.mcp_done(shard, token, result),
+            }
+        }
+        shard.after_input();
+    }
+
+    fn to_device(&self, shard: &Shard, device: DeviceKey, payload: &[u8]) {
+        match &mut *self.devices.borrow_mut() {
+            Devices::Builtin { conns } => {
+                if let Some((conn, topic)) = conns.get(&device) {
+                    shard.broker().borrow_mut().push(*conn, topic, payload);
+                }
+            }
+            Devices::External(link) => link.publish(device, payload),
+        }
+    }
+
+    fn mcp_done(&self, shard: &Shard, token: u64, result: Result<Value, String>) {
+        match self.mcp.borrow_mut().remove(&token) {
+            Some(McpOrigin::Local(slot)) => slot.fill(result),
+            Some(McpOrigin::Remote { shard: to, token }) => {
+                shard.send_service(to, Box::new(VoiceMsg::McpDone { token, result }));
+            }
+            None => {}
+        }
+    }
+
+    // ----- backend events (from bridge tasks) ------------------------------------
+
+    pub(crate) fn backend_text(&self, shard: &Shard, conv: u32, text: &str) {
+        self.gateway
+            .borrow_mut()
+            .backend_text(Instant::now(), conv, text);
+        self.run_actions(shard);
+    }
+
+    pub(crate) fn backend_closed(&self, shard: &Shard, conv: u32) {
+        self.bridges.borrow_mut().remove(&conv);
+        self.gateway
+            .borrow_mut()
+            .backend_closed(Instant::now(), conv);
+        self.run_actions(shard);
+    }
+
+    pub(crate) async fn backend_audio(&self, conv: u32, mut frame: BytesMut) {
+        let out = self
+            .gateway
+            .borrow_mut()
+            .backend_audio(Instant::now(), conv, &mut frame);
+        if let Outgoing::Send { to, len } = out {
+            self.send_datagram(&frame[..len], to).await;
+        }
+    }
+
+    async fn send_datagram(&self, datagram: &[u8], to: SocketAddr) {
+        let Some(udp) = self.udp().cloned() else {
+            return;
+        };
+        if let Err(e) = udp.send_to(datagram, to).await {
+            tracing::debug!(%to, error = %e, "UDP send failed");
+        }
+    }
+
+    // ----- UDP -------------------------------------------------------------------
+
+    /// Datagrams forwarded by other shards.
+    async fn forwarded_loop(
+        self: Rc<Self>,
+        shard: Rc<Shard>,
+        rx: local_channel::LocalReceiver<(SocketAddr, Vec<u8>)>,
+    ) {
+        while let Some((from, mut data)) = rx.recv().await {
+            self.datagram(&shard, from, &mut data).await;
+        }
+    }
+
+    async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let (n, from) = match udp.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "UDP receive failed");
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Some(datagram) = buf.get_mut(..n) else {
+                continue;
+            };
+            let owner = packet::conn_id(datagram)
+                .map_or(self.shard, |id| ShardId((id % self.shards as u32) as u16));
+            if owner != self.shard {
+                let data = datagram.to_vec();
+                shard.send_service(owner, Box::new(VoiceMsg::Datagram { from, data }));
+                continue;
+            }
+            self.datagram(&shard, from, datagram).await;
+        }
+    }
+
+    async fn datagram(&self, shard: &Shard, from: SocketAddr, datagram: &mut [u8]) {
+        let _ = shard;
+        let accepted = self
+            .gateway
+            .borrow_mut()
+            .udp_in(Instant::now(), from, datagram);
+        let Ok(incoming) = accepted else {
+            return;
+        };
+        let frame = Bytes::copy_from_slice(datagram);
+        if let Some(tx) = self.bridges.borrow().get(&incoming.conv) {
+            if tx.try_send(BridgeCmd::Binary(frame)).is_err() {
+                self.gateway.borrow_mut().counters_mut().audio_out_dropped += 1;
+            }
+        }
+        for mut held in incoming.released {
+            let sealed = self
+                .gateway
+                .borrow_mut()
+                .seal_released(incoming.conv, &mut held);
+            if let Some((to, len)) = sealed {
+                self.send_datagram(&held[..len], to).await;
+            }
+        }
+    }
+
+    // ----- external broker mode ---------------------------------------------------
+
+    /// Runs `f` on the external broker link, in that mode.
+    pub(crate) fn with_link<R>(
+        &self,
+        f: impl FnOnce(&mut crate::voice::external::Link) -> R,
+    ) -> Option<R> {
+        match &mut *self.devices.borrow_mut() {
+            Devices::External(link) => Some(f(link)),
+            Devices::Builtin { .. } => None,
+        }
+    }
+
+    /// A device message relayed by the external broker.
+    pub(crate) fn external_message(&self, shard: &Shard, mac: &str, payload: &[u8]) {
+        let now = Instant::now();
+        let Some((device, new)) = self.with_link(|link| link.device(mac)) else {
+            return;
+        };
+        if new {
+            // The external broker authenticated the device; only its MAC
+            // is known here.
+            let client_id = format!("GID_external@@@{mac}");
+            match identity::parse_client_id(&client_id) {
+                Ok(id) => self
+                    .gateway
+                    .borrow_mut()
+                    .device_connected(now, device, id, &client_id, None),
+                Err(_) => {
+                    tracing::debug!(mac, "message from a topic that names no device");
+                    return;
+                }
+            }
+        }
+        self.gateway
+            .borrow_mut()
+            .device_message(now, device, payload);
+        self.run_actions(shard);
+    }
+
+    // ----- management API (shard 0) -----------------------------------------------
+
+    /// Sends an MCP request to a device on any shard and waits for the outcome.
+    pub(crate) fn mcp_command(
+        &self,
+        shard: &Shard,
+        client_id: String,
+        payload: Value,
+    ) -> impl Future<Output = Result<Value, String>> {
+        let slot = Rc::new(Slot::default());
+        let token = self.token();
+        self.mcp
+            .borrow_mut()
+            .insert(token, McpOrigin::Local(slot.clone()));
+        let owner = owner_shard(&client_id, self.shards);
+        if owner == self.shard {
+            self.gateway
+                .borrow_mut()
+                .mcp_request(Instant::now(), &client_id, &payload, token);
+            self.run_actions(shard);
+        } else {
+            shard.send_service(
+                owner,
+                Box::new(VoiceMsg::Mcp {
+                    token,
+                    client_id,
+                    payload,
+                }),
+            );
+        }
+        async move { slot.wait().await }
+    }
+
+    /// Status of devices on every shard.
+    pub(crate) fn devices_status(
+        &self,
+        shard: &Shard,
+        client_ids: Vec<String>,
+    ) -> impl Future<Output = Vec<(String, DeviceStatus)>> {
+        let mut by_shard: HashMap<ShardId, Vec<String>> = HashMap::new();
+        for id in client_ids {
+            by_shard
+                .entry(owner_shard(&id, self.shards))
+                .or_default()
+                .push(id);
+        }
+        let slot = Rc::new(Slot::default());
+        let mut local = Vec::new();
+        if let Some(ids) = by_shard.remove(&self.shard) {
+            let gateway = self.gateway.borrow();
+            local = ids
+                .into_iter()
+                .map(|id| {
+                    let s = gateway.status(&id);
+                    (id, s)
+                })
+                .collect();
+        }
+        if by_shard.is_empty() {
+            slot.fill(local);
+        } else {
+            let token = self.token();
+            self.statuses
+                .borrow_mut()
+                .insert(token, (slot.clone(), by_shard.len()));
+            slot.extend(local);
+            for (owner, client_ids) in by_shard {
+                shard.send_service(owner, Box::new(VoiceMsg::Status { token, client_ids }));
+            }
+        }
+        async move { slot.wait().await }
+    }
+
+    /// Prometheus text of the voice counters summed over shards.
+    pub(crate) fn metrics(&self) -> String {
+        let mut total = VoiceCounters::default();
+        {
+            let mut per_shard = self.shard_counters.borrow_mut();
+            per_shard[usize::from(self.shard.0)] = self.gateway.borrow().counters();
+            for c in per_shard.iter() {
+                total.add(c);
+            }
+        }
+        crate::voice::metrics::render(&total)
+    }
+}
+
+impl Service for VoiceService {
+    fn start(self: Rc<Self>, shard: Rc<Shard>) {
+        let _ = self.me.set(Rc::downgrade(&self));
+        let _ = self.home.set(Rc::downgrade(&shard));
+        let Some(fd) = self.socket.borrow_mut().take() else {
+            return;
+        };
+        let (tx, rx) = local_channel::new_bounded(FORWARD_QUEUE);
+        let _ = self.forwarded.set(tx);
+        glommio::spawn_local(self.clone().forwarded_loop(shard.clone(), rx)).detach();
+        // SAFETY: `fd` is a bound UDP socket of the group whose ownership
+        // moves into the glommio socket; nothing else holds it.
+        let udp = Rc::new(unsafe {
+            <UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(
+                fd,
+            ))
+        });
+        let _ = self.udp.set(udp.clone());
+        glommio::spawn_local(self.clone().receive_loop(shard.clone(), udp)).detach();
+        if self.shard == ShardId(0) {
+            if let Some(addr) = shard.config().http.listen_addr() {
+                crate::voice::management::start(self.clone(), shard.clone(), addr);
+            }
+            if self.config.voice.external_broker.enabled() {
+                crate::voice::external::start(self.clone(), shard.clone());
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        shard: &Shard,
+        connect: Box<Connect>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(ConnId, usize), Box<Connect>> {
+        if !identity::is_device_client_id(&connect.client_id)
+            || !matches!(&*self.devices.borrow(), Devices::Builtin { .. })
+        {
+            return Err(connect);
+        }
+        let now = Instant::now();
+        let max = self.config.voice.max_packet_size;
+        let refuse = |code| {
+            let conn = shard.broker().borrow_mut().refuse_connect(now, code);
+            Ok((conn, max))
+        };
+        let Ok(id) = identity::parse_client_id(&connect.client_id) else {
+            tracing::debug!(client_id = %connect.client_id, "malformed device id");
+            return refuse(ConnectReturnCode::IdentifierRejected);
+        };
+        let key = self.config.voice.signature_key.as_bytes();
+        if !key.is_empty() && id.uuid.is_some() {
+            let username = connect.username.as_deref().unwrap_or("");
+            let password = connect.password.as_deref().unwrap_or(&[]);
+            if !identity::check_password(key, &connect.client_id, username, password) {
+                tracing::debug!(client_id = %connect.client_id, "bad device credentials");
+                return refuse(ConnectReturnCode::BadUserNamePassword);
+            }
+        }
+        let client_id = connect.client_id.clone();
+        let topic = format!("devices/p2p/{}", id.mac_underscored);
+        let conn = shard.broker().borrow_mut().connect_service(now, *connect);
+        let device = DeviceKey(u64::from(conn.0));
+        if let Devices::Builtin { conns } = &mut *self.devices.borrow_mut() {
+            conns.insert(device, (conn, topic));
+        }
+        self.gateway.borrow_mut().device_connected(
+            now,
+            device,
+            id,
+            &client_id,
+            peer.map(|p| p.ip().to_string()),
+        );
+        self.run_actions(shard);
+        Ok((conn, max))
+    }
+
+    fn on_events(&self, shard: &Shard, events: Vec<ServiceEvent>) {
+        let now = Instant::now();
+        for event in events {
+            match event {
+                ServiceEvent::Published { conn, payload, .. } => {
+                    self.gateway.borrow_mut().device_message(
+                        now,
+                        DeviceKey(u64::from(conn.0)),
+                        &payload,
+                    );
+                }
+                ServiceEvent::Closed { conn, .. } => {
+                    let device = DeviceKey(u64::from(conn.0));
+                    if let Devices::Builtin { conns } = &mut *self.devices.borrow_mut() {
+                        conns.remove(&device);
+                    }
+                    self.gateway.borrow_mut().device_gone(now, device);
+                }
+            }
+        }
+        self.run_actions(shard);
+    }
+
+    fn on_remote(&self, shard: &Shard, from: ShardId, msg: Box<dyn std::any::Any + Send>) {
+        let Ok(msg) = msg.downcast::<VoiceMsg>() else {
+            return;
+        };
+        let now = Instant::now();
+        match *msg {
+            VoiceMsg::Datagram { from: addr, data } => {
+                self.gateway.borrow_mut().counters_mut().udp_forwarded += 1;
+                if let Some(tx) = self.forwarded.get() {
+                    // Full: this shard is behind on audio already; dropping
+                    // a datagram is what the network would do.
+                    let _ = tx.try_send((addr, data));
+                }
+            }
+            VoiceMsg::Mcp {
+                token,
+                client_id,
+                payload,
+            } => {
+                let local = self.token();
+                self.mcp
+                    .borrow_mut()
+                    .insert(local, McpOrigin::Remote { shard: from, token });
+                self.gateway
+                    .borrow_mut()
+                    .mcp_request(now, &client_id, &payload, local);
+            }
+            VoiceMsg::McpDone { token, result } => {
+                if let Some(McpOrigin::Local(slot)) = self.mcp.borrow_mut().remove(&token) {
+                    slot.fill(result);
+                }
+            }
+            VoiceMsg::Status { token, client_ids } => {
+                let gateway = self.gateway.borrow();
+                let statuses = client_ids
+                    .into_iter()
+                    .map(|id| {
+                        let s = gateway.status(&id);
+                        (id, s)
+                    })
+                    .collect();
+                shard.send_service(from, Box::new(VoiceMsg::StatusDone { token, statuses }));
+            }
+            VoiceMsg::StatusDone { token, statuses } => {
+                let mut pending = self.statuses.borrow_mut();
+                if let Some((slot, missing)) = pending.get_mut(&token) {
+                    slot.extend(statuses);
+                    *missing -= 1;
+                    if *missing == 0 {
+                        let (slot, _) = pending.remove(&token).expect("present");
+                        slot.finish();
+                    }
+                }
+            }
+            VoiceMsg::Counters(c) => {
+                if let Some(slot) = self
+                    .shard_counters
+                    .borrow_mut()
+                    .get_mut(usize::from(from.0))
+                {
+                    *slot = c;
+                }
+            }
+        }
+        self.run_actions(shard);
+    }
+
+    fn tick(&self, shard: &Shard, now: Instant) {
+        self.gateway.borrow_mut().tick(now);
+        if self.shard != ShardId(0) {
+            let counters = self.gateway.borrow().counters();
+            shard.send_service(ShardId(0), Box::new(VoiceMsg::Counters(counters)));
+        }
+        self.run_actions(shard);
+    }
+}
+
+type StatusSlot = Slot<Vec<(String, DeviceStatus)>>;
+
+/// A value a task waits for, filled by another task of the same shard.
+pub(crate) struct Slot<T> {
+    value: RefCell<Option<T>>,
+    partial: RefCell<Vec<(String, DeviceStatus)>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            value: RefCell::new(None),
+            partial: RefCell::new(Vec::new()),
+            waker: RefCell::new(None),
+        }
+    }
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn fill(&self, value: T) {
+        *self.value.borrow_mut() = Some(value);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    pub(crate) async fn wait(&self) -> T {
+        std::future::poll_fn(|cx| match self.value.borrow_mut().take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Slot<Vec<(String, DeviceStatus)>> {
+    fn extend(&self, statuses: Vec<(String, DeviceStatus)>) {
+        self.partial.borrow_mut().extend(statuses);
+    }
+
+    fn finish(&self) {
+        let all = std::mem::take(&mut *self.partial.borrow_mut());
+        self.fill(all);
+    }
+}
