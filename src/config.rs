@@ -307,6 +307,13 @@ impl Config {
                     });
                 }
             }
+            self.voice
+                .ota
+                .validate()
+                .map_err(|e| ConfigError::Invalid {
+                    key: e.key,
+                    message: e.message,
+                })?;
             if !(64..=268_435_460).contains(&self.voice.max_packet_size) {
                 return Err(ConfigError::Invalid {
                     key: "voice.max_packet_size",

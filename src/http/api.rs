@@ -48,24 +48,24 @@ pub struct DeviceStatus {
     pub exists: bool,
 }
 
+/// Answer of [`Gateway::devices_status`].
+pub type StatusFuture = Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>>;
+/// Answer of [`Gateway::mcp_command`].
+pub type CommandFuture = Pin<Box<dyn Future<Output = Result<Value, String>>>>;
+/// Answer of [`Gateway::metrics`].
+pub type MetricsFuture = Pin<Box<dyn Future<Output = String>>>;
+
 /// The rest of the server, as the HTTP routes see it. Implemented by the
 /// shard shell; futures are not `Send`, everything runs on one shard.
 pub trait Gateway {
     /// Status of each client id asked for; ids left out count as unknown.
-    fn devices_status(
-        &self,
-        client_ids: Vec<String>,
-    ) -> Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>>;
+    fn devices_status(&self, client_ids: Vec<String>) -> StatusFuture;
     /// Sends an MCP request (`payload` holds `method` and `params`) to the
     /// device and resolves with its `result`, or with a message on failure
     /// (not connected, MCP error). Bounded by [`COMMAND_TIMEOUT`] here.
-    fn mcp_command(
-        &self,
-        client_id: String,
-        payload: Value,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>>>>;
+    fn mcp_command(&self, client_id: String, payload: Value) -> CommandFuture;
     /// The Prometheus text exposition of the server's counters.
-    fn metrics(&self) -> Pin<Box<dyn Future<Output = String>>>;
+    fn metrics(&self) -> MetricsFuture;
 }
 
 /// The HTTP handler of the voice gateway.
@@ -113,7 +113,9 @@ impl Api {
     ) -> Api {
         static WARNED: Once = Once::new();
         let management_enabled = !signature_key.is_empty() && key_is_strong(&signature_key);
-        if !signature_key.is_empty() && !management_enabled {
+        if signature_key.is_empty() {
+            tracing::debug!("management API off: no voice.signature_key");
+        } else if !management_enabled {
             WARNED.call_once(|| {
                 tracing::warn!(
                     "management API off: voice.signature_key must have 8+ characters, \
@@ -131,71 +133,71 @@ impl Api {
         }
     }
 
-    fn route(&self, request: &Request) -> Result<Response, ResponseFuture> {
+    fn route(&self, request: &Request) -> Answer {
         let path = request.path.as_str();
         let method = request.method.as_str();
         match path {
             "/xiaozhi/ota/" | "/xiaozhi/ota" => match method {
-                "POST" | "GET" => Ok(ota::ota_response(
+                "POST" | "GET" => Answer::Ready(ota::ota_response(
                     request,
                     &self.ota,
                     &self.signature_key,
                     (self.clock)(),
                 )),
-                _ => Ok(method_not_allowed("GET, POST")),
+                _ => Answer::Ready(method_not_allowed("GET, POST")),
             },
             "/xiaozhi/ota/activate" | "/xiaozhi/ota/activate/" => match method {
-                "POST" => Ok(ota::activate_response()),
-                _ => Ok(method_not_allowed("POST")),
+                "POST" => Answer::Ready(ota::activate_response()),
+                _ => Answer::Ready(method_not_allowed("POST")),
             },
             "/metrics" => match method {
-                "GET" | "HEAD" => Err(self.metrics()),
-                _ => Ok(method_not_allowed("GET")),
+                "GET" | "HEAD" => Answer::Later(self.metrics()),
+                _ => Answer::Ready(method_not_allowed("GET")),
             },
             _ => match path.strip_prefix("/api/") {
-                Some(rest) => self.management(rest, &request),
-                None => Ok(not_found()),
+                Some(rest) => self.management(rest, request),
+                None => Answer::Ready(not_found()),
             },
         }
     }
 
     /// `/api/<rest>`, with express's lenient trailing slash.
-    fn management(&self, rest: &str, request: &Request) -> Result<Response, ResponseFuture> {
+    fn management(&self, rest: &str, request: &Request) -> Answer {
         if !self.management_enabled {
-            return Ok(not_found());
+            return Answer::Ready(not_found());
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let command_id = rest.strip_prefix("commands/");
         let command_route = matches!(command_id, Some(id) if !id.is_empty() && !id.contains('/'));
         if rest != "devices/status" && !command_route {
-            return Ok(not_found());
+            return Answer::Ready(not_found());
         }
         if request.method != "POST" {
-            return Ok(method_not_allowed("POST"));
+            return Answer::Ready(method_not_allowed("POST"));
         }
         let now = (self.clock)();
         if !auth::bearer_is_valid(request.header("authorization"), &self.signature_key, now) {
             tracing::debug!(peer = %request.peer, "management API: unauthorized");
-            return Ok(Response::error(401, "unauthorized"));
+            return Answer::Ready(Response::error(401, "unauthorized"));
         }
         match command_id {
             None => self.devices_status(&request.body),
             Some(raw) => match percent_decode(raw) {
                 Some(client_id) => self.command(client_id, &request.body),
-                None => Ok(Response::error(400, "bad client id encoding")),
+                None => Answer::Ready(Response::error(400, "bad client id encoding")),
             },
         }
     }
 
     /// `POST /api/devices/status` `{"clientIds":[..]}` (or `deviceIds`, as
     /// the reference's README says) → `{"<id>":{"isAlive":..,"exists":..}}`.
-    fn devices_status(&self, body: &[u8]) -> Result<Response, ResponseFuture> {
+    fn devices_status(&self, body: &[u8]) -> Answer {
         let ids = match status_ids(body) {
             Ok(ids) => ids,
-            Err(message) => return Ok(Response::error(400, message)),
+            Err(message) => return Answer::Ready(Response::error(400, message)),
         };
         let answer = self.gateway.devices_status(ids.clone());
-        Err(Box::pin(async move {
+        Answer::Later(Box::pin(async move {
             let mut map = Map::new();
             for id in ids {
                 map.insert(id, status_json(DeviceStatus::default()));
@@ -210,21 +212,21 @@ impl Api {
     /// `POST /api/commands/:clientId` `{"type":"mcp","payload":{..}}` →
     /// `{"success":true,"data":<result>}` or 500 with the error. A wrong
     /// command type is a 500 as in the reference, which callers rely on.
-    fn command(&self, client_id: String, body: &[u8]) -> Result<Response, ResponseFuture> {
+    fn command(&self, client_id: String, body: &[u8]) -> Answer {
         let Ok(command) = serde_json::from_slice::<Value>(body) else {
-            return Ok(Response::error(400, "body must be JSON"));
+            return Answer::Ready(Response::error(400, "body must be JSON"));
         };
         let payload = command
             .get("payload")
             .filter(|p| p.get("method").is_some_and(Value::is_string));
         let (Some("mcp"), Some(payload)) = (command.get("type").and_then(Value::as_str), payload)
         else {
-            return Ok(Response::error(500, "invalid command type"));
+            return Answer::Ready(Response::error(500, "invalid command type"));
         };
         tracing::debug!(%client_id, "management API: command");
         let answer = self.gateway.mcp_command(client_id, payload.clone());
         let limit = self.command_timeout;
-        Err(Box::pin(async move {
+        Answer::Later(Box::pin(async move {
             match glommio::timer::timeout(limit, async { Ok(answer.await) }).await {
                 Ok(Ok(data)) => {
                     Response::json(200, &serde_json::json!({ "success": true, "data": data }))
@@ -246,10 +248,17 @@ impl Api {
 impl Handler for Api {
     fn handle(&self, request: Request) -> ResponseFuture {
         match self.route(&request) {
-            Ok(ready) => Box::pin(std::future::ready(ready)),
-            Err(pending) => pending,
+            Answer::Ready(response) => Box::pin(std::future::ready(response)),
+            Answer::Later(future) => future,
         }
     }
+}
+
+/// What a route gives: the response itself, or a future of it when the
+/// gateway must be asked first.
+enum Answer {
+    Ready(Response),
+    Later(ResponseFuture),
 }
 
 fn not_found() -> Response {
@@ -325,10 +334,7 @@ mod tests {
     }
 
     impl Gateway for FakeGateway {
-        fn devices_status(
-            &self,
-            client_ids: Vec<String>,
-        ) -> Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>> {
+        fn devices_status(&self, client_ids: Vec<String>) -> StatusFuture {
             let known: Vec<_> = client_ids
                 .into_iter()
                 .filter(|id| id == CLIENT_ID)
@@ -343,11 +349,7 @@ mod tests {
             Box::pin(std::future::ready(known))
         }
 
-        fn mcp_command(
-            &self,
-            client_id: String,
-            payload: Value,
-        ) -> Pin<Box<dyn Future<Output = Result<Value, String>>>> {
+        fn mcp_command(&self, client_id: String, payload: Value) -> CommandFuture {
             self.commands
                 .borrow_mut()
                 .push((client_id.clone(), payload.clone()));
@@ -363,7 +365,7 @@ mod tests {
             }
         }
 
-        fn metrics(&self) -> Pin<Box<dyn Future<Output = String>>> {
+        fn metrics(&self) -> MetricsFuture {
             Box::pin(std::future::ready("shardmq_up 1\n".to_string()))
         }
     }

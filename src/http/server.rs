@@ -230,7 +230,9 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::http::api::{Api, DeviceStatus, Gateway};
+    use crate::http::api::{
+        Api, CommandFuture, DeviceStatus, Gateway, MetricsFuture, StatusFuture,
+    };
     use crate::http::ota::{OtaConfig, OtaProfile};
 
     /// Bound on every blocking read of the client, so a broken server fails
@@ -240,10 +242,7 @@ mod tests {
     struct FakeGateway;
 
     impl Gateway for FakeGateway {
-        fn devices_status(
-            &self,
-            client_ids: Vec<String>,
-        ) -> Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>> {
+        fn devices_status(&self, client_ids: Vec<String>) -> StatusFuture {
             let all = client_ids
                 .into_iter()
                 .map(|id| (id, DeviceStatus::default()))
@@ -251,15 +250,11 @@ mod tests {
             Box::pin(std::future::ready(all))
         }
 
-        fn mcp_command(
-            &self,
-            _client_id: String,
-            _payload: serde_json::Value,
-        ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, String>>>> {
+        fn mcp_command(&self, _client_id: String, _payload: serde_json::Value) -> CommandFuture {
             Box::pin(std::future::ready(Err("device offline".to_string())))
         }
 
-        fn metrics(&self) -> Pin<Box<dyn Future<Output = String>>> {
+        fn metrics(&self) -> MetricsFuture {
             Box::pin(async {
                 // A real await point: the answer is not ready at once.
                 glommio::timer::sleep(Duration::from_millis(5)).await;

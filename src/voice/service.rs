@@ -288,6 +288,15 @@ impl VoiceService {
                     continue;
                 }
             };
+            if n > MAX_DATAGRAM {
+                // Truncated by the buffer, which is one byte larger than any
+                // datagram the protocol allows.
+                self.gateway
+                    .borrow_mut()
+                    .counters_mut()
+                    .count_drop(packet::DropReason::TooLarge);
+                continue;
+            }
             let Some(datagram) = buf.get_mut(..n) else {
                 continue;
             };
