@@ -181,7 +181,8 @@ pub struct ExternalBrokerConfig {
     pub client_id: String,
     pub username: String,
     pub password: String,
-    /// Subscribe through `$share/<group>/` so several gateways share devices.
+    /// Subscribe through `$share/<group>/` so several gateways share devices
+    /// (the filter becomes `$share/<group>//p2p/device_public/#`).
     pub share_group: String,
 }
 

@@ -92,11 +92,18 @@ pub(crate) fn start(service: Rc<VoiceService>, shard: Rc<Shard>) {
 }
 
 /// The topic filter the gateway subscribes to.
+///
+/// ```text
+/// ""      -> /p2p/device_public/#
+/// "voice" -> $share/voice//p2p/device_public/#
+/// ```
 pub(crate) fn inbound_filter(share_group: &str) -> String {
     if share_group.is_empty() {
         format!("{INBOUND_PREFIX}#")
     } else {
-        format!("$share/{share_group}{INBOUND_PREFIX}#")
+        // The share name ends at the next `/`: the filter that follows is
+        // `/p2p/...`, which starts with a `/` of its own.
+        format!("$share/{share_group}/{INBOUND_PREFIX}#")
     }
 }
 
@@ -198,5 +205,24 @@ async fn session(service: &Rc<VoiceService>, shard: &Rc<Shard>) -> Result<(), St
                 Err(e) => return Err(format!("malformed packet from the broker: {e}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_filters_keep_the_leading_slash_of_the_topic() {
+        assert_eq!(inbound_filter(""), "/p2p/device_public/#");
+        assert_eq!(inbound_filter("voice"), "$share/voice//p2p/device_public/#");
+    }
+
+    #[test]
+    fn device_topics_name_one_level() {
+        assert_eq!(device_of_topic("/p2p/device_public/aa_bb"), Some("aa_bb"));
+        assert_eq!(device_of_topic("/p2p/device_public/"), None);
+        assert_eq!(device_of_topic("/p2p/device_public/a/b"), None);
+        assert_eq!(device_of_topic("p2p/device_public/a"), None);
     }
 }
