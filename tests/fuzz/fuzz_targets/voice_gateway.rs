@@ -68,12 +68,12 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             6 => {
-                now += Duration::from_secs(u64::from(len));
+                now += Duration::from_secs(len as u64);
                 gw.tick(now);
             }
             _ => {
                 let payload = serde_json::from_slice(record).unwrap_or_default();
-                gw.mcp_request(now, CLIENT, &payload, u64::from(len));
+                gw.mcp_request(now, CLIENT, &payload, len as u64);
             }
         }
         while let Some(action) = gw.poll_action() {
