@@ -36,6 +36,11 @@ pub enum VoiceStartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Backend(#[from] bridge::BackendError),
 }
@@ -65,6 +70,11 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         .chain(&config.voice.dev_chat_servers)
         .map(|url| Backend::resolve(url))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(addr) = config.http.listen_addr() {
+        // Shard 0 binds it once running; a port held by another process
+        // must fail the start, not just log from the shard.
+        std::net::TcpListener::bind(addr).map_err(|source| VoiceStartError::Http { addr, source })?;
+    }
     let addr = config.voice.udp_listen;
     let want_bpf = config.voice.steering == Steering::Bpf && shards > 1;
     let group = bpf::bind_group(addr, shards, want_bpf)
