@@ -18,13 +18,14 @@ import os
 import sys
 import time
 
-BROKERS = ["shardmq", "shardmq-2shards", "mosquitto", "mosquitto-nodelay", "rumqttd"]
+BROKERS = ["shardmq", "shardmq-2shards", "mosquitto", "mosquitto-nodelay", "rumqttd", "baseline"]
 BROKER_NAMES = {
     "shardmq": "shardmq (1 shard)",
     "shardmq-2shards": "shardmq (2 shards, unpinned)",
     "mosquitto": "mosquitto",
     "mosquitto-nodelay": "mosquitto, TCP_NODELAY",
     "rumqttd": "rumqttd",
+    "baseline": "baseline router",
 }
 MOSQUITTOS = ("mosquitto", "mosquitto-nodelay")
 LOAD_SCENARIOS = ["p2p-q0", "fanout-q0", "p2p-q1", "p2p-q2", "latency"]
@@ -474,6 +475,70 @@ def targets(run):
     return rows
 
 
+def saturated_generator(report):
+    """Whether the generator used ≥ SATURATED of its core while the broker did not."""
+    gen, broker = dig(report, "bench", "cores"), dig(report, "server", "cores")
+    return gen is not None and broker is not None and gen >= SATURATED > broker
+
+
+def against_baseline(run):
+    """shardmq (1 shard) next to the baseline router, QoS 0 throughput scenarios."""
+    if "baseline" not in run.brokers:
+        return []
+    rows = [
+        "| Scenario | shardmq delivered/s | baseline delivered/s "
+        "| shardmq as a fraction of the baseline router | broker CPU s / 1M delivered: shardmq / baseline "
+        "| shardmq CPU per message × baseline | cores, shardmq: broker / generator "
+        "| cores, baseline: broker / generator |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    paced = False
+    for scenario in ("p2p-q0", "fanout-q0"):
+        if scenario not in run.scenarios:
+            continue
+        s, b = run.report("shardmq", scenario), run.report("baseline", scenario)
+        if run.result("baseline", scenario)[0] is None:
+            continue
+        cores = []
+        for r in (s, b):
+            if r is None:
+                cores.append("—")
+                continue
+            pair = (dig(r, "server", "cores"), dig(r, "bench", "cores"))
+            c = " / ".join("—" if v is None else f"{v:.2f}" for v in pair)
+            if saturated_generator(r):
+                c += " †"
+                paced = True
+            cores.append(c)
+        # Missing reports (a failed run) read as no figure.
+        rows.append(
+            f"| {SCENARIO_NAMES[scenario]} | {count(delivered(s))} | {count(delivered(b))} "
+            f"| {fmt_ratio(ratio(delivered(s), delivered(b)))} "
+            f"| {fmt_cpu(cpu_per_million(s))} / {fmt_cpu(cpu_per_million(b))} "
+            f"| {fmt_ratio(ratio(cpu_per_million(s), cpu_per_million(b)))} "
+            f"| {cores[0]} | {cores[1]} |"
+        )
+    if len(rows) == 2:
+        return []
+    text = [
+        "`benches/router_baseline.rs` is the floor: one thread on core 0, epoll, exact topics only, "
+        "each QoS 0 PUBLISH appended as the bytes that came in to every subscriber's buffer, one "
+        "write per connection per round; no sessions, wildcards, QoS 1/2, retained messages or "
+        "limits beyond a 1 MiB outbox per connection (like shardmq's `max_outbox_bytes`). What it "
+        "spends is about the least a router on one core spends on these scenarios.",
+        "",
+        *rows,
+    ]
+    if paced:
+        text += [
+            "",
+            "† the generator used ≥ 90% of its core while the broker did not: delivered/s is then the "
+            "generator's pace, not the router's, and broker CPU per delivered message is the figure "
+            "to compare.",
+        ]
+    return text
+
+
 def cross_shard(run):
     if "shardmq-2shards" not in run.brokers:
         return []
@@ -545,10 +610,12 @@ def write(run_path, md_path, png_path):
         f"{m.get('kernel', '?')}; {m.get('busy_before', '?')}% of the CPU was busy with other work "
         f"in the second before the run.",
         f"- Versions: shardmq `{m.get('shardmq', '?')}`, {m.get('bench', '?')}, {m.get('mosquitto', '?')} "
-        f"(Debian package), {m.get('rumqttd', '?')} (crates.io), {m.get('rustc', '?')}.",
+        f"(Debian package), {m.get('rumqttd', '?')} (crates.io), {m.get('rustc', '?')}"
+        + (f"; baseline router `{m['baseline']}`." if m.get("baseline") else "."),
         f"- Command: `{m.get('command', '?')}`",
         f"- Method: the brokers run one after another on 127.0.0.1, each started afresh for every "
-        f"scenario and pinned to core 0 (`taskset -c 0`; shardmq with one shard). The load generator "
+        f"scenario and pinned to core 0 (`taskset -c 0`; shardmq with one shard; the baseline "
+        f"router, QoS 0 throughput only, single-threaded). The load generator "
         f"`shardmq-bench` runs one thread pinned to core 1. 64 B payloads; {m.get('warmup', '?')} s "
         f"warm-up, then a {m.get('duration', '?')} s measured window, then up to {m.get('drain', '?')} s "
         f"of drain. Throughput is counted over the window; lost and duplicated over the whole run (at "
@@ -583,6 +650,9 @@ def write(run_path, md_path, png_path):
         if conn_notes:
             out += ["", *conn_notes]
     out += ["", "## Targets", "", *targets(run)]
+    ab = against_baseline(run)
+    if ab:
+        out += ["", "## Against the baseline router", "", *ab]
     cs = cross_shard(run)
     if cs:
         out += ["", "## Cross-shard delivery", "", *cs]
@@ -610,12 +680,14 @@ def chart(run, png_path):
         "shardmq-2shards": "#8fbbe0",
         "mosquitto": "#9a9a9a",
         "rumqttd": "#e07b39",
+        "baseline": "#3a9a4a",
     }
     labels = {
         "shardmq": "shardmq, 1 shard",
         "shardmq-2shards": "shardmq, 2 shards unpinned",
         "mosquitto": "mosquitto (reference = 1)",
         "rumqttd": "rumqttd",
+        "baseline": "baseline router (QoS 0 floor)",
     }
 
     def rel(broker, scenario, metric):
