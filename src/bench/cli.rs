@@ -1,11 +1,13 @@
 //! The command line: options shared by every scenario, then one subcommand
 //! per scenario with its own options and an example in its `--help`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use super::payload::HEADER_LEN;
+use super::voice::frame::HEADER_LEN as FRAME_HEADER_LEN;
 
 const ABOUT: &str = "MQTT 3.1.1 load generator for shardmq, mosquitto, rumqttd or any broker";
 
@@ -28,6 +30,10 @@ subscribes every subscriber (waits for SUBACK), then publishes for
 measured. Publishers then stop and the run drains (at most --drain) until
 every QoS 1/2 message is acknowledged and delivered.
 
+The `voice` scenario is different: simulated xiaozhi devices against
+shardmq's voice gateway, the bench being their chat backend as well (see
+`shardmq-bench voice --help`).
+
 Output: a table on stdout (on stderr when --json -), JSON with --json, and
 a progress line on stderr about once per second. Exit status 0 after a
 report, 1 when the clients could not be set up, 2 on bad usage.";
@@ -39,6 +45,7 @@ Examples:
   shardmq-bench fanin --publishers 200 --rate 1000 --qos 2
   shardmq-bench latency --rate 10000 --pairs 10 --json lat.json
   shardmq-bench conns --count 15000 --server-pid $(pidof mosquitto)
+  shardmq-bench voice --devices 200 --backend-listen 127.0.0.1:8000
   taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
 
 /// `shardmq-bench [GLOBAL OPTIONS] <SCENARIO> [SCENARIO OPTIONS]`.
@@ -171,6 +178,93 @@ pub enum Scenario {
         after_help = "Example:\n  shardmq-bench latency --rate 10000 --pairs 10 --qos 0"
     )]
     Latency(LatencyArgs),
+
+    /// N xiaozhi devices talking to shardmq's voice gateway, with the
+    /// bench as the chat backend that echoes their audio.
+    #[command(long_about = VOICE_ABOUT, after_help = VOICE_EXAMPLE)]
+    Voice(VoiceArgs),
+}
+
+const VOICE_ABOUT: &str = "\
+N simulated xiaozhi devices against shardmq's voice gateway, the bench
+playing the chat backend too, so that every audio frame makes the whole
+trip: device -> UDP -> gateway -> WebSocket -> backend -> WebSocket ->
+gateway -> UDP -> device.
+
+Each device connects over MQTT as firmware does (client id
+GID_bench@@@<mac>@@@<uuid>, with the password of --signature-key), sends
+its hello on `device-server` at its turn within --ramp, reads the reply's
+UDP key and nonce, then sends one encrypted frame every --frame-ms on its
+own connected UDP socket. A frame's payload carries the device index, a
+sequence number and the send time, so the backend counts loss,
+duplicates and reordering upstream, and the device, getting the echo
+back, counts them downstream and measures the round trip.
+
+The backend is a WebSocket server on --backend-listen: it answers the
+gateway's hello with {\"type\":\"hello\",\"transport\":\"websocket\",
+\"session_id\":..,\"audio_params\":{opus, 16000 Hz, mono, --frame-ms}} and
+echoes every binary frame unchanged. Start the gateway separately with a
+configuration that points at it, e.g. voice.toml:
+
+  [server]
+  shards = 1
+  [mqtt]
+  listen = \"127.0.0.1:1883\"
+  [voice]
+  enabled = true
+  udp_listen = \"127.0.0.1:8884\"
+  public_host = \"127.0.0.1\"
+  chat_servers = [\"ws://127.0.0.1:8000/xiaozhi/v1/?from=mqtt_gateway\"]
+  # signature_key = \"...\"    (then pass the same --signature-key)
+
+The run connects every device, ramps the hellos over --ramp, warms up for
+--warmup, measures --duration, stops sending and drains (at most --drain),
+then says goodbye and disconnects. Needs three descriptors per device
+(MQTT, UDP, backend WebSocket).";
+
+const VOICE_EXAMPLE: &str = "\
+Example:
+  taskset -c 0 shardmq --config voice.toml &
+  taskset -c 1 shardmq-bench --server-pid $! voice --devices 400 --duration 20s";
+
+/// `voice` options.
+#[derive(Debug, Clone, Args)]
+pub struct VoiceArgs {
+    /// Simulated devices, each with one conversation for the whole run.
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub devices: u32,
+    /// Where the bench's chat backend listens; the gateway's
+    /// `chat_servers` must name it.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub backend_listen: SocketAddr,
+    /// The gateway's `signature_key`: devices send the matching password.
+    #[arg(long)]
+    pub signature_key: Option<String>,
+    /// Bytes of each audio frame (the Opus payload); at least the
+    /// bench's 20-byte header, at most what fits a 1500-byte datagram.
+    #[arg(long, default_value_t = 120, value_parser = parse_frame_bytes)]
+    pub frame_bytes: usize,
+    /// Milliseconds between two frames of a device (firmware: 60).
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub frame_ms: u32,
+    /// Time over which the devices' hellos are spread.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub ramp: Duration,
+    /// Measured window, after the ramp and the warm-up.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Streaming after the ramp before the measured window, not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Longest wait after the devices stop sending for echoes still under
+    /// way (capped at 5s).
+    #[arg(long, default_value = "3s", value_parser = parse_drain)]
+    pub drain: Duration,
+    /// How long a device waits for the hello reply (firmware: 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hello_timeout: Duration,
 }
 
 /// `p2p` options.
@@ -276,6 +370,17 @@ pub struct LoadOpts {
     #[arg(long, default_value_t = 64 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=16 * 1024 * 1024))]
     pub write_buffer: u32,
+}
+
+fn parse_frame_bytes(text: &str) -> Result<usize, String> {
+    let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
+    let (min, max) = (FRAME_HEADER_LEN, crate::voice::packet::MAX_PAYLOAD);
+    if !(min..=max).contains(&bytes) {
+        return Err(format!(
+            "must be {min}..={max} (a {min}-byte header, one 1500-byte datagram)"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Largest accepted `--payload`: far beyond benchmarking needs, far below
@@ -412,6 +517,16 @@ mod tests {
             Scenario::P2p(args) => assert_eq!(args.pairs, 3),
             other => panic!("parsed {other:?}"),
         }
+    }
+
+    #[test]
+    fn voice_frames_hold_the_header_and_fit_a_datagram() {
+        let parse =
+            |bytes: &str| Cli::try_parse_from(["shardmq-bench", "voice", "--frame-bytes", bytes]);
+        assert!(parse("19").is_err());
+        assert!(parse("20").is_ok());
+        assert!(parse("1484").is_ok());
+        assert!(parse("1485").is_err());
     }
 
     #[test]

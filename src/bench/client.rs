@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
@@ -27,6 +27,9 @@ use crate::mqtt::QoS;
 const READ_CHUNK_MIN: usize = 4 * 1024;
 const READ_CHUNK_MAX: usize = 256 * 1024;
 
+/// See `Conn::small_reads`.
+const READ_CHUNK_SMALL: usize = 256;
+
 /// Largest packet accepted from a broker: payloads are at most 16 MiB.
 const MAX_PACKET: usize = 17 * 1024 * 1024;
 
@@ -37,6 +40,15 @@ const SUBSCRIBE_PKID: u16 = 1;
 /// that the broker side, not ours, keeps the TIME_WAIT state.
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
 
+/// Who a client says it is in CONNECT.
+#[derive(Debug, Clone, Copy)]
+pub struct Login<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    /// Sent only with a user name, as MQTT 3.1.1 requires.
+    pub password: Option<&'a str>,
+}
+
 /// A connected MQTT client.
 pub struct Conn {
     stream: TcpStream,
@@ -44,6 +56,8 @@ pub struct Conn {
     /// Bytes queued for the socket; drivers append packets here.
     pub wbuf: BytesMut,
     chunk: usize,
+    /// Smallest read size (see `small_reads`).
+    min_chunk: usize,
 }
 
 impl Conn {
@@ -52,6 +66,21 @@ impl Conn {
     pub async fn open(
         addr: SocketAddr,
         client_id: &str,
+        keepalive_s: u16,
+        timeout: Duration,
+    ) -> Result<Conn, Problem> {
+        let login = Login {
+            client_id,
+            username: None,
+            password: None,
+        };
+        Conn::open_as(addr, &login, keepalive_s, timeout).await
+    }
+
+    /// [`open`](Self::open) with a user name and password in CONNECT.
+    pub async fn open_as(
+        addr: SocketAddr,
+        login: &Login<'_>,
         keepalive_s: u16,
         timeout: Duration,
     ) -> Result<Conn, Problem> {
@@ -68,24 +97,25 @@ impl Conn {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::with_capacity(256),
             chunk: READ_CHUNK_MIN,
+            min_chunk: READ_CHUNK_MIN,
         };
-        let handshake = conn.connect_handshake(client_id, keepalive_s);
+        let handshake = conn.connect_handshake(login, keepalive_s);
         within(deadline, Problem::ConnectTimeout, handshake).await?;
         Ok(conn)
     }
 
     async fn connect_handshake(
         &mut self,
-        client_id: &str,
+        login: &Login<'_>,
         keepalive_s: u16,
     ) -> Result<(), Problem> {
         let connect = Connect {
             protocol_level: 4,
             clean_session: true,
             keep_alive_s: keepalive_s,
-            client_id: client_id.to_string(),
-            username: None,
-            password: None,
+            client_id: login.client_id.to_string(),
+            username: login.username.map(str::to_string),
+            password: login.password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
             will: None,
         };
         Packet::Connect(Box::new(connect)).encode(&mut self.wbuf);
@@ -158,7 +188,7 @@ impl Conn {
     }
 
     /// Reads until one whole packet is buffered and returns it.
-    async fn read_packet(&mut self) -> Result<Packet, Problem> {
+    pub async fn read_packet(&mut self) -> Result<Packet, Problem> {
         loop {
             if let Some(packet) = self.next_packet()? {
                 return Ok(packet);
@@ -209,8 +239,17 @@ impl Conn {
         if n == self.chunk {
             self.chunk = (self.chunk * 2).min(READ_CHUNK_MAX);
         } else if n < self.chunk / 8 {
-            self.chunk = (self.chunk / 2).max(READ_CHUNK_MIN);
+            self.chunk = (self.chunk / 2).max(self.min_chunk);
         }
+    }
+
+    /// Starts reads at `READ_CHUNK_SMALL` bytes, for a connection that is
+    /// polled far more often than it receives: each poll zeroes a read
+    /// chunk, and a voice device's task is woken by every UDP echo while
+    /// its MQTT connection carries a packet a minute.
+    pub fn small_reads(&mut self) {
+        self.min_chunk = READ_CHUNK_SMALL;
+        self.chunk = READ_CHUNK_SMALL;
     }
 
     /// Writes the write buffer until it is empty (`Ready(Ok)`) or the
@@ -263,7 +302,7 @@ impl Keepalive {
 }
 
 /// Runs `work` unless `deadline` passes first.
-async fn within<T>(
+pub async fn within<T>(
     deadline: impl Future<Output = ()>,
     expired: Problem,
     work: impl Future<Output = Result<T, Problem>>,

@@ -18,6 +18,8 @@ pub struct Progress {
     pub publishers_finished: AtomicU64,
     /// Problems that ended a connection.
     pub failures: AtomicU64,
+    /// Voice devices whose conversation is open (up and down).
+    pub conversations: AtomicU64,
     /// Doorbell rings the thread has seen (see `doorbell`).
     pub heartbeat: AtomicU64,
     /// The thread's id for signals; 0 until it runs.
@@ -36,6 +38,7 @@ pub struct Totals {
     pub delivered: u64,
     pub publishers_finished: u64,
     pub failures: u64,
+    pub conversations: u64,
 }
 
 /// Phase signals and progress counters.
@@ -143,6 +146,7 @@ impl Control {
             t.delivered += p.delivered.load(Relaxed);
             t.publishers_finished += p.publishers_finished.load(Relaxed);
             t.failures += p.failures.load(Relaxed);
+            t.conversations += p.conversations.load(Relaxed);
         }
         t
     }
@@ -153,4 +157,9 @@ pub fn bump(counter: &AtomicU64, n: u64) {
     if n > 0 {
         counter.fetch_add(n, Relaxed);
     }
+}
+
+/// Takes 1 from a progress counter that holds a level, not a total.
+pub fn drop_one(counter: &AtomicU64) {
+    counter.fetch_sub(1, Relaxed);
 }

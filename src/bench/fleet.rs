@@ -3,6 +3,7 @@
 //! counts; plus the progress line printed while they run.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,27 +21,71 @@ use super::worker::{self, Settings, ThreadSetup};
 /// doorbells (see `doorbell`).
 pub const POLL: Duration = Duration::from_millis(10);
 
-/// The executor threads of a run.
-pub struct Fleet {
+/// The executor threads of a run; `S` is what each thread hands back.
+pub struct Fleet<S: Send + 'static = ThreadStats> {
     pub control: Arc<Control>,
     pub threads: usize,
-    handles: Vec<glommio::ExecutorJoinHandle<ThreadStats>>,
+    handles: Vec<glommio::ExecutorJoinHandle<S>>,
     bells: Bells,
+}
+
+/// What `Fleet::launch` gives the function that starts thread `index`.
+pub struct ThreadStart {
+    pub index: usize,
+    pub placement: Placement,
+    pub control: Arc<Control>,
+    /// The thread's end of its doorbell (see `doorbell`).
+    pub doorbell: OwnedFd,
 }
 
 impl Fleet {
     /// Starts `--threads` executors, each opening its share of `plan`.
     pub fn start(global: &GlobalOpts, plan: &Plan, all_or_nothing: bool) -> Result<Fleet, String> {
         let threads = usize::from(global.threads);
-        let per_thread = (global.connect_concurrency as usize).div_ceil(threads);
         let settings = Arc::new(Settings {
             addr: resolve(&global.host, global.port)?,
             keepalive_s: global.keepalive,
             connect_timeout: global.connect_timeout,
-            connect_concurrency: per_thread,
+            connect_concurrency: per_thread_concurrency(global),
             load: plan.load.clone(),
             all_or_nothing,
         });
+        let mut plans = plan.split(threads).into_iter();
+        Fleet::launch(global, threads, |start| {
+            let setup = ThreadSetup {
+                index: start.index,
+                control: start.control,
+                settings: settings.clone(),
+                plan: plans.next().unwrap_or_default(),
+                doorbell: start.doorbell,
+            };
+            worker::spawn(start.placement, setup)
+        })
+    }
+
+    /// Waits for every thread to end (after `stop`) and merges their
+    /// counts.
+    pub fn join(self) -> ThreadStats {
+        let (all, stalls) = self.join_each();
+        let mut total = ThreadStats {
+            executor_stalls: stalls,
+            ..ThreadStats::default()
+        };
+        for stats in all {
+            total.merge(stats);
+        }
+        total
+    }
+}
+
+impl<S: Send + 'static> Fleet<S> {
+    /// Starts `threads` executors with `spawn`, placed per `--cpus`, each
+    /// with its doorbell; a thread that cannot start stops the others.
+    pub fn launch(
+        global: &GlobalOpts,
+        threads: usize,
+        mut spawn: impl FnMut(ThreadStart) -> Result<glommio::ExecutorJoinHandle<S>, String>,
+    ) -> Result<Fleet<S>, String> {
         let control = Arc::new(Control::new(threads));
         let mut fleet = Fleet {
             control: control.clone(),
@@ -48,28 +93,27 @@ impl Fleet {
             handles: Vec::with_capacity(threads),
             bells: Bells::default(),
         };
-        for (index, plan) in plan.split(threads).into_iter().enumerate() {
+        for index in 0..threads {
             let placement = match &global.cpus {
                 Some(list) => Placement::Fixed(list.0[index % list.0.len()]),
                 None => Placement::Unbound,
             };
             let (ours, theirs) = doorbell::pair()?;
             fleet.bells.add(ours);
-            let setup = ThreadSetup {
+            let start = ThreadStart {
                 index,
+                placement,
                 control: control.clone(),
-                settings: settings.clone(),
-                plan,
                 doorbell: theirs,
             };
-            match worker::spawn(placement, setup) {
+            match spawn(start) {
                 Ok(handle) => fleet.handles.push(handle),
                 Err(e) => {
                     // The threads already started are waiting for a go
                     // that will not come: stop and reap them.
                     control.set_ready(true);
                     fleet.stop();
-                    fleet.join();
+                    fleet.join_each();
                     return Err(e);
                 }
             }
@@ -117,30 +161,33 @@ impl Fleet {
         self.bells.ring(&self.control);
     }
 
-    /// Waits for every thread to end (after `stop`) and merges their
-    /// counts. The doorbells keep ringing meanwhile: closing clients wait
-    /// on timers.
-    pub fn join(self) -> ThreadStats {
+    /// Waits for every thread to end (after `stop`) and returns what each
+    /// handed back, and the executor stalls seen. The doorbells keep
+    /// ringing meanwhile: closing clients wait on timers.
+    pub fn join_each(self) -> (Vec<S>, u64) {
         while self.control.finished_threads() < self.handles.len() {
             self.ring();
             std::thread::sleep(POLL);
         }
-        let mut total = ThreadStats {
-            executor_stalls: self.bells.stalls(),
-            ..ThreadStats::default()
-        };
+        let stalls = self.bells.stalls();
+        let mut all = Vec::with_capacity(self.handles.len());
         for handle in self.handles {
             match handle.join() {
-                Ok(stats) => total.merge(stats),
+                Ok(stats) => all.push(stats),
                 Err(e) => eprintln!("an executor thread failed: {e}"),
             }
         }
-        total
+        (all, stalls)
     }
 }
 
+/// Connection attempts in flight at once on one thread.
+pub fn per_thread_concurrency(global: &GlobalOpts) -> usize {
+    (global.connect_concurrency as usize).div_ceil(usize::from(global.threads))
+}
+
 /// The first address of `host:port`.
-fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
     (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
@@ -150,7 +197,12 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 
 /// Sleeps until the clock reads `at_ns`, ringing the doorbells and
 /// ticking the progress line.
-pub fn sleep_until(at_ns: u64, fleet: &Fleet, progress: &mut ProgressLine, phase: &str) {
+pub fn sleep_until<S: Send + 'static>(
+    at_ns: u64,
+    fleet: &Fleet<S>,
+    progress: &mut ProgressLine,
+    phase: &str,
+) {
     loop {
         let left = clock::until(at_ns);
         if left.is_zero() {
@@ -167,6 +219,8 @@ pub struct ProgressLine {
     quiet: bool,
     /// Whether the run publishes (rates are worth printing).
     traffic: bool,
+    /// What the two rates count.
+    names: (&'static str, &'static str),
     started: Instant,
     last: Instant,
     last_totals: Totals,
@@ -178,10 +232,17 @@ impl ProgressLine {
         ProgressLine {
             quiet,
             traffic,
+            names: ("published", "delivered"),
             started: now,
             last: now,
             last_totals: Totals::default(),
         }
+    }
+
+    /// Names the two rates, e.g. ("up", "down").
+    pub fn named(mut self, sent: &'static str, received: &'static str) -> ProgressLine {
+        self.names = (sent, received);
+        self
     }
 
     /// Prints a line if a second has passed since the last one.
@@ -194,15 +255,22 @@ impl ProgressLine {
         let rate = |now: u64, before: u64| (now - before) as f64 / secs;
         let rates = if self.traffic {
             format!(
-                "published {:>10.0}/s  delivered {:>10.0}/s  ",
+                "{} {:>10.0}/s  {} {:>10.0}/s  ",
+                self.names.0,
                 rate(totals.published, self.last_totals.published),
+                self.names.1,
                 rate(totals.delivered, self.last_totals.delivered),
             )
         } else {
             String::new()
         };
+        let conversations = if totals.conversations > 0 {
+            format!("  in conversation {}", totals.conversations)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{:6.1}s] {phase:<10} {rates}connected {}  failures {}",
+            "[{:6.1}s] {phase:<10} {rates}connected {}{conversations}  failures {}",
             self.started.elapsed().as_secs_f64(),
             totals.connected,
             totals.failures,

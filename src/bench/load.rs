@@ -18,21 +18,21 @@ use super::worker::Timeline;
 use crate::mqtt::QoS;
 
 /// Head start the threads get between the go and the first message.
-const START_DELAY: Duration = Duration::from_millis(20);
+pub const START_DELAY: Duration = Duration::from_millis(20);
 
 /// At QoS 0, or once a client failed, the drain ends when no message has
 /// arrived for this long: what is missing is not coming.
-const DRAIN_IDLE: Duration = Duration::from_millis(300);
+pub const DRAIN_IDLE: Duration = Duration::from_millis(300);
 
 /// CPU readings at one instant.
-struct Snapshot {
-    at: Instant,
-    bench: Duration,
-    server: Option<Duration>,
+pub struct Snapshot {
+    pub at: Instant,
+    pub bench: Duration,
+    pub server: Option<Duration>,
 }
 
 impl Snapshot {
-    fn take(server_pid: Option<u32>) -> Snapshot {
+    pub fn take(server_pid: Option<u32>) -> Snapshot {
         Snapshot {
             at: Instant::now(),
             bench: sys::self_cpu(),
@@ -169,7 +169,7 @@ fn assemble(
 }
 
 /// `seconds` per million `count` (0 when nothing was counted).
-fn per_million(seconds: f64, count: u64) -> f64 {
+pub fn per_million(seconds: f64, count: u64) -> f64 {
     if count == 0 {
         0.0
     } else {

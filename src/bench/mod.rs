@@ -1,4 +1,7 @@
-//! `shardmq-bench`: an MQTT 3.1.1 load generator for any broker.
+//! `shardmq-bench`: an MQTT 3.1.1 load generator for any broker, and an
+//! end-to-end load generator for shardmq's voice gateway ([`voice`], which
+//! has its own threads but shares the fleet, clock, doorbell and report
+//! machinery described here).
 //!
 //! # Shape
 //!
@@ -43,6 +46,7 @@ pub mod setup;
 pub mod stats;
 pub mod subscriber;
 pub mod sys;
+pub mod voice;
 pub mod worker;
 
 use std::process::ExitCode;
@@ -55,7 +59,10 @@ use scenario::Plan;
 /// `--server-pid` that names no readable process.
 pub fn main(cli: Cli) -> ExitCode {
     let plan = Plan::new(&cli.scenario);
-    check_open_files(plan.connections());
+    check_open_files(match &cli.scenario {
+        Scenario::Voice(args) => voice::descriptors(args),
+        _ => plan.connections(),
+    });
     if let Err(e) = sys::install_interrupt_handler() {
         eprintln!("shardmq-bench: warning: cannot install a signal handler: {e}");
     }
@@ -72,6 +79,9 @@ pub fn main(cli: Cli) -> ExitCode {
     let written = match &cli.scenario {
         Scenario::Conns(args) => {
             conns::run(global, args, &plan).map(|r| report::emit(&r, &r.table(), json))
+        }
+        Scenario::Voice(args) => {
+            voice::run(global, args).map(|r| report::emit(&r, &r.table(), json))
         }
         _ => load::run(global, &plan).map(|r| report::emit(&r, &r.table(), json)),
     };
@@ -94,7 +104,7 @@ fn check_open_files(connections: usize) {
     const SPARE: u64 = 64;
     match sys::raise_open_files_limit() {
         Ok(limit) if limit < connections as u64 + SPARE => eprintln!(
-            "shardmq-bench: warning: {connections} connections but only {limit} open files allowed"
+            "shardmq-bench: warning: {connections} descriptors needed but only {limit} open files allowed"
         ),
         Ok(_) => {}
         Err(e) => eprintln!("shardmq-bench: warning: cannot raise the open-files limit: {e}"),

@@ -148,17 +148,17 @@ pub struct ConnsReport {
 
 /// Two aligned columns.
 #[derive(Default)]
-struct Table {
-    title: Vec<String>,
-    rows: Vec<(String, String)>,
+pub(crate) struct Table {
+    pub title: Vec<String>,
+    pub rows: Vec<(String, String)>,
 }
 
 impl Table {
-    fn row(&mut self, name: &str, value: String) {
+    pub fn row(&mut self, name: &str, value: String) {
         self.rows.push((name.to_string(), value));
     }
 
-    fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let width = self.rows.iter().map(|(n, _)| n.chars().count()).max();
         let mut out = self.title.join("\n");
         out.push_str("\n\n");
@@ -171,7 +171,7 @@ impl Table {
 }
 
 /// `1234567.8` as `1,234,568`.
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -183,14 +183,14 @@ fn thousands(value: f64) -> String {
     out
 }
 
-fn latency_rows(table: &mut Table, what: &str, p: &Percentiles) {
+pub(crate) fn latency_rows(table: &mut Table, what: &str, p: &Percentiles) {
     table.row(&format!("{what} p50 (µs)"), format!("{:.1}", p.p50_us));
     table.row(&format!("{what} p99 (µs)"), format!("{:.1}", p.p99_us));
     table.row(&format!("{what} p99.9 (µs)"), format!("{:.1}", p.p999_us));
     table.row(&format!("{what} max (µs)"), format!("{:.1}", p.max_us));
 }
 
-fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }
 
@@ -265,7 +265,7 @@ impl LoadReport {
     }
 }
 
-fn stall_row(table: &mut Table, stalls: u64) {
+pub(crate) fn stall_row(table: &mut Table, stalls: u64) {
     if stalls > 0 {
         table.row("executor stalls", stalls.to_string());
     }

@@ -109,6 +109,16 @@ impl Plan {
                 let load = Load::new(&a.load, a.rate.per_publisher);
                 fanin(a.publishers, &a.load.topic_prefix, load)
             }
+            // Voice devices are not MQTT publishers or subscribers: the
+            // scenario plans its own fleet (`voice`).
+            Scenario::Voice(_) => Plan {
+                scenario: "voice",
+                publishers: Vec::new(),
+                subscribers: Vec::new(),
+                idle: Vec::new(),
+                deliveries_per_publish: 0,
+                load: None,
+            },
             Scenario::Conns(a) => Plan {
                 scenario: "conns",
                 publishers: Vec::new(),

@@ -26,10 +26,24 @@ pub enum Problem {
     UnexpectedPacket,
     /// A delivered payload without our header or from an unknown publisher.
     ForeignPayload,
+    /// Voice: no hello reply within the firmware's wait.
+    HelloTimeout,
+    /// Voice: the hello was answered with an error, or with a reply the
+    /// firmware would refuse.
+    HelloRefused,
+    /// Voice: the gateway ended a conversation (goodbye) before the run did.
+    ConversationEnded,
+    /// Voice: a datagram the device would drop (framing, conn id, source).
+    BadDatagram,
+    /// Voice: a UDP socket could not be opened or written.
+    UdpError,
+    /// Voice: a WebSocket to the bench's backend failed its handshake or
+    /// broke.
+    BackendError,
 }
 
 impl Problem {
-    const ALL: [Problem; 10] = [
+    const ALL: [Problem; 16] = [
         Problem::ConnectTimeout,
         Problem::ConnectError,
         Problem::ConnackRefused,
@@ -40,6 +54,12 @@ impl Problem {
         Problem::ProtocolError,
         Problem::UnexpectedPacket,
         Problem::ForeignPayload,
+        Problem::HelloTimeout,
+        Problem::HelloRefused,
+        Problem::ConversationEnded,
+        Problem::BadDatagram,
+        Problem::UdpError,
+        Problem::BackendError,
     ];
 
     /// The name in the report.
@@ -55,6 +75,12 @@ impl Problem {
             Problem::ProtocolError => "protocol_error",
             Problem::UnexpectedPacket => "unexpected_packet",
             Problem::ForeignPayload => "foreign_payload",
+            Problem::HelloTimeout => "hello_timeout",
+            Problem::HelloRefused => "hello_refused",
+            Problem::ConversationEnded => "conversation_ended",
+            Problem::BadDatagram => "bad_datagram",
+            Problem::UdpError => "udp_error",
+            Problem::BackendError => "backend_error",
         }
     }
 }
@@ -149,6 +175,46 @@ impl SeqTracker {
         } else {
             self.next = seq + 1;
         }
+    }
+
+    /// Distinct sequence numbers seen within `range`.
+    pub fn count_in(&self, range: std::ops::Range<u64>) -> u64 {
+        let mut count = 0;
+        for (i, word) in self.seen.iter().enumerate() {
+            let base = i as u64 * 64;
+            if base >= range.end {
+                break;
+            }
+            if base + 64 <= range.start {
+                continue;
+            }
+            let mut mask = u64::MAX;
+            if range.start > base {
+                mask &= u64::MAX << (range.start - base);
+            }
+            if range.end < base + 64 {
+                mask &= u64::MAX >> (base + 64 - range.end);
+            }
+            count += u64::from((word & mask).count_ones());
+        }
+        count
+    }
+
+    /// Adds what `other` saw of the same sender (over another connection):
+    /// numbers seen by both count as duplicates.
+    pub fn merge(&mut self, other: &SeqTracker) {
+        if other.seen.len() > self.seen.len() {
+            self.seen.resize(other.seen.len(), 0);
+        }
+        let mut both = 0;
+        for (mine, theirs) in self.seen.iter_mut().zip(&other.seen) {
+            both += u64::from((*mine & theirs).count_ones());
+            *mine |= theirs;
+        }
+        self.distinct += other.distinct - both;
+        self.duplicated += other.duplicated + both;
+        self.reordered += other.reordered;
+        self.next = self.next.max(other.next);
     }
 }
 
@@ -277,6 +343,52 @@ mod tests {
         assert_eq!(t.distinct, 6);
         assert_eq!(t.duplicated, 2);
         assert_eq!(t.reordered, 1);
+    }
+
+    #[test]
+    fn tracker_counts_ranges() {
+        let mut t = SeqTracker::default();
+        for seq in (0..200).filter(|s| s % 3 != 0) {
+            t.record(seq);
+        }
+        let expected =
+            |r: std::ops::Range<u64>| r.filter(|s| s % 3 != 0 && *s < 200).count() as u64;
+        for range in [
+            0..0,
+            0..1,
+            0..64,
+            1..63,
+            60..70,
+            64..128,
+            63..129,
+            10..200,
+            150..1000,
+            500..600,
+        ] {
+            assert_eq!(
+                t.count_in(range.clone()),
+                expected(range.clone()),
+                "{range:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trackers_merge_as_one() {
+        let (mut a, mut b, mut both) = Default::default();
+        for seq in [0, 1, 2, 70] {
+            SeqTracker::record(&mut a, seq);
+            SeqTracker::record(&mut both, seq);
+        }
+        for seq in [2, 3, 130, 3] {
+            SeqTracker::record(&mut b, seq);
+            SeqTracker::record(&mut both, seq);
+        }
+        a.merge(&b);
+        assert_eq!(
+            (a.distinct, a.duplicated, a.count_in(0..200)),
+            (both.distinct, both.duplicated, both.count_in(0..200))
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use super::cli::{Cli, Scenario};
 use super::scenario::Plan;
-use super::{conns, load};
+use super::{conns, load, voice};
 use crate::config::Config;
 use crate::shard::Server;
 
@@ -89,4 +89,78 @@ fn an_unreachable_broker_is_an_error_not_a_hang() {
     let cli = cli(port, "p2p --pairs 2 --duration 100ms --warmup 0s");
     let error = load::run(&cli.global, &Plan::new(&cli.scenario)).unwrap_err();
     assert!(error.contains("connect_error"), "{error}");
+}
+
+/// Starts a one-shard gateway whose chat backend is `backend`, devices
+/// signing with `key`; returns its MQTT port.
+fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {
+    let config = Config::from_toml(&format!(
+        "[server]\nshards = 1\npin_cores = false\nlog = \"warn\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nsys_interval_s = 0\n\
+         [voice]\nenabled = true\nsignature_key = \"{key}\"\n\
+         udp_listen = \"127.0.0.1:0\"\npublic_host = \"127.0.0.1\"\n\
+         chat_servers = [\"ws://{backend}/xiaozhi/v1/?from=mqtt_gateway\"]\n"
+    ))
+    .expect("test config is valid");
+    let started = crate::voice::start(&config).expect("voice gateway starts");
+    Server::start(config, Some(started.factory))
+        .expect("gateway starts")
+        .listen
+        .port()
+}
+
+#[test]
+fn voice_round_trips_through_the_gateway() {
+    // A port for the bench's backend, free a moment ago.
+    let backend = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let port = gateway(backend, "Bench-Key-42");
+    let cli = cli(
+        port,
+        &format!(
+            "--threads 2 voice --devices 6 --backend-listen {backend} \
+             --signature-key Bench-Key-42 --frame-ms 20 --ramp 200ms \
+             --warmup 200ms --duration 500ms --drain 2s"
+        ),
+    );
+    let Scenario::Voice(args) = &cli.scenario else {
+        unreachable!("parsed as voice");
+    };
+    let report = voice::run(&cli.global, args).expect("the run takes place");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    assert_eq!(report.devices_connected, 6);
+    assert_eq!(report.conversations_opened, 6);
+    assert_eq!(report.in_conversation, 6);
+    assert_eq!(report.hello_latency.samples, 6);
+    for (name, flow) in [("up", report.up), ("down", report.down)] {
+        assert!(flow.window_expected > 0, "{name}: nothing sent");
+        assert!(flow.expected > flow.window_expected, "{name}: {flow:?}");
+        assert_eq!(flow.lost, 0, "{name}: {flow:?}");
+        assert_eq!(flow.window_lost, 0, "{name}: {flow:?}");
+        assert_eq!(flow.duplicated, 0, "{name}: {flow:?}");
+    }
+    assert_eq!(report.down.expected, report.up.received);
+    assert!(report.rtt.samples > 0, "no round trip measured");
+    assert!(report.down_received_per_s > 0.0);
+}
+
+#[test]
+fn voice_devices_with_a_wrong_password_are_refused() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let port = gateway(backend, "Bench-Key-42");
+    let cli = cli(
+        port,
+        &format!(
+            "voice --devices 2 --backend-listen {backend} --signature-key wrong \
+             --ramp 0s --warmup 0s --duration 100ms"
+        ),
+    );
+    let Scenario::Voice(args) = &cli.scenario else {
+        unreachable!("parsed as voice");
+    };
+    let error = voice::run(&cli.global, args).unwrap_err();
+    assert!(error.contains("connack_refused"), "{error}");
 }

@@ -237,7 +237,7 @@ async fn run(setup: ThreadSetup) -> ThreadStats {
 
 /// Tells the main thread this thread is done, even if it panicked, so
 /// that it stops ringing and joins.
-struct Finished(Arc<Control>, usize);
+pub struct Finished(pub Arc<Control>, pub usize);
 
 impl Drop for Finished {
     fn drop(&mut self) {
@@ -247,7 +247,7 @@ impl Drop for Finished {
 
 /// Looks at the main thread's signals at every ring until it says go
 /// (`Some(start)`) or stop (`None`).
-async fn wait_for_go(control: &Control, rings: &Rings, seen: &mut u64) -> Option<u64> {
+pub async fn wait_for_go(control: &Control, rings: &Rings, seen: &mut u64) -> Option<u64> {
     loop {
         if control.stopped() {
             return None;
