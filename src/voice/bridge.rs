@@ -26,6 +26,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// smaller; the limit keeps a broken backend from growing memory.
 const MAX_MESSAGE: usize = 1 << 20;
 
+/// The WebSocket read buffer. tungstenite's default (128 KiB) is zeroed on
+/// every read and was most of a conversation's memory; backend messages are
+/// a few hundred bytes.
+const READ_BUFFER: usize = 4096;
+
 /// What the gateway sends to the backend.
 #[derive(Debug)]
 pub enum BridgeCmd {
@@ -143,7 +148,7 @@ async fn connect(
         let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
         request.headers_mut().insert(name, value);
     }
-    let mut config = WebSocketConfig::default();
+    let mut config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     config.max_message_size = Some(MAX_MESSAGE);
     config.max_frame_size = Some(MAX_MESSAGE);
     let addr = backend.addr;

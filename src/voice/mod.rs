@@ -73,7 +73,8 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
     if let Some(addr) = config.http.listen_addr() {
         // Shard 0 binds it once running; a port held by another process
         // must fail the start, not just log from the shard.
-        std::net::TcpListener::bind(addr).map_err(|source| VoiceStartError::Http { addr, source })?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| VoiceStartError::Http { addr, source })?;
     }
     let addr = config.voice.udp_listen;
     let want_bpf = config.voice.steering == Steering::Bpf && shards > 1;
@@ -81,6 +82,9 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         .map_err(|source| VoiceStartError::Udp { addr, source })?;
     if let bpf::Steering::Failed(e) = &group.steering {
         tracing::warn!(error = %e, "UDP steering program refused; datagrams are forwarded between shards");
+    }
+    for fd in &group.sockets {
+        enlarge_receive_buffer(fd);
     }
     let udp = group.local_addr;
     let steering = if group.steering.is_attached() || shards == 1 {
@@ -139,4 +143,31 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         udp,
         steering,
     })
+}
+
+/// Bytes of datagrams a shard's UDP socket can hold while the shard is busy.
+/// The default (about 208 KiB, some 270 audio datagrams) overflowed in a
+/// few milliseconds at 800 conversations per shard.
+const UDP_RECEIVE_BUFFER: usize = 8 << 20;
+
+/// Asks for `UDP_RECEIVE_BUFFER`, beyond `net.core.rmem_max` where the
+/// process may (`SO_RCVBUFFORCE`, CAP_NET_ADMIN), else up to that limit
+/// (`tuning/sysctl.conf` raises it).
+fn enlarge_receive_buffer(fd: &std::os::fd::OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let size = UDP_RECEIVE_BUFFER as libc::c_int;
+    // SAFETY: `fd` is an open socket for the duration of the call, and the
+    // option value is a live `c_int` whose size is passed with it.
+    let forced = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if forced != 0 {
+        let _ = socket2::SockRef::from(fd).set_recv_buffer_size(UDP_RECEIVE_BUFFER);
+    }
 }
