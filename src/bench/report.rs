@@ -184,10 +184,18 @@ pub(crate) fn thousands(value: f64) -> String {
 }
 
 pub(crate) fn latency_rows(table: &mut Table, what: &str, p: &Percentiles) {
-    table.row(&format!("{what} p50 (µs)"), format!("{:.1}", p.p50_us));
-    table.row(&format!("{what} p99 (µs)"), format!("{:.1}", p.p99_us));
-    table.row(&format!("{what} p99.9 (µs)"), format!("{:.1}", p.p999_us));
-    table.row(&format!("{what} max (µs)"), format!("{:.1}", p.max_us));
+    // No sample (nothing sent in the window arrived) is not a latency of 0.
+    let value = |us: f64| {
+        if p.samples == 0 {
+            "—".to_string()
+        } else {
+            format!("{us:.1}")
+        }
+    };
+    table.row(&format!("{what} p50 (µs)"), value(p.p50_us));
+    table.row(&format!("{what} p99 (µs)"), value(p.p99_us));
+    table.row(&format!("{what} p99.9 (µs)"), value(p.p999_us));
+    table.row(&format!("{what} max (µs)"), value(p.max_us));
 }
 
 pub(crate) fn mib(kib: u64) -> String {
@@ -351,6 +359,13 @@ mod tests {
         assert_eq!(thousands(0.0), "0");
         assert_eq!(thousands(999.4), "999");
         assert_eq!(thousands(1234567.8), "1,234,568");
+    }
+
+    #[test]
+    fn latency_without_samples_is_shown_as_missing() {
+        let mut t = Table::default();
+        latency_rows(&mut t, "latency", &Percentiles::default());
+        assert!(t.rows.iter().all(|(_, v)| v == "—"), "{:?}", t.rows);
     }
 
     #[test]
