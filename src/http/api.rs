@@ -40,13 +40,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the gateway knows about one device connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeviceStatus {
-    /// A conversation (backend bridge) is open.
-    pub is_alive: bool,
-    /// The device is connected.
-    pub exists: bool,
-}
+pub use crate::voice::gateway::DeviceStatus;
 
 /// Answer of [`Gateway::devices_status`].
 pub type StatusFuture = Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>>;

@@ -140,7 +140,10 @@ impl VoiceCounters {
 /// Status of a device for the management API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeviceStatus {
+    /// The device is connected on this shard.
     pub exists: bool,
+    /// Its connection is up (the same as `exists`: a connection whose
+    /// keepalive lapsed is closed, and then no longer exists).
     pub is_alive: bool,
 }
 
@@ -457,35 +460,30 @@ impl Gateway {
         c.last_activity = now;
         let device = c.device;
         if let Phase::Opening { audio_params, .. } = &c.phase {
-            let msg = Control::parse(text.as_bytes());
-            if let Ok(hello) = msg.as_ref().map(|m| m.kind == "hello") {
-                if hello {
-                    let msg = msg.expect("checked");
-                    let session_id = msg
-                        .session_id
-                        .clone()
-                        .unwrap_or_else(|| format!("{conv:08x}"));
-                    let audio = match msg.get("audio_params") {
-                        Some(Value::Object(a)) if !a.is_empty() => Value::Object(a.clone()),
-                        _ => audio_params.clone(),
-                    };
-                    let key = packet::hex16(c.audio.key_bytes());
-                    let nonce = packet::hex16(&c.audio.nonce());
-                    let port = self.config.public_port;
-                    let reply = control::device_hello_reply(
-                        &session_id,
-                        &control::UdpOffer {
-                            server: &self.config.public_host,
-                            port,
-                            key_hex: &key,
-                            nonce_hex: &nonce,
-                        },
-                        &audio,
-                    );
-                    c.phase = Phase::Open { session_id };
-                    self.send_device(device, reply);
-                    return;
-                }
+            if let Some(hello) = Control::parse(text.as_bytes())
+                .ok()
+                .filter(|m| m.kind == "hello")
+            {
+                let session_id = hello.session_id.unwrap_or_else(|| format!("{conv:08x}"));
+                let audio = match hello.object.get("audio_params") {
+                    Some(Value::Object(a)) if !a.is_empty() => Value::Object(a.clone()),
+                    _ => audio_params.clone(),
+                };
+                let key = packet::hex16(c.audio.key_bytes());
+                let nonce = packet::hex16(&c.audio.nonce());
+                let reply = control::device_hello_reply(
+                    &session_id,
+                    &control::UdpOffer {
+                        server: &self.config.public_host,
+                        port: self.config.public_port,
+                        key_hex: &key,
+                        nonce_hex: &nonce,
+                    },
+                    &audio,
+                );
+                c.phase = Phase::Open { session_id };
+                self.send_device(device, reply);
+                return;
             }
         }
         self.actions.push_back(Action::ToDevice {

@@ -9,7 +9,7 @@ use std::rc::{Rc, Weak};
 
 use serde_json::Value;
 
-use crate::http::api::{Api, DeviceStatus as ApiStatus, Gateway as ApiGateway};
+use crate::http::api::{Api, DeviceStatus, Gateway as ApiGateway};
 use crate::shard::Shard;
 use crate::voice::service::VoiceService;
 
@@ -22,26 +22,11 @@ impl ApiGateway for Hooks {
     fn devices_status(
         &self,
         client_ids: Vec<String>,
-    ) -> Pin<Box<dyn Future<Output = Vec<(String, ApiStatus)>>>> {
+    ) -> Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>> {
         let (Some(service), Some(shard)) = (self.service.upgrade(), self.shard.upgrade()) else {
             return Box::pin(async { Vec::new() });
         };
-        let pending = service.devices_status(&shard, client_ids);
-        Box::pin(async move {
-            pending
-                .await
-                .into_iter()
-                .map(|(id, s)| {
-                    (
-                        id,
-                        ApiStatus {
-                            is_alive: s.is_alive,
-                            exists: s.exists,
-                        },
-                    )
-                })
-                .collect()
-        })
+        Box::pin(service.devices_status(&shard, client_ids))
     }
 
     fn mcp_command(
@@ -52,16 +37,8 @@ impl ApiGateway for Hooks {
         let (Some(service), Some(shard)) = (self.service.upgrade(), self.shard.upgrade()) else {
             return Box::pin(async { Err("shutting down".to_string()) });
         };
-        let pending = service.mcp_command(&shard, client_id, payload);
-        // The shard's tick resolves requests that time out; this bound only
-        // guards against a lost answer.
-        Box::pin(async move {
-            glommio::timer::timeout(crate::voice::gateway::MCP_TIMEOUT * 2, async {
-                Ok(pending.await)
-            })
-            .await
-            .unwrap_or_else(|_| Err("device did not answer in time".to_string()))
-        })
+        // The API bounds the wait; the shard's tick ends the request itself.
+        Box::pin(service.mcp_command(&shard, client_id, payload))
     }
 
     fn metrics(&self) -> Pin<Box<dyn Future<Output = String>>> {

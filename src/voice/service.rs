@@ -67,12 +67,20 @@ enum McpOrigin {
     Remote { shard: ShardId, token: u64 },
 }
 
+/// A device on the built-in broker is named by its connection.
+fn device_key(conn: ConnId) -> DeviceKey {
+    DeviceKey(u64::from(conn.0))
+}
+
+fn conn_of(device: DeviceKey) -> ConnId {
+    ConnId(device.0 as u32)
+}
+
 /// How devices are reached.
 enum Devices {
-    /// Connections of the built-in broker; the key is the `ConnId`.
-    Builtin {
-        conns: HashMap<DeviceKey, (ConnId, String)>,
-    },
+    /// Connections of the built-in broker (`device_key`), with their
+    /// reply topics.
+    Builtin { topics: HashMap<DeviceKey, String> },
     /// An external broker: the key names a reply topic.
     External(crate::voice::external::Link),
 }
@@ -88,8 +96,8 @@ pub struct VoiceService {
     bridges: RefCell<HashMap<u32, LocalSender<BridgeCmd>>>,
     devices: RefCell<Devices>,
     mcp: RefCell<HashMap<u64, McpOrigin>>,
-    /// Status requests waiting for other shards: the slot, answers missing.
-    statuses: RefCell<HashMap<u64, (Rc<StatusSlot>, usize)>>,
+    /// Status requests waiting for other shards.
+    statuses: RefCell<HashMap<u64, PendingStatus>>,
     next_token: Cell<u64>,
     /// Counters of every shard, on shard 0.
     shard_counters: RefCell<Vec<VoiceCounters>>,
@@ -113,7 +121,7 @@ impl VoiceService {
             Devices::External(crate::voice::external::Link::default())
         } else {
             Devices::Builtin {
-                conns: HashMap::new(),
+                topics: HashMap::new(),
             }
         };
         VoiceService {
@@ -160,9 +168,9 @@ impl VoiceService {
             match action {
                 Action::ToDevice { device, payload } => self.to_device(shard, device, &payload),
                 Action::CloseDevice { device } => {
-                    if let Devices::Builtin { conns } = &*self.devices.borrow() {
-                        if let Some((conn, _)) = conns.get(&device) {
-                            shard.broker().borrow_mut().close_service(*conn);
+                    if let Devices::Builtin { topics } = &*self.devices.borrow() {
+                        if topics.contains_key(&device) {
+                            shard.broker().borrow_mut().close_service(conn_of(device));
                         }
                     }
                 }
@@ -209,9 +217,12 @@ impl VoiceService {
 
     fn to_device(&self, shard: &Shard, device: DeviceKey, payload: &[u8]) {
         match &mut *self.devices.borrow_mut() {
-            Devices::Builtin { conns } => {
-                if let Some((conn, topic)) = conns.get(&device) {
-                    shard.broker().borrow_mut().push(*conn, topic, payload);
+            Devices::Builtin { topics } => {
+                if let Some(topic) = topics.get(&device) {
+                    shard
+                        .broker()
+                        .borrow_mut()
+                        .push(conn_of(device), topic, payload);
                 }
             }
             Devices::External(link) => link.publish(device, payload),
@@ -269,11 +280,10 @@ impl VoiceService {
     /// Datagrams forwarded by other shards.
     async fn forwarded_loop(
         self: Rc<Self>,
-        shard: Rc<Shard>,
         rx: local_channel::LocalReceiver<(SocketAddr, Vec<u8>)>,
     ) {
         while let Some((from, mut data)) = rx.recv().await {
-            self.datagram(&shard, from, &mut data).await;
+            self.datagram(from, &mut data).await;
         }
     }
 
@@ -307,12 +317,11 @@ impl VoiceService {
                 shard.send_service(owner, Box::new(VoiceMsg::Datagram { from, data }));
                 continue;
             }
-            self.datagram(&shard, from, datagram).await;
+            self.datagram(from, datagram).await;
         }
     }
 
-    async fn datagram(&self, shard: &Shard, from: SocketAddr, datagram: &mut [u8]) {
-        let _ = shard;
+    async fn datagram(&self, from: SocketAddr, datagram: &mut [u8]) {
         let accepted = self
             .gateway
             .borrow_mut()
@@ -424,30 +433,34 @@ impl VoiceService {
                 .push(id);
         }
         let slot = Rc::new(Slot::default());
-        let mut local = Vec::new();
-        if let Some(ids) = by_shard.remove(&self.shard) {
-            let gateway = self.gateway.borrow();
-            local = ids
-                .into_iter()
-                .map(|id| {
-                    let s = gateway.status(&id);
-                    (id, s)
-                })
-                .collect();
-        }
+        let local = self.statuses_of(by_shard.remove(&self.shard).unwrap_or_default());
         if by_shard.is_empty() {
             slot.fill(local);
         } else {
             let token = self.token();
-            self.statuses
-                .borrow_mut()
-                .insert(token, (slot.clone(), by_shard.len()));
-            slot.extend(local);
+            let pending = PendingStatus {
+                slot: slot.clone(),
+                collected: local,
+                missing: by_shard.len(),
+            };
+            self.statuses.borrow_mut().insert(token, pending);
             for (owner, client_ids) in by_shard {
                 shard.send_service(owner, Box::new(VoiceMsg::Status { token, client_ids }));
             }
         }
         async move { slot.wait().await }
+    }
+
+    /// Status of devices of this shard.
+    fn statuses_of(&self, client_ids: Vec<String>) -> Vec<(String, DeviceStatus)> {
+        let gateway = self.gateway.borrow();
+        client_ids
+            .into_iter()
+            .map(|id| {
+                let status = gateway.status(&id);
+                (id, status)
+            })
+            .collect()
     }
 
     /// Prometheus text of the voice counters summed over shards.
@@ -473,7 +486,7 @@ impl Service for VoiceService {
         };
         let (tx, rx) = local_channel::new_bounded(FORWARD_QUEUE);
         let _ = self.forwarded.set(tx);
-        glommio::spawn_local(self.clone().forwarded_loop(shard.clone(), rx)).detach();
+        glommio::spawn_local(self.clone().forwarded_loop(rx)).detach();
         // SAFETY: `fd` is a bound UDP socket of the group whose ownership
         // moves into the glommio socket; nothing else holds it.
         let udp = Rc::new(unsafe {
@@ -526,9 +539,9 @@ impl Service for VoiceService {
         let client_id = connect.client_id.clone();
         let topic = format!("devices/p2p/{}", id.mac_underscored);
         let conn = shard.broker().borrow_mut().connect_service(now, *connect);
-        let device = DeviceKey(u64::from(conn.0));
-        if let Devices::Builtin { conns } = &mut *self.devices.borrow_mut() {
-            conns.insert(device, (conn, topic));
+        let device = device_key(conn);
+        if let Devices::Builtin { topics } = &mut *self.devices.borrow_mut() {
+            topics.insert(device, topic);
         }
         self.gateway.borrow_mut().device_connected(
             now,
@@ -546,16 +559,14 @@ impl Service for VoiceService {
         for event in events {
             match event {
                 ServiceEvent::Published { conn, payload, .. } => {
-                    self.gateway.borrow_mut().device_message(
-                        now,
-                        DeviceKey(u64::from(conn.0)),
-                        &payload,
-                    );
+                    self.gateway
+                        .borrow_mut()
+                        .device_message(now, device_key(conn), &payload);
                 }
                 ServiceEvent::Closed { conn, .. } => {
-                    let device = DeviceKey(u64::from(conn.0));
-                    if let Devices::Builtin { conns } = &mut *self.devices.borrow_mut() {
-                        conns.remove(&device);
+                    let device = device_key(conn);
+                    if let Devices::Builtin { topics } = &mut *self.devices.borrow_mut() {
+                        topics.remove(&device);
                     }
                     self.gateway.borrow_mut().device_gone(now, device);
                 }
@@ -597,24 +608,17 @@ impl Service for VoiceService {
                 }
             }
             VoiceMsg::Status { token, client_ids } => {
-                let gateway = self.gateway.borrow();
-                let statuses = client_ids
-                    .into_iter()
-                    .map(|id| {
-                        let s = gateway.status(&id);
-                        (id, s)
-                    })
-                    .collect();
+                let statuses = self.statuses_of(client_ids);
                 shard.send_service(from, Box::new(VoiceMsg::StatusDone { token, statuses }));
             }
             VoiceMsg::StatusDone { token, statuses } => {
                 let mut pending = self.statuses.borrow_mut();
-                if let Some((slot, missing)) = pending.get_mut(&token) {
-                    slot.extend(statuses);
-                    *missing -= 1;
-                    if *missing == 0 {
-                        let (slot, _) = pending.remove(&token).expect("present");
-                        slot.finish();
+                if let Some(p) = pending.get_mut(&token) {
+                    p.collected.extend(statuses);
+                    p.missing -= 1;
+                    if p.missing == 0 {
+                        let p = pending.remove(&token).expect("present");
+                        p.slot.fill(p.collected);
                     }
                 }
             }
@@ -641,12 +645,16 @@ impl Service for VoiceService {
     }
 }
 
-type StatusSlot = Slot<Vec<(String, DeviceStatus)>>;
+/// A status request of the management API: answers so far, shards missing.
+struct PendingStatus {
+    slot: Rc<Slot<Vec<(String, DeviceStatus)>>>,
+    collected: Vec<(String, DeviceStatus)>,
+    missing: usize,
+}
 
 /// A value a task waits for, filled by another task of the same shard.
 pub(crate) struct Slot<T> {
     value: RefCell<Option<T>>,
-    partial: RefCell<Vec<(String, DeviceStatus)>>,
     waker: RefCell<Option<Waker>>,
 }
 
@@ -654,7 +662,6 @@ impl<T> Default for Slot<T> {
     fn default() -> Self {
         Slot {
             value: RefCell::new(None),
-            partial: RefCell::new(Vec::new()),
             waker: RefCell::new(None),
         }
     }
@@ -677,16 +684,5 @@ impl<T> Slot<T> {
             }
         })
         .await
-    }
-}
-
-impl Slot<Vec<(String, DeviceStatus)>> {
-    fn extend(&self, statuses: Vec<(String, DeviceStatus)>) {
-        self.partial.borrow_mut().extend(statuses);
-    }
-
-    fn finish(&self) {
-        let all = std::mem::take(&mut *self.partial.borrow_mut());
-        self.fill(all);
     }
 }
