@@ -7,4 +7,5 @@ pub mod config;
 pub mod http;
 pub mod mqtt;
 pub mod shard;
+pub mod transport;
 pub mod voice;

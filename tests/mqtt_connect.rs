@@ -12,6 +12,7 @@ shard_tests!(
     unsupported_level_refused,
     bad_protocol_name_closed,
     first_packet_not_connect_closed,
+    first_header_not_connect_closed_at_once,
     connect_timeout_closes,
     second_connect_closed,
     empty_client_id_with_clean_session_accepted,
@@ -79,6 +80,32 @@ async fn first_packet_not_connect_closed(shards: usize) {
     let mut raw = Raw::open(&broker).await;
     raw.send(&PINGREQ).await;
     raw.expect_closed().await;
+}
+
+/// [MQTT-3.1.0-1]: the first packet must be a CONNECT. The verdict needs
+/// only the first byte, so the connection closes as soon as the fixed header
+/// is read: not when a body that may never come is complete, and not at the
+/// CONNECT deadline (set far beyond the test's wait here).
+async fn first_header_not_connect_closed_at_once(shards: usize) {
+    if shardmq_only() {
+        return;
+    }
+    let broker = Broker::start_with(shards, "[mqtt]\nconnect_timeout_s = 3600\n");
+    let headers: [&[u8]; 4] = [
+        // PUBLISH announcing 127 bytes of body, none sent.
+        &[0x30, 0x7f],
+        // SUBSCRIBE announcing 2 MiB, more than any packet may be.
+        &[0x82, 0xff, 0xff, 0x7f],
+        // A lone PINGREQ type byte, remaining length not yet sent.
+        &[0xc0],
+        // CONNECT's type with reserved flags set [MQTT-2.2.2-2].
+        &[0x11, 0x7f],
+    ];
+    for header in headers {
+        let mut raw = Raw::open(&broker).await;
+        raw.send(header).await;
+        raw.expect_closed().await;
+    }
 }
 
 async fn connect_timeout_closes(shards: usize) {

@@ -7,20 +7,17 @@
 //! `max_outbox_bytes` unread, or the mesh is congested.
 
 use std::future::poll_fn;
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
 use super::mesh::Handoff;
 use super::Shard;
 use crate::mqtt::broker::ConnId;
 use crate::mqtt::codec::{self, Connect};
+use crate::transport::Stream;
 
 enum Event {
     /// New bytes in the read buffer, or undecoded bytes to resume on.
@@ -33,16 +30,14 @@ enum Event {
 
 /// Runs a connection handed over by another shard.
 pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
-    // SAFETY: the fd was duplicated from a live socket by the sending shard
-    // and its ownership moved here with the hand-off; nothing else closes it.
-    let stream = unsafe { TcpStream::from_raw_fd(handoff.fd.into_raw_fd()) };
+    let stream = handoff.stream.attach();
     run(shard, stream, handoff.connect, handoff.unread).await;
 }
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
-pub(super) async fn run(shard: Rc<Shard>, mut stream: TcpStream, connect: Connect, rbuf: BytesMut) {
+pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
     let admitted = match shard.service() {
-        Some(service) => service.admit(&shard, Box::new(connect), stream.peer_addr().ok()),
+        Some(service) => service.admit(&shard, Box::new(connect), stream.peer_addr()),
         None => Err(Box::new(connect)),
     };
     let (conn, max_packet) = match admitted {
@@ -95,7 +90,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn poll(&mut self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<Event> {
+    fn poll(&mut self, cx: &mut Context<'_>, stream: &mut Stream) -> Poll<Event> {
         let shard = &*self.shard;
         shard.set_waker(self.conn, cx.waker());
         let mut broker = shard.broker.borrow_mut();
@@ -129,7 +124,7 @@ impl Driver {
         }
         // Reads land in the shard's arena: an idle connection holds no buffer.
         let mut arena = shard.arena.borrow_mut();
-        match Pin::new(&mut *stream).poll_read(cx, arena.space()) {
+        match stream.poll_read(cx, arena.space()) {
             Poll::Ready(Ok(n)) if n > 0 => {
                 let chunk = arena.take(n);
                 if self.rbuf.is_empty() {
@@ -188,11 +183,11 @@ impl Driver {
 /// Writes as much of the outbox as the socket takes now.
 fn write_outbox(
     cx: &mut Context<'_>,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     outbox: &mut BytesMut,
 ) -> Result<(), Event> {
     while !outbox.is_empty() {
-        match Pin::new(&mut *stream).poll_write(cx, &outbox[..]) {
+        match stream.poll_write(cx, &outbox[..]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Event::Lost),
             Poll::Ready(Ok(n)) => outbox.advance(n),
             Poll::Pending => break,

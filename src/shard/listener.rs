@@ -1,19 +1,19 @@
 //! Accepting sockets: read the CONNECT under a deadline, then run the
 //! connection here or hand it to the shard that owns its client id.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
 use futures_lite::AsyncWriteExt;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::mesh::{Handoff, ShardMsg};
 use super::{conn, Shard};
 use crate::mqtt::broker::owner_shard;
 use crate::mqtt::codec::{self, Connect, ConnectReturnCode, DecodeError, Packet};
+use crate::transport::Stream;
 
 /// Bytes asked of the socket per read while waiting for CONNECT.
 const CONNECT_READ_CHUNK: usize = 1024;
@@ -22,7 +22,7 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                glommio::spawn_local(handshake(shard.clone(), stream)).detach();
+                glommio::spawn_local(handshake(shard.clone(), Stream::tcp(stream))).detach();
             }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
@@ -42,8 +42,7 @@ enum FirstPacket {
     Gone,
 }
 
-async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     let mut rbuf = BytesMut::new();
     let max = shard.config.mqtt.max_packet_size;
     let deadline = shard.config.connect_timeout();
@@ -75,14 +74,10 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
         conn::run(shard, stream, connect, rbuf).await;
         return;
     }
-    // SAFETY: `stream` owns this fd and outlives the borrow, which ends with
-    // the duplicate made here.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
-    drop(stream);
-    match fd {
-        Ok(fd) => {
+    match stream.into_moving() {
+        Ok(stream) => {
             let handoff = Handoff {
-                fd,
+                stream,
                 connect,
                 unread: rbuf,
             };
@@ -92,12 +87,20 @@ async fn handshake(shard: Rc<Shard>, mut stream: TcpStream) {
     }
 }
 
-/// Reads until one packet is decoded; only a CONNECT may come first.
-async fn read_first_packet(stream: &mut TcpStream, rbuf: &mut BytesMut, max: usize) -> FirstPacket {
+/// The first byte of a CONNECT's fixed header: type 1, flags 0 [MQTT-2.2.2-2].
+const CONNECT_HEADER: u8 = 0x10;
+
+/// Reads until one packet is decoded; only a CONNECT may come first
+/// [MQTT-3.1.0-1], and anything else is refused as soon as its first byte
+/// is seen, not when its body has arrived or the deadline passed.
+async fn read_first_packet(stream: &mut Stream, rbuf: &mut BytesMut, max: usize) -> FirstPacket {
     // On the heap: this future lives as long as the connection's task, and
     // an array here would be part of its size.
     let mut chunk = vec![0u8; CONNECT_READ_CHUNK];
     loop {
+        if rbuf.first().is_some_and(|&b| b != CONNECT_HEADER) {
+            return FirstPacket::Drop;
+        }
         match codec::decode(rbuf, max) {
             Ok(Some(Packet::Connect(c))) => return FirstPacket::Connect(c),
             Ok(Some(_)) => return FirstPacket::Drop,

@@ -7,13 +7,12 @@
 //! stop reading from their sockets until the flushers catch up, which pushes
 //! back on publishers instead of dropping acknowledged messages.
 
-use std::os::fd::OwnedFd;
-
 use bytes::BytesMut;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
 
 use crate::mqtt::broker::RemoteMsg;
 use crate::mqtt::codec::Connect;
+use crate::transport::Moving;
 
 /// Batches a channel holds. Generous on purpose: tiny SPSC channels under
 /// contention are where glommio's mesh has had deadlock reports.
@@ -30,10 +29,10 @@ pub enum ShardMsg {
     Service(Box<dyn std::any::Any + Send>),
 }
 
-/// A connection moving to the shard that owns its client id: the socket,
+/// A connection moving to the shard that owns its client id: the stream,
 /// the CONNECT already read, and bytes read after it.
 pub struct Handoff {
-    pub fd: OwnedFd,
+    pub stream: Moving,
     pub connect: Connect,
     pub unread: BytesMut,
 }
