@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
+
 /// Why the configuration cannot be used. One line each, for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -123,110 +125,6 @@ impl HttpConfig {
     }
 }
 
-/// The xiaozhi voice gateway (`protocols/xiaozhi.md`). Names follow the
-/// reference gateway's settings where there is one: `signature_key` is its
-/// `MQTT_SIGNATURE_KEY`, `public_host` its `PUBLIC_IP`, `backend_secret` its
-/// `SERVER_SECRET`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VoiceConfig {
-    pub enabled: bool,
-    /// Device passwords are checked when set; also the management API key.
-    pub signature_key: String,
-    /// Devices' MQTT packets above this close the connection (the firmware
-    /// pages MCP tool lists to fit 8 KiB).
-    pub max_packet_size: usize,
-    /// The UDP audio address; every shard binds it (`SO_REUSEPORT`).
-    pub udp_listen: SocketAddr,
-    /// `udp.server` in the hello: the address devices send audio to.
-    pub public_host: String,
-    /// `udp.port` in the hello; 0 = the port bound.
-    pub public_port: u16,
-    /// How datagrams reach the shard that owns their conversation.
-    pub steering: Steering,
-    /// Chat backends (WebSocket URLs); one is picked per conversation.
-    pub chat_servers: Vec<String>,
-    /// Backends for the devices listed in `dev_macs`.
-    pub dev_chat_servers: Vec<String>,
-    pub dev_macs: Vec<String>,
-    /// Static bearer token for the backend, used when `backend_secret` is empty.
-    pub backend_token: String,
-    /// When set, each backend connection carries an HMAC token instead.
-    pub backend_secret: String,
-    /// The backend must answer the hello within this; the device itself
-    /// gives up after 10 s.
-    pub backend_hello_timeout_s: u64,
-    /// A conversation without audio or control traffic either way for this
-    /// long is ended (the device considers its channel dead after 120 s).
-    pub idle_timeout_s: u64,
-    pub ota: crate::http::ota::OtaConfig,
-    pub external_broker: ExternalBrokerConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Steering {
-    /// A reuseport BPF program picks the socket of the owner shard.
-    Bpf,
-    /// The kernel spreads datagrams; shards forward them over the mesh.
-    Forward,
-}
-
-/// External broker mode: the gateway attaches to another MQTT broker.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExternalBrokerConfig {
-    /// `host:port`; empty = devices connect to the built-in broker.
-    pub address: String,
-    pub client_id: String,
-    pub username: String,
-    pub password: String,
-    /// Subscribe through `$share/<group>/` so several gateways share devices
-    /// (the filter becomes `$share/<group>//p2p/device_public/#`).
-    pub share_group: String,
-}
-
-impl Default for VoiceConfig {
-    fn default() -> Self {
-        VoiceConfig {
-            enabled: false,
-            signature_key: String::new(),
-            max_packet_size: 8192,
-            udp_listen: SocketAddr::from(([0, 0, 0, 0], 8884)),
-            public_host: "127.0.0.1".to_string(),
-            public_port: 0,
-            steering: Steering::Bpf,
-            chat_servers: vec!["ws://127.0.0.1:8000/xiaozhi/v1/?from=mqtt_gateway".to_string()],
-            dev_chat_servers: Vec::new(),
-            dev_macs: Vec::new(),
-            backend_token: "test-token".to_string(),
-            backend_secret: String::new(),
-            backend_hello_timeout_s: 10,
-            idle_timeout_s: 180,
-            ota: Default::default(),
-            external_broker: ExternalBrokerConfig::default(),
-        }
-    }
-}
-
-impl ExternalBrokerConfig {
-    pub fn enabled(&self) -> bool {
-        !self.address.is_empty()
-    }
-}
-
-impl Default for ExternalBrokerConfig {
-    fn default() -> Self {
-        ExternalBrokerConfig {
-            address: String::new(),
-            client_id: "shardmq-voice".to_string(),
-            username: String::new(),
-            password: String::new(),
-            share_group: String::new(),
-        }
-    }
-}
-
 /// The most shards a deployment may run: shard sets are `u64` bitmaps.
 pub const SHARDS_MAX: usize = 64;
 
@@ -289,38 +187,10 @@ impl Config {
             });
         }
         if self.voice.enabled {
-            if self.voice.chat_servers.is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: "voice.chat_servers",
-                    message: "at least one backend URL is needed".to_string(),
-                });
-            }
-            for url in self
-                .voice
-                .chat_servers
-                .iter()
-                .chain(&self.voice.dev_chat_servers)
-            {
-                if !url.starts_with("ws://") {
-                    return Err(ConfigError::Invalid {
-                        key: "voice.chat_servers",
-                        message: format!("{url:?}: only ws:// URLs are supported"),
-                    });
-                }
-            }
-            self.voice
-                .ota
-                .validate()
-                .map_err(|e| ConfigError::Invalid {
-                    key: e.key,
-                    message: e.message,
-                })?;
-            if !(64..=268_435_460).contains(&self.voice.max_packet_size) {
-                return Err(ConfigError::Invalid {
-                    key: "voice.max_packet_size",
-                    message: "must be within 64..=268435460 bytes".to_string(),
-                });
-            }
+            self.voice.validate().map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
         }
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
@@ -348,6 +218,27 @@ impl Config {
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.mqtt.connect_timeout_s)
+    }
+
+    /// The part of the configuration the shard shell runs on.
+    pub fn shard_settings(&self) -> crate::shard::Settings {
+        let mqtt = &self.mqtt;
+        crate::shard::Settings {
+            shards: self.shard_count(),
+            pin_cores: self.server.pin_cores,
+            mqtt_listen: mqtt.enabled.then_some(mqtt.listen),
+            max_packet_size: mqtt.max_packet_size,
+            connect_timeout: self.connect_timeout(),
+            limits: crate::mqtt::session::SessionLimits {
+                max_inflight: mqtt.max_inflight,
+                max_queued_messages: mqtt.max_queued_messages,
+                queue_qos0_offline: mqtt.queue_qos0_offline,
+                max_outbox_bytes: mqtt.max_outbox_bytes,
+            },
+            sys_interval: (mqtt.sys_interval_s > 0)
+                .then(|| Duration::from_secs(mqtt.sys_interval_s)),
+            http_listen: self.http.listen_addr(),
+        }
     }
 }
 

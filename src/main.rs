@@ -48,36 +48,32 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let shards = config.shard_count();
-    let service = if config.voice.enabled {
-        match shardmq::voice::start(&config) {
+    let mut services = Vec::new();
+    if config.voice.enabled {
+        match shardmq::voice::start(&config.voice, shards) {
             Ok(started) => {
                 tracing::info!(
                     udp = %started.udp,
                     steering = ?started.steering,
                     "voice gateway enabled"
                 );
-                Some(started.factory)
+                services.push(started.factory);
             }
             Err(e) => {
                 eprintln!("shardmq: {e}");
                 return ExitCode::from(1);
             }
         }
-    } else {
-        if !config.http.listen.is_empty() {
-            tracing::warn!("[http] serves the voice gateway; it stays off while [voice] is off");
-        }
-        None
-    };
-    let server = match Server::start(config.clone(), service) {
+    }
+    let server = match Server::start(config.shard_settings(), services) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: {e}");
             return ExitCode::from(1);
         }
     };
-    if config.mqtt.enabled {
-        tracing::info!(listen = %server.listen, shards, "shardmq serving MQTT");
+    if let Some(listen) = server.listen {
+        tracing::info!(%listen, shards, "shardmq serving MQTT");
     } else {
         tracing::info!(
             shards,

@@ -18,9 +18,10 @@ fn broker() -> u16 {
          [mqtt]\nlisten = \"127.0.0.1:0\"\nsys_interval_s = 0\n",
     )
     .expect("test config is valid");
-    Server::start(config, None)
+    Server::start(config.shard_settings(), Vec::new())
         .expect("broker starts")
         .listen
+        .expect("broker listens")
         .port()
 }
 
@@ -102,10 +103,12 @@ fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {
          chat_servers = [\"ws://{backend}/xiaozhi/v1/?from=mqtt_gateway\"]\n"
     ))
     .expect("test config is valid");
-    let started = crate::voice::start(&config).expect("voice gateway starts");
-    Server::start(config, Some(started.factory))
+    let started =
+        crate::voice::start(&config.voice, config.shard_count()).expect("voice gateway starts");
+    Server::start(config.shard_settings(), vec![started.factory])
         .expect("gateway starts")
         .listen
+        .expect("broker listens")
         .port()
 }
 

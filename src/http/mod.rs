@@ -1,21 +1,17 @@
-//! The HTTP side of the voice gateway: OTA provisioning for devices, the
-//! management API, and Prometheus `/metrics`, on one listener
-//! (`http.listen`).
+//! A small generic HTTP/1.1 server for the shard-0 HTTP listener
+//! (`http.listen`): services register their routes (the voice gateway's OTA
+//! and management API) and the shell adds `/metrics`. Nothing here knows
+//! what a route does.
 //!
-//! - `request`, `response`, `auth`, `ota`: sans-IO (no sockets, no clock);
-//! - `server`: the glommio shell, one task per connection;
-//! - `api`: the routes, reaching the rest of the server only through the
-//!   [`Gateway`] trait.
+//! - `request`, `response`, `router`: sans-IO (no sockets, no clock);
+//! - `server`: the glommio shell, one task per connection.
 
-pub mod api;
-pub mod auth;
-pub mod ota;
 pub mod request;
 pub mod response;
+pub mod router;
 pub mod server;
 
-pub use api::{key_is_strong, unix_time_ms, Api, DeviceStatus, Gateway};
-pub use ota::{OtaConfig, OtaProfile};
 pub use request::Request;
 pub use response::Response;
+pub use router::{Route, Router};
 pub use server::{serve, Handler, ResponseFuture};

@@ -5,6 +5,8 @@ use serde::Serialize;
 
 pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_TEXT: &str = "text/plain; charset=utf-8";
+/// `Content-Type` of the Prometheus text exposition format.
+pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// One response. `Content-Length` and `Connection` are written by
 /// [`Response::encode`]; `headers` carries anything else.
@@ -41,6 +43,11 @@ impl Response {
     }
 
     /// `{"success":false,"error":<message>}`, the management API's error shape.
+    /// A 405 naming the methods the resource takes.
+    pub fn method_not_allowed(allow: &'static str) -> Response {
+        Response::error(405, "method not allowed").with_header("Allow", allow)
+    }
+
     pub fn error(status: u16, message: &str) -> Response {
         #[derive(Serialize)]
         struct Failure<'a> {

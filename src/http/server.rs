@@ -13,7 +13,7 @@
 //!    and body limits in `request`) plus one read chunk.
 //!
 //! The handler's own time is not bounded here: handlers that wait on other
-//! parts of the server bound it themselves (see `api`).
+//! parts of the server bound it themselves.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -230,36 +230,31 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::http::api::{
-        Api, CommandFuture, DeviceStatus, Gateway, MetricsFuture, StatusFuture,
-    };
-    use crate::http::ota::{OtaConfig, OtaProfile};
+    use crate::http::response::CONTENT_TYPE_TEXT;
+    use crate::http::router::{Route, Router};
 
     /// Bound on every blocking read of the client, so a broken server fails
     /// the test instead of hanging it.
     const CLIENT_WAIT: Duration = Duration::from_secs(10);
 
-    struct FakeGateway;
+    /// `/echo` answers with the body it got, `/slow` after a real await
+    /// point, `/private` refuses.
+    struct TestRoutes;
 
-    impl Gateway for FakeGateway {
-        fn devices_status(&self, client_ids: Vec<String>) -> StatusFuture {
-            let all = client_ids
-                .into_iter()
-                .map(|id| (id, DeviceStatus::default()))
-                .collect();
-            Box::pin(std::future::ready(all))
-        }
-
-        fn mcp_command(&self, _client_id: String, _payload: serde_json::Value) -> CommandFuture {
-            Box::pin(std::future::ready(Err("device offline".to_string())))
-        }
-
-        fn metrics(&self) -> MetricsFuture {
-            Box::pin(async {
-                // A real await point: the answer is not ready at once.
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-                "shardmq_http_test 1\n".to_string()
-            })
+    impl Handler for TestRoutes {
+        fn handle(&self, request: request::Request) -> ResponseFuture {
+            match request.path.as_str() {
+                "/echo" => {
+                    let body = String::from_utf8_lossy(&request.body).into_owned();
+                    let value = serde_json::json!({ "success": true, "body": body });
+                    Box::pin(std::future::ready(Response::json(200, &value)))
+                }
+                "/slow" => Box::pin(async {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    Response::new(200, CONTENT_TYPE_TEXT, b"shardmq_http_test 1\n".to_vec())
+                }),
+                _ => Box::pin(std::future::ready(Response::error(401, "unauthorized"))),
+            }
         }
     }
 
@@ -281,20 +276,17 @@ mod tests {
                     addr_tx
                         .send(listener.local_addr().expect("addr"))
                         .expect("send");
-                    let ota = OtaConfig {
-                        intranet: OtaProfile {
-                            mqtt_endpoint: "10.0.0.2:1883".into(),
-                            ..OtaProfile::default()
-                        },
-                        ..OtaConfig::default()
-                    };
-                    let api = Api::new(ota, "Gw8-Ops-Key".into(), Rc::new(FakeGateway), || 7);
+                    let mut router = Router::default();
+                    let routes: Rc<dyn Handler> = Rc::new(TestRoutes);
+                    for prefix in ["/echo", "/slow", "/private"] {
+                        router.add(Route::new(prefix, routes.clone()));
+                    }
                     let stopped = async {
                         while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
                             glommio::timer::sleep(Duration::from_millis(10)).await;
                         }
                     };
-                    futures_lite::future::or(serve(listener, Rc::new(api)), stopped).await;
+                    futures_lite::future::or(serve(listener, Rc::new(router)), stopped).await;
                 })
                 .expect("executor");
             let addr = addr_rx.recv_timeout(CLIENT_WAIT).expect("server address");
@@ -383,43 +375,24 @@ mod tests {
         assert!(rest.is_empty(), "unexpected bytes after the last response");
     }
 
-    fn ota_request() -> Vec<u8> {
-        let body = r#"{"board":{"type":"esp-box-3"}}"#;
-        format!(
-            "POST /xiaozhi/ota/ HTTP/1.1\r\nHost: t\r\n\
-             Device-Id: AA:BB:CC:DD:EE:FF\r\nClient-Id: 6f1c2d3e\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
-
     #[test]
     fn two_requests_on_one_connection_then_close() {
         let server = TestServer::start();
         let mut client = server.connect();
-        send(&mut client, &ota_request());
-        let ota = read_reply(&mut client);
-        assert_eq!(ota.status, 200);
-        assert_eq!(ota.header("connection"), Some("keep-alive"));
-        let v = ota.json();
-        assert_eq!(v["mqtt"]["endpoint"], "10.0.0.2:1883");
-        assert_eq!(
-            v["mqtt"]["client_id"],
-            "GID_esp-box-3@@@aa_bb_cc_dd_ee_ff@@@6f1c2d3e"
+        send(
+            &mut client,
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
         );
-        // base64 of {"ip":"127.0.0.1"}
-        assert_eq!(v["mqtt"]["username"], "eyJpcCI6IjEyNy4wLjAuMSJ9");
-        assert_eq!(v["server_time"]["timestamp"], 7);
+        let echo = read_reply(&mut client);
+        assert_eq!(echo.status, 200);
+        assert_eq!(echo.header("connection"), Some("keep-alive"));
+        assert_eq!(echo.json()["body"], "hello");
 
-        send(&mut client, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
-        let metrics = read_reply(&mut client);
-        assert_eq!(metrics.status, 200);
-        assert_eq!(metrics.body, b"shardmq_http_test 1\n");
-        assert_eq!(
-            metrics.header("content-type"),
-            Some("text/plain; version=0.0.4; charset=utf-8")
-        );
+        send(&mut client, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+        let slow = read_reply(&mut client);
+        assert_eq!(slow.status, 200);
+        assert_eq!(slow.body, b"shardmq_http_test 1\n");
+        assert_eq!(slow.header("content-type"), Some(CONTENT_TYPE_TEXT));
 
         send(
             &mut client,
@@ -435,8 +408,8 @@ mod tests {
     fn pipelined_requests_are_answered_in_order() {
         let server = TestServer::start();
         let mut client = server.connect();
-        let mut both = b"POST /xiaozhi/ota/activate HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec();
-        both.extend_from_slice(b"POST /api/devices/status HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
+        let mut both = b"POST /echo HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec();
+        both.extend_from_slice(b"POST /private HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}");
         send(&mut client, &both);
         assert_eq!(read_reply(&mut client).json()["success"], true);
         assert_eq!(read_reply(&mut client).status, 401);
@@ -450,11 +423,11 @@ mod tests {
                 400,
             ),
             (
-                b"POST /xiaozhi/ota/ HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n",
                 413,
             ),
             (
-                b"POST /xiaozhi/ota/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
                 411,
             ),
             (b"GET / HTTP/1.1\r\nX: y\r\nBad Header\r\n\r\n", 400),
@@ -487,7 +460,7 @@ mod tests {
     fn head_requests_get_no_body() {
         let server = TestServer::start();
         let mut client = server.connect();
-        send(&mut client, b"HEAD /metrics HTTP/1.1\r\n\r\n");
+        send(&mut client, b"HEAD /slow HTTP/1.1\r\n\r\n");
         let mut head = String::new();
         loop {
             let mut line = String::new();
@@ -500,7 +473,7 @@ mod tests {
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("Content-Length: 20\r\n"), "{head}");
         // The connection is still usable, so no body bytes were sent.
-        send(&mut client, b"POST /xiaozhi/ota/activate HTTP/1.1\r\n\r\n");
+        send(&mut client, b"POST /echo HTTP/1.1\r\n\r\n");
         assert_eq!(read_reply(&mut client).status, 200);
     }
 }

@@ -36,15 +36,12 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
 pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
-    let admitted = match shard.service() {
-        Some(service) => service.admit(&shard, Box::new(connect), stream.peer_addr()),
-        None => Err(Box::new(connect)),
-    };
+    let admitted = shard.admit(Box::new(connect), stream.peer_addr());
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {
             let conn = shard.broker.borrow_mut().connect(Instant::now(), *connect);
-            (conn, shard.config.mqtt.max_packet_size)
+            (conn, shard.settings.max_packet_size)
         }
     };
     shard.after_input();
@@ -73,7 +70,7 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, 
         futures_lite::future::yield_now().await;
     }
     driver.shard.after_input();
-    driver.shard.clear_waker(conn);
+    driver.shard.forget(conn);
     drop(stream);
     driver.shard.broker.borrow_mut().release(conn);
 }
@@ -110,7 +107,7 @@ impl Driver {
             return Poll::Pending;
         }
         drop(broker);
-        if backlog >= shard.config.mqtt.max_outbox_bytes {
+        if backlog >= shard.settings.limits.max_outbox_bytes {
             // The peer does not read what it asks for (acks, PINGRESP): stop
             // reading it until the socket takes the backlog. The pending
             // write woke registration brings us back.

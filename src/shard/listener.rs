@@ -44,8 +44,8 @@ enum FirstPacket {
 
 async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     let mut rbuf = BytesMut::new();
-    let max = shard.config.mqtt.max_packet_size;
-    let deadline = shard.config.connect_timeout();
+    let max = shard.settings.max_packet_size;
+    let deadline = shard.settings.connect_timeout;
     let first = glommio::timer::timeout(deadline, async {
         Ok(read_first_packet(&mut stream, &mut rbuf, max).await)
     })

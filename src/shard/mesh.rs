@@ -25,8 +25,8 @@ pub const STAGED_BATCHES_MAX: usize = 1024;
 pub enum ShardMsg {
     Batch(Vec<RemoteMsg>),
     Handoff(Box<Handoff>),
-    /// For the service running on the shards (`super::Service`).
-    Service(Box<dyn std::any::Any + Send>),
+    /// For one of the services running on the shards (`super::Service`).
+    Service(super::service::Tagged),
 }
 
 /// A connection moving to the shard that owns its client id: the stream,

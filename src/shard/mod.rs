@@ -10,32 +10,36 @@
 //! 2. Between shards only `ShardMsg` values travel, over bounded channels.
 //!
 //! # Services
-//! A service above the broker (the voice gateway) plugs in through
-//! `Service`: it may take CONNECTs as service connections, receives their
-//! events, has its own messages on the mesh, and is ticked with the broker.
+//! Services above the broker (the voice gateway, and those to come) plug in
+//! through [`Service`] (see `service`); the shell imports none of them.
 
 mod arena;
 mod conn;
 mod listener;
 pub mod mesh;
+mod metrics;
+mod service;
+mod settings;
+
+pub use service::{Service, ServiceFactory};
+pub use settings::Settings;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::config::Config;
+use crate::http::{Route, Router};
 use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ServiceEvent, ShardId};
-use crate::mqtt::codec::Connect;
-use crate::mqtt::session::SessionLimits;
 use mesh::{Endpoints, ShardMsg, STAGED_BATCHES_MAX};
+use service::{AnyService, Tagged};
 
 /// Period of the broker's timer tick: keepalive is checked to within this.
 const TICK_INTERVAL: Duration = Duration::from_millis(250);
@@ -52,62 +56,46 @@ pub enum StartError {
     Executor { shard: usize, message: String },
 }
 
-/// A service running on every shard beside the broker. All calls come from
-/// the shard's own thread.
-pub trait Service {
-    /// Spawns the service's tasks on the shard; called once, first.
-    fn start(self: Rc<Self>, shard: Rc<Shard>);
-    /// A CONNECT this shard runs. `Ok` when the service took it (the
-    /// connection is a service connection or refused), with the packet size
-    /// limit of the connection; `Err` gives it back for the broker.
-    fn admit(
-        &self,
-        shard: &Shard,
-        connect: Box<Connect>,
-        peer: Option<SocketAddr>,
-    ) -> Result<(ConnId, usize), Box<Connect>>;
-    /// Events of service connections.
-    fn on_events(&self, shard: &Shard, events: Vec<ServiceEvent>);
-    /// A `ShardMsg::Service` from another shard.
-    fn on_remote(&self, shard: &Shard, from: ShardId, msg: Box<dyn std::any::Any + Send>);
-    /// Called with every broker tick.
-    fn tick(&self, shard: &Shard, now: Instant);
-}
-
-/// Creates the service of each shard, given the shard index; called on the
-/// shard's thread.
-pub type ServiceFactory = std::sync::Arc<dyn Fn(usize) -> Rc<dyn Service> + Send + Sync>;
-
 /// A running server: its shard threads and the address it listens on.
 pub struct Server {
-    pub listen: SocketAddr,
+    /// The MQTT listener's address (port 0 resolved); `None` without it.
+    pub listen: Option<SocketAddr>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
 impl Server {
     /// Starts every shard and returns once all listen, or the first error.
-    pub fn start(config: Config, service: Option<ServiceFactory>) -> Result<Server, StartError> {
-        let shards = config.shard_count();
-        let listen = if config.mqtt.enabled {
-            probe_listen(config.mqtt.listen)?
-        } else {
-            config.mqtt.listen
-        };
+    /// Starts every shard, each with its instance of every service (in
+    /// this order), and returns once all listen, or the first error.
+    pub fn start(settings: Settings, services: Vec<ServiceFactory>) -> Result<Server, StartError> {
+        let shards = settings.shards;
+        let mut settings = settings;
+        if let Some(addr) = settings.mqtt_listen {
+            settings.mqtt_listen = Some(probe_listen(addr)?);
+        }
+        if let Some(addr) = settings.http_listen {
+            // Shard 0 binds it once running; a port held by another process
+            // must fail the start, not just log from the shard.
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Bind { addr, source })?;
+        }
+        let listen = settings.mqtt_listen;
+        let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
         let mut handles = Vec::with_capacity(shards);
         for (i, endpoints) in mesh::full_mesh(shards).into_iter().enumerate() {
-            let placement = if config.server.pin_cores {
+            let placement = if settings.pin_cores {
                 Placement::Fixed(i % cores)
             } else {
                 Placement::Unbound
             };
-            let config = config.clone();
+            let settings = settings.clone();
             let ready = ready_tx.clone();
-            let service = service.clone();
+            let services = services.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
-                .spawn(move || run_shard(i, shards, listen, config, endpoints, service, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -187,7 +175,7 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener>
 pub struct Shard {
     pub(crate) id: ShardId,
     pub(crate) shards: usize,
-    pub(crate) config: Config,
+    pub(crate) settings: Settings,
     pub(crate) broker: RefCell<Broker>,
     pub(crate) arena: RefCell<arena::ReadArena>,
     wakers: RefCell<Vec<Option<Waker>>>,
@@ -195,7 +183,10 @@ pub struct Shard {
     flusher_wakers: RefCell<Vec<Option<Waker>>>,
     staged: Cell<usize>,
     congestion_waiters: RefCell<Vec<Waker>>,
-    service: std::cell::OnceCell<Rc<dyn Service>>,
+    services: Vec<Rc<dyn AnyService>>,
+    /// Which service admitted each service connection, by `ConnId`: its
+    /// place in `services` plus one; 0 for the broker's own connections.
+    service_of: RefCell<Vec<u8>>,
 }
 
 impl Shard {
@@ -204,7 +195,7 @@ impl Shard {
     /// answers may wake connections again).
     pub fn after_input(&self) {
         loop {
-            let mut events = Vec::new();
+            let mut events: Vec<(usize, ServiceEvent)> = Vec::new();
             {
                 let mut broker = self.broker.borrow_mut();
                 {
@@ -219,21 +210,50 @@ impl Shard {
                     self.stage(to, ShardMsg::Batch(batch));
                 }
                 while let Some(event) = broker.poll_service() {
-                    events.push(event);
+                    let conn = match &event {
+                        ServiceEvent::Published { conn, .. }
+                        | ServiceEvent::Closed { conn, .. } => *conn,
+                    };
+                    if let Some(service) = self.service_index(conn) {
+                        events.push((service, event));
+                    }
                 }
             }
             if events.is_empty() {
                 return;
             }
-            if let Some(service) = self.service.get() {
-                service.on_events(self, events);
+            let mut by_service: Vec<Vec<ServiceEvent>> =
+                self.services.iter().map(|_| Vec::new()).collect();
+            for (i, event) in events {
+                if let Some(list) = by_service.get_mut(i) {
+                    list.push(event);
+                }
+            }
+            for (service, events) in self.services.iter().zip(by_service) {
+                if !events.is_empty() {
+                    service.on_events(self, events);
+                }
             }
         }
     }
 
-    /// Sends a service message to another shard.
-    pub fn send_service(&self, to: ShardId, msg: Box<dyn std::any::Any + Send>) {
-        self.stage(to, ShardMsg::Service(msg));
+    /// Sends service `S` on shard `to` a message from its instance here.
+    pub fn send_service<S: Service>(&self, to: ShardId, msg: S::Msg) {
+        let kind = std::any::TypeId::of::<S>();
+        let Some(service) = self.services.iter().position(|s| s.kind() == kind) else {
+            tracing::error!(
+                service = std::any::type_name::<S>(),
+                "message for a service this shard does not run"
+            );
+            return;
+        };
+        self.stage(
+            to,
+            ShardMsg::Service(Tagged {
+                service: service as u8,
+                msg: Box::new(msg),
+            }),
+        );
     }
 
     pub fn id(&self) -> ShardId {
@@ -244,8 +264,8 @@ impl Shard {
         self.shards
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The broker machine; never borrowed across an await.
@@ -253,8 +273,44 @@ impl Shard {
         &self.broker
     }
 
-    pub(crate) fn service(&self) -> Option<&Rc<dyn Service>> {
-        self.service.get()
+    /// Offers a CONNECT to each service in turn; `Err` gives it back for
+    /// the broker.
+    pub(crate) fn admit(
+        &self,
+        connect: Box<crate::mqtt::codec::Connect>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(ConnId, usize), Box<crate::mqtt::codec::Connect>> {
+        let mut connect = connect;
+        for (i, service) in self.services.iter().enumerate() {
+            match service.admit(self, connect, peer) {
+                Ok((conn, max_packet)) => {
+                    let mut owners = self.service_of.borrow_mut();
+                    let slot = conn.0 as usize;
+                    if owners.len() <= slot {
+                        owners.resize(slot + 1, 0);
+                    }
+                    owners[slot] = i as u8 + 1;
+                    return Ok((conn, max_packet));
+                }
+                Err(back) => connect = back,
+            }
+        }
+        Err(connect)
+    }
+
+    fn service_index(&self, conn: ConnId) -> Option<usize> {
+        match self.service_of.borrow().get(conn.0 as usize) {
+            Some(&i) if i > 0 => Some(usize::from(i) - 1),
+            _ => None,
+        }
+    }
+
+    /// The connection is gone: its id may be reused for another.
+    pub(crate) fn forget(&self, conn: ConnId) {
+        self.clear_waker(conn);
+        if let Some(slot) = self.service_of.borrow_mut().get_mut(conn.0 as usize) {
+            *slot = 0;
+        }
     }
 
     pub(crate) fn stage(&self, to: ShardId, msg: ShardMsg) {
@@ -297,55 +353,48 @@ impl Shard {
 
 async fn run_shard(
     index: usize,
-    shards: usize,
-    listen: SocketAddr,
-    config: Config,
+    settings: Settings,
     endpoints: Endpoints,
-    service: Option<ServiceFactory>,
+    services: Arc<Vec<ServiceFactory>>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
+    let shards = settings.shards;
     let broker_config = BrokerConfig {
-        limits: SessionLimits {
-            max_inflight: config.mqtt.max_inflight,
-            max_queued_messages: config.mqtt.max_queued_messages,
-            queue_qos0_offline: config.mqtt.queue_qos0_offline,
-            max_outbox_bytes: config.mqtt.max_outbox_bytes,
+        limits: settings.limits,
+        sys_interval: settings.sys_interval,
+    };
+    let listener = match settings.mqtt_listen {
+        Some(addr) => match bind_listener(addr) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind { addr, source }));
+                return;
+            }
         },
-        sys_interval: (config.mqtt.sys_interval_s > 0)
-            .then(|| Duration::from_secs(config.mqtt.sys_interval_s)),
+        None => None,
     };
     let shard = Rc::new(Shard {
         id,
         shards,
         broker: RefCell::new(Broker::new(id, shards, broker_config, Instant::now())),
-        config,
+        settings,
         arena: RefCell::new(arena::ReadArena::new()),
         wakers: RefCell::new(Vec::new()),
         staging: RefCell::new((0..shards).map(|_| VecDeque::new()).collect()),
         flusher_wakers: RefCell::new(vec![None; shards]),
         staged: Cell::new(0),
         congestion_waiters: RefCell::new(Vec::new()),
-        service: std::cell::OnceCell::new(),
+        services: services.iter().map(|f| f.make(index)).collect(),
+        service_of: RefCell::new(Vec::new()),
     });
-    let listener = if shard.config.mqtt.enabled {
-        match bind_listener(listen) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let _ = ready.send(Err(StartError::Bind {
-                    addr: listen,
-                    source,
-                }));
-                return;
-            }
+    for service in &shard.services {
+        service.clone().start(shard.clone());
+    }
+    if index == 0 {
+        if let Some(addr) = shard.settings.http_listen {
+            serve_http(&shard, addr);
         }
-    } else {
-        None
-    };
-    if let Some(factory) = service {
-        let service = factory(index);
-        let _ = shard.service.set(service.clone());
-        service.start(shard.clone());
     }
     let mut tasks = Vec::new();
     for (from, rx) in endpoints.receivers.into_iter().enumerate() {
@@ -369,6 +418,29 @@ async fn run_shard(
         None => std::future::pending::<()>().await,
     }
     drop(tasks);
+}
+
+/// Serves the services' HTTP routes and `/metrics` on shard 0.
+fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) {
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen for HTTP");
+            return;
+        }
+    };
+    let mut router = Router::default();
+    for service in &shard.services {
+        for route in service.clone().routes(shard.clone()) {
+            router.add(route);
+        }
+    }
+    router.add(Route::new(
+        "/metrics",
+        Rc::new(metrics::Metrics(Rc::downgrade(shard))),
+    ));
+    tracing::info!(%addr, "HTTP listening");
+    glommio::spawn_local(crate::http::serve(listener, Rc::new(router))).detach();
 }
 
 /// Drains batches staged for shard `to` into its channel, awaiting space.
@@ -416,9 +488,10 @@ async fn receive(shard: Rc<Shard>, from: ShardId, rx: SharedReceiver<ShardMsg>) 
             ShardMsg::Handoff(handoff) => {
                 glommio::spawn_local(conn::run_handoff(shard.clone(), *handoff)).detach();
             }
-            ShardMsg::Service(msg) => {
-                if let Some(service) = shard.service() {
-                    service.on_remote(&shard, from, msg);
+            ShardMsg::Service(Tagged { service, msg }) => {
+                match shard.services.get(usize::from(service)) {
+                    Some(s) => s.on_remote(&shard, from, msg),
+                    None => tracing::error!(service, "mesh message for no service"),
                 }
                 shard.after_input();
             }
@@ -431,7 +504,7 @@ async fn tick(shard: Rc<Shard>) {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
         shard.broker.borrow_mut().tick(now);
-        if let Some(service) = shard.service() {
+        for service in &shard.services {
             service.tick(&shard, now);
         }
         shard.after_input();

@@ -115,7 +115,7 @@ pub(crate) fn device_of_topic(topic: &str) -> Option<&str> {
 
 /// One connection to the broker, until it fails.
 async fn session(service: &Rc<VoiceService>, shard: &Rc<Shard>) -> Result<(), String> {
-    let cfg = &shard.config().voice.external_broker;
+    let cfg = &service.config.external_broker;
     let addr = std::net::ToSocketAddrs::to_socket_addrs(cfg.address.as_str())
         .map_err(|e| format!("cannot resolve {}: {e}", cfg.address))?
         .next()

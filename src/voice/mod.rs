@@ -4,28 +4,31 @@
 //!
 //! Sans-IO parts: `packet` (the UDP header and cipher), `audio` (one
 //! conversation's UDP state), `identity` (device ids and credentials),
-//! `control` (JSON messages), `gateway` (one shard's machine). Shell:
-//! `service` (the shard's side), `bridge` (backend WebSockets), `external`
-//! (external broker mode), `management` (HTTP glue), `bpf` (UDP steering).
+//! `control` (JSON messages), `gateway` (one shard's machine), `config`
+//! (the `[voice]` section). Shell: `service` (the shard's side, plugged in
+//! as a `shard::Service`), `bridge` (backend WebSockets), `external`
+//! (external broker mode), `routes` (OTA and the management API on the HTTP
+//! listener), `bpf` (UDP steering).
 
 pub mod audio;
 pub mod bpf;
 mod bridge;
+pub mod config;
 pub mod control;
 mod external;
 pub mod gateway;
 pub mod identity;
-mod management;
 pub mod metrics;
 pub mod packet;
+pub mod routes;
 mod service;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use crate::config::{Config, Steering};
 use crate::shard::ServiceFactory;
 use bridge::Backend;
+use config::{Steering, VoiceConfig};
 use gateway::{Gateway, GatewayConfig};
 
 /// Why the gateway cannot start.
@@ -33,11 +36,6 @@ use gateway::{Gateway, GatewayConfig};
 pub enum VoiceStartError {
     #[error("cannot bind UDP {addr}: {source}")]
     Udp {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("cannot listen for HTTP on {addr}: {source}")]
-    Http {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -61,23 +59,15 @@ pub struct Started {
 
 /// Binds the UDP group (one socket per shard, in shard order, so the
 /// reuseport program's index is the shard) and resolves the backends.
-pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
-    let shards = config.shard_count();
+pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartError> {
     let backends = config
-        .voice
         .chat_servers
         .iter()
-        .chain(&config.voice.dev_chat_servers)
+        .chain(&config.dev_chat_servers)
         .map(|url| Backend::resolve(url))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(addr) = config.http.listen_addr() {
-        // Shard 0 binds it once running; a port held by another process
-        // must fail the start, not just log from the shard.
-        std::net::TcpListener::bind(addr)
-            .map_err(|source| VoiceStartError::Http { addr, source })?;
-    }
-    let addr = config.voice.udp_listen;
-    let want_bpf = config.voice.steering == Steering::Bpf && shards > 1;
+    let addr = config.udp_listen;
+    let want_bpf = config.steering == Steering::Bpf && shards > 1;
     let group = bpf::bind_group(addr, shards, want_bpf)
         .map_err(|source| VoiceStartError::Udp { addr, source })?;
     if let bpf::Steering::Failed(e) = &group.steering {
@@ -93,20 +83,20 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         SteeringInForce::Forward
     };
     let fds = group.sockets;
-    let public_port = match config.voice.public_port {
+    let public_port = match config.public_port {
         0 => udp.port(),
         p => p,
     };
     let sockets = Mutex::new(fds.into_iter().map(Some).collect::<Vec<_>>());
     let config = config.clone();
-    let factory: ServiceFactory = Arc::new(move |shard: usize| {
+    let factory = ServiceFactory::new(move |shard: usize| {
         let socket = sockets
             .lock()
             .expect("not poisoned")
             .get_mut(shard)
             .and_then(Option::take)
             .expect("one socket per shard");
-        let voice = &config.voice;
+        let voice = &config;
         let gateway = Gateway::new(GatewayConfig {
             // External broker mode: conversations live on shard 0, where
             // the broker client runs.
@@ -133,10 +123,11 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         std::rc::Rc::new(service::VoiceService::new(
             config.clone(),
             shard,
+            shards,
             gateway,
             socket,
             backends.clone(),
-        )) as std::rc::Rc<dyn crate::shard::Service>
+        ))
     });
     Ok(Started {
         factory,

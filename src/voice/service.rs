@@ -21,11 +21,12 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::UdpSocket;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::http::Route;
 use crate::mqtt::broker::{owner_shard, ConnId, ServiceEvent, ShardId};
 use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
 use crate::voice::bridge::{self, Backend, BridgeCmd};
+use crate::voice::config::VoiceConfig;
 use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
 use crate::voice::identity;
 use crate::voice::packet::{self, MAX_DATAGRAM};
@@ -38,7 +39,7 @@ const BRIDGE_QUEUE: usize = 256;
 const FORWARD_QUEUE: usize = 1024;
 
 /// Between the voice services of different shards.
-pub(crate) enum VoiceMsg {
+pub enum VoiceMsg {
     /// A datagram that arrived on the sender's socket.
     Datagram { from: SocketAddr, data: Vec<u8> },
     /// An MCP request for a device of the receiver; answered with `McpDone`.
@@ -86,7 +87,7 @@ enum Devices {
 }
 
 pub struct VoiceService {
-    config: Config,
+    pub(crate) config: VoiceConfig,
     shard: ShardId,
     shards: usize,
     gateway: RefCell<Gateway>,
@@ -110,14 +111,14 @@ pub struct VoiceService {
 
 impl VoiceService {
     pub(crate) fn new(
-        config: Config,
+        config: VoiceConfig,
         shard: usize,
+        shards: usize,
         gateway: Gateway,
         socket: std::os::fd::OwnedFd,
         backends: Vec<Backend>,
     ) -> VoiceService {
-        let shards = config.shard_count();
-        let devices = if config.voice.external_broker.enabled() {
+        let devices = if config.external_broker.enabled() {
             Devices::External(crate::voice::external::Link::default())
         } else {
             Devices::Builtin {
@@ -233,7 +234,7 @@ impl VoiceService {
         match self.mcp.borrow_mut().remove(&token) {
             Some(McpOrigin::Local(slot)) => slot.fill(result),
             Some(McpOrigin::Remote { shard: to, token }) => {
-                shard.send_service(to, Box::new(VoiceMsg::McpDone { token, result }));
+                shard.send_service::<VoiceService>(to, VoiceMsg::McpDone { token, result });
             }
             None => {}
         }
@@ -314,7 +315,7 @@ impl VoiceService {
                 .map_or(self.shard, |id| ShardId((id % self.shards as u32) as u16));
             if owner != self.shard {
                 let data = datagram.to_vec();
-                shard.send_service(owner, Box::new(VoiceMsg::Datagram { from, data }));
+                shard.send_service::<VoiceService>(owner, VoiceMsg::Datagram { from, data });
                 continue;
             }
             self.datagram(from, datagram).await;
@@ -407,13 +408,13 @@ impl VoiceService {
                 .mcp_request(Instant::now(), &client_id, &payload, token);
             self.run_actions(shard);
         } else {
-            shard.send_service(
+            shard.send_service::<VoiceService>(
                 owner,
-                Box::new(VoiceMsg::Mcp {
+                VoiceMsg::Mcp {
                     token,
                     client_id,
                     payload,
-                }),
+                },
             );
         }
         async move { slot.wait().await }
@@ -445,7 +446,7 @@ impl VoiceService {
             };
             self.statuses.borrow_mut().insert(token, pending);
             for (owner, client_ids) in by_shard {
-                shard.send_service(owner, Box::new(VoiceMsg::Status { token, client_ids }));
+                shard.send_service::<VoiceService>(owner, VoiceMsg::Status { token, client_ids });
             }
         }
         async move { slot.wait().await }
@@ -464,7 +465,7 @@ impl VoiceService {
     }
 
     /// Prometheus text of the voice counters summed over shards.
-    pub(crate) fn metrics(&self) -> String {
+    fn metrics_text(&self) -> String {
         let mut total = VoiceCounters::default();
         {
             let mut per_shard = self.shard_counters.borrow_mut();
@@ -478,6 +479,8 @@ impl VoiceService {
 }
 
 impl Service for VoiceService {
+    type Msg = VoiceMsg;
+
     fn start(self: Rc<Self>, shard: Rc<Shard>) {
         let _ = self.me.set(Rc::downgrade(&self));
         let _ = self.home.set(Rc::downgrade(&shard));
@@ -496,13 +499,8 @@ impl Service for VoiceService {
         });
         let _ = self.udp.set(udp.clone());
         glommio::spawn_local(self.clone().receive_loop(shard.clone(), udp)).detach();
-        if self.shard == ShardId(0) {
-            if let Some(addr) = shard.config().http.listen_addr() {
-                crate::voice::management::start(self.clone(), shard.clone(), addr);
-            }
-            if self.config.voice.external_broker.enabled() {
-                crate::voice::external::start(self.clone(), shard.clone());
-            }
+        if self.shard == ShardId(0) && self.config.external_broker.enabled() {
+            crate::voice::external::start(self.clone(), shard.clone());
         }
     }
 
@@ -518,7 +516,7 @@ impl Service for VoiceService {
             return Err(connect);
         }
         let now = Instant::now();
-        let max = self.config.voice.max_packet_size;
+        let max = self.config.max_packet_size;
         let refuse = |code| {
             let conn = shard.broker().borrow_mut().refuse_connect(now, code);
             Ok((conn, max))
@@ -527,7 +525,7 @@ impl Service for VoiceService {
             tracing::debug!(client_id = %connect.client_id, "malformed device id");
             return refuse(ConnectReturnCode::IdentifierRejected);
         };
-        let key = self.config.voice.signature_key.as_bytes();
+        let key = self.config.signature_key.as_bytes();
         if !key.is_empty() && id.uuid.is_some() {
             let username = connect.username.as_deref().unwrap_or("");
             let password = connect.password.as_deref().unwrap_or(&[]);
@@ -575,12 +573,9 @@ impl Service for VoiceService {
         self.run_actions(shard);
     }
 
-    fn on_remote(&self, shard: &Shard, from: ShardId, msg: Box<dyn std::any::Any + Send>) {
-        let Ok(msg) = msg.downcast::<VoiceMsg>() else {
-            return;
-        };
+    fn on_remote(&self, shard: &Shard, from: ShardId, msg: VoiceMsg) {
         let now = Instant::now();
-        match *msg {
+        match msg {
             VoiceMsg::Datagram { from: addr, data } => {
                 self.gateway.borrow_mut().counters_mut().udp_forwarded += 1;
                 if let Some(tx) = self.forwarded.get() {
@@ -609,7 +604,7 @@ impl Service for VoiceService {
             }
             VoiceMsg::Status { token, client_ids } => {
                 let statuses = self.statuses_of(client_ids);
-                shard.send_service(from, Box::new(VoiceMsg::StatusDone { token, statuses }));
+                shard.send_service::<VoiceService>(from, VoiceMsg::StatusDone { token, statuses });
             }
             VoiceMsg::StatusDone { token, statuses } => {
                 let mut pending = self.statuses.borrow_mut();
@@ -635,11 +630,19 @@ impl Service for VoiceService {
         self.run_actions(shard);
     }
 
+    fn routes(self: Rc<Self>, shard: Rc<Shard>) -> Vec<Route> {
+        crate::voice::routes::routes(&self, &shard, &self.config)
+    }
+
+    fn metrics(&self, out: &mut String) {
+        out.push_str(&self.metrics_text());
+    }
+
     fn tick(&self, shard: &Shard, now: Instant) {
         self.gateway.borrow_mut().tick(now);
         if self.shard != ShardId(0) {
             let counters = self.gateway.borrow().counters();
-            shard.send_service(ShardId(0), Box::new(VoiceMsg::Counters(counters)));
+            shard.send_service::<VoiceService>(ShardId(0), VoiceMsg::Counters(counters));
         }
         self.run_actions(shard);
     }

@@ -10,7 +10,8 @@
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
-use shardmq::http::{auth, ota, request};
+use shardmq::http::request;
+use shardmq::voice::routes::{auth, ota};
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the peer, so both OTA profiles are reached.

@@ -1,17 +1,26 @@
-//! The HTTP listener of the gateway (shard 0): OTA provisioning, the
-//! management API and `/metrics`, served by `crate::http` over this
-//! shard's voice service.
+//! The gateway's HTTP routes, served by the shard-0 HTTP listener: OTA
+//! provisioning (`ota`) and the management API (`api`, with its daily
+//! tokens in `auth`), over this shard's voice service.
+//!
+//! `ota`, `api` and `auth` are sans-IO: requests in, responses out, the
+//! clock passed in.
+
+pub mod api;
+pub mod auth;
+pub mod ota;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 
 use serde_json::Value;
 
-use crate::http::api::{Api, DeviceStatus, Gateway as ApiGateway};
+use crate::http::{Handler, Route};
 use crate::shard::Shard;
+use crate::voice::config::VoiceConfig;
+use crate::voice::gateway::DeviceStatus;
 use crate::voice::service::VoiceService;
+use api::{Api, Gateway as ApiGateway};
 
 struct Hooks {
     service: Weak<VoiceService>,
@@ -40,36 +49,26 @@ impl ApiGateway for Hooks {
         // The API bounds the wait; the shard's tick ends the request itself.
         Box::pin(service.mcp_command(&shard, client_id, payload))
     }
-
-    fn metrics(&self) -> Pin<Box<dyn Future<Output = String>>> {
-        let text = self
-            .service
-            .upgrade()
-            .map(|s| s.metrics())
-            .unwrap_or_default();
-        Box::pin(async move { text })
-    }
 }
 
-pub(crate) fn start(service: Rc<VoiceService>, shard: Rc<Shard>, addr: SocketAddr) {
-    let listener = match glommio::net::TcpListener::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "cannot listen for HTTP");
-            return;
-        }
-    };
-    let config = shard.config().voice.clone();
+/// The routes of the gateway whose service on shard 0 is `service`.
+pub(crate) fn routes(
+    service: &Rc<VoiceService>,
+    shard: &Rc<Shard>,
+    config: &VoiceConfig,
+) -> Vec<Route> {
     let hooks = Rc::new(Hooks {
-        service: Rc::downgrade(&service),
-        shard: Rc::downgrade(&shard),
+        service: Rc::downgrade(service),
+        shard: Rc::downgrade(shard),
     });
-    let api = Rc::new(Api::new(
+    let api: Rc<dyn Handler> = Rc::new(Api::new(
         config.ota.clone(),
         config.signature_key.clone(),
         hooks,
-        crate::http::api::unix_time_ms,
+        api::unix_time_ms,
     ));
-    tracing::info!(%addr, "HTTP listening (OTA, management API, metrics)");
-    glommio::spawn_local(crate::http::server::serve(listener, api)).detach();
+    vec![
+        Route::new("/xiaozhi/ota", api.clone()),
+        Route::new("/api", api),
+    ]
 }

@@ -18,8 +18,8 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::request::Request;
-use super::response::Response;
+use crate::http::response::CONTENT_TYPE_JSON;
+use crate::http::{Request, Response};
 use crate::voice::identity;
 
 /// `[voice.ota]`.
@@ -164,11 +164,7 @@ pub fn ota_response(
         .filter(|c| client_id_is_valid(c));
     let (Some(mac), Some(client)) = (device, client) else {
         tracing::debug!(peer = %request.peer, "ota request without valid Device-Id/Client-Id");
-        return Response::new(
-            400,
-            super::response::CONTENT_TYPE_JSON,
-            REQUEST_ERROR.into(),
-        );
+        return Response::new(400, CONTENT_TYPE_JSON, REQUEST_ERROR.into());
     };
     // Anything but a JSON object is as good as no body.
     let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);

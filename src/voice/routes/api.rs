@@ -1,6 +1,6 @@
-//! The HTTP routes of the voice gateway: OTA provisioning, the management API
-//! of the xiaozhi MQTT gateway (as called by xiaozhi-esp32-server's
-//! manager-api), and Prometheus `/metrics`.
+//! The HTTP routes of the voice gateway: OTA provisioning and the management
+//! API of the xiaozhi MQTT gateway (as called by xiaozhi-esp32-server's
+//! manager-api). The gateway's counters are in the server's `/metrics`.
 //!
 //! | Route | Method | Auth |
 //! |---|---|---|
@@ -8,11 +8,6 @@
 //! | `/xiaozhi/ota/activate` | POST | none |
 //! | `/api/devices/status` | POST | daily bearer token |
 //! | `/api/commands/:clientId` | POST | daily bearer token |
-//! | `/metrics` | GET | none |
-//!
-//! `/metrics` has no authentication, like most exporters: bind `http.listen`
-//! to a private address (or filter it) when the port is reachable from
-//! outside.
 //!
 //! Everything the routes need from the rest of the server goes through
 //! [`Gateway`]; the routing itself is synchronous, and only the gateway's
@@ -28,16 +23,11 @@ use serde_json::{Map, Value};
 
 use super::auth;
 use super::ota::{self, OtaConfig};
-use super::request::Request;
-use super::response::Response;
-use super::server::{Handler, ResponseFuture};
+use crate::http::{Handler, Request, Response, ResponseFuture};
 
 /// Time a device has to answer a command sent through the API; the same as
 /// the reference gateway.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `Content-Type` of the Prometheus text exposition format.
-pub const CONTENT_TYPE_PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the gateway knows about one device connection.
 pub use crate::voice::gateway::DeviceStatus;
@@ -46,8 +36,6 @@ pub use crate::voice::gateway::DeviceStatus;
 pub type StatusFuture = Pin<Box<dyn Future<Output = Vec<(String, DeviceStatus)>>>>;
 /// Answer of [`Gateway::mcp_command`].
 pub type CommandFuture = Pin<Box<dyn Future<Output = Result<Value, String>>>>;
-/// Answer of [`Gateway::metrics`].
-pub type MetricsFuture = Pin<Box<dyn Future<Output = String>>>;
 
 /// The rest of the server, as the HTTP routes see it. Implemented by the
 /// shard shell; futures are not `Send`, everything runs on one shard.
@@ -58,8 +46,6 @@ pub trait Gateway {
     /// device and resolves with its `result`, or with a message on failure
     /// (not connected, MCP error). Bounded by [`COMMAND_TIMEOUT`] here.
     fn mcp_command(&self, client_id: String, payload: Value) -> CommandFuture;
-    /// The Prometheus text exposition of the server's counters.
-    fn metrics(&self) -> MetricsFuture;
 }
 
 /// The HTTP handler of the voice gateway.
@@ -144,10 +130,6 @@ impl Api {
                 "POST" => Answer::Ready(ota::activate_response()),
                 _ => Answer::Ready(method_not_allowed("POST")),
             },
-            "/metrics" => match method {
-                "GET" | "HEAD" => Answer::Later(self.metrics()),
-                _ => Answer::Ready(method_not_allowed("GET")),
-            },
             _ => match path.strip_prefix("/api/") {
                 Some(rest) => self.management(rest, request),
                 None => Answer::Ready(not_found()),
@@ -230,13 +212,6 @@ impl Api {
             }
         }))
     }
-
-    fn metrics(&self) -> ResponseFuture {
-        let text = self.gateway.metrics();
-        Box::pin(
-            async move { Response::new(200, CONTENT_TYPE_PROMETHEUS, text.await.into_bytes()) },
-        )
-    }
 }
 
 impl Handler for Api {
@@ -260,7 +235,7 @@ fn not_found() -> Response {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response {
-    Response::error(405, "method not allowed").with_header("Allow", allow)
+    Response::method_not_allowed(allow)
 }
 
 fn status_json(status: DeviceStatus) -> Value {
@@ -358,10 +333,6 @@ mod tests {
                 ))),
             }
         }
-
-        fn metrics(&self) -> MetricsFuture {
-            Box::pin(std::future::ready("shardmq_up 1\n".to_string()))
-        }
     }
 
     fn api_with(key: &str) -> (Api, Rc<FakeGateway>) {
@@ -433,8 +404,8 @@ mod tests {
                 request("POST", "/api/devices/status", Some(&token()), "{}"),
             );
             assert_eq!(r.status, 404, "{key:?}");
-            // OTA and metrics stay up.
-            let r = call(&api, request("GET", "/metrics", None, ""));
+            // OTA stays up.
+            let r = call(&api, request("POST", "/xiaozhi/ota/activate", None, ""));
             assert_eq!(r.status, 200);
         }
     }
@@ -548,13 +519,11 @@ mod tests {
     #[test]
     fn routes_methods_and_unknown_paths() {
         let (api, _) = api_with(KEY);
-        let r = call(&api, request("GET", "/metrics", None, ""));
+        let r = call(&api, request("POST", "/xiaozhi/ota/activate/", None, ""));
         assert_eq!(r.status, 200);
-        assert_eq!(r.content_type, CONTENT_TYPE_PROMETHEUS);
-        assert_eq!(r.body, b"shardmq_up 1\n");
-        let r = call(&api, request("POST", "/metrics", None, ""));
+        let r = call(&api, request("GET", "/xiaozhi/ota/activate", None, ""));
         assert_eq!(r.status, 405);
-        assert_eq!(r.headers, vec![("Allow", "GET".to_string())]);
+        assert_eq!(r.headers, vec![("Allow", "POST".to_string())]);
         let r = call(&api, request("DELETE", "/xiaozhi/ota/", None, ""));
         assert_eq!(r.status, 405);
         let r = call(
