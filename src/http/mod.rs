@@ -6,6 +6,8 @@
 //! - `request`, `response`, `router`: sans-IO (no sockets, no clock);
 //! - `server`: the glommio shell, one task per connection.
 
+#![forbid(unsafe_code)]
+
 pub mod request;
 pub mod response;
 pub mod router;
