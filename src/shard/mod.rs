@@ -510,3 +510,6 @@ async fn tick(shard: Rc<Shard>) {
         shard.after_input();
     }
 }
+
+#[cfg(test)]
+mod service_tests;
