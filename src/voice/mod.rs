@@ -107,7 +107,7 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
             .and_then(Option::take)
             .expect("one socket per shard");
         let voice = &config.voice;
-        let gateway = Gateway::new(GatewayConfig {
+        let gateway_config = GatewayConfig {
             // External broker mode: conversations live on shard 0, where
             // the broker client runs.
             shard: if voice.external_broker.enabled() {
@@ -129,7 +129,8 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
             backend_secret: voice.backend_secret.clone(),
             hello_timeout: std::time::Duration::from_secs(voice.backend_hello_timeout_s),
             idle_timeout: std::time::Duration::from_secs(voice.idle_timeout_s),
-        });
+        };
+        let gateway = Gateway::new(gateway_config, os_seed());
         std::rc::Rc::new(service::VoiceService::new(
             config.clone(),
             shard,
@@ -143,6 +144,14 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         udp,
         steering,
     })
+}
+
+/// A fresh seed for one shard's gateway machine, from the OS.
+fn os_seed() -> [u8; 32] {
+    use rand::RngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
 }
 
 /// Bytes of datagrams a shard's UDP socket can hold while the shard is busy.

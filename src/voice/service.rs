@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -382,7 +382,7 @@ impl VoiceService {
         }
         self.gateway
             .borrow_mut()
-            .device_message(now, device, payload);
+            .device_message(now, SystemTime::now(), device, payload);
         self.run_actions(shard);
     }
 
@@ -559,9 +559,12 @@ impl Service for VoiceService {
         for event in events {
             match event {
                 ServiceEvent::Published { conn, payload, .. } => {
-                    self.gateway
-                        .borrow_mut()
-                        .device_message(now, device_key(conn), &payload);
+                    self.gateway.borrow_mut().device_message(
+                        now,
+                        SystemTime::now(),
+                        device_key(conn),
+                        &payload,
+                    );
                 }
                 ServiceEvent::Closed { conn, .. } => {
                     let device = device_key(conn);
