@@ -38,7 +38,6 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::voice::audio::AudioChannel;
-use crate::voice::bpf;
 use crate::voice::control::{self, Control};
 use crate::voice::identity::{self, DeviceId};
 use crate::voice::packet::{self, DropReason, HEADER_LEN};
@@ -435,7 +434,8 @@ impl Gateway {
     /// A conn id unused on this shard that steers to it; never 0.
     fn new_conn_id(&mut self) -> u32 {
         loop {
-            let id = bpf::conn_id_for_shard(self.config.shard, self.config.shards, self.rng.gen());
+            let id =
+                packet::conn_id_for_shard(self.config.shard, self.config.shards, self.rng.gen());
             if id != 0 && !self.convs.contains_key(&id) {
                 return id;
             }

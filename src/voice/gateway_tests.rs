@@ -18,7 +18,7 @@ fn wall() -> SystemTime {
 /// What a machine whose RNG is in the state of `rng` draws for its next
 /// hello, in its documented order: the conn id, the key, then the backend pick.
 fn next_draws(rng: &mut StdRng, shard: u32, shards: u32) -> (u32, [u8; 16]) {
-    let conv = bpf::conn_id_for_shard(shard, shards, rng.gen());
+    let conv = packet::conn_id_for_shard(shard, shards, rng.gen());
     let key: [u8; 16] = rng.gen();
     let _backend: u32 = rng.gen();
     (conv, key)
@@ -151,7 +151,11 @@ fn hello_opens_a_backend_with_the_reference_headers() {
         panic!("{actions:?}")
     };
     assert_eq!(*conv, drawn);
-    assert_eq!(conv % 4, 1, "the conn id steers to this shard");
+    assert_eq!(
+        packet::owner_of_conn_id(*conv, 4),
+        1,
+        "the conn id steers to this shard"
+    );
     assert_eq!(url, "ws://backend/xiaozhi/v1/?from=mqtt_gateway");
     let get = |n: &str| {
         headers

@@ -310,8 +310,9 @@ impl VoiceService {
             let Some(datagram) = buf.get_mut(..n) else {
                 continue;
             };
-            let owner = packet::conn_id(datagram)
-                .map_or(self.shard, |id| ShardId((id % self.shards as u32) as u16));
+            let owner = packet::conn_id(datagram).map_or(self.shard, |id| {
+                ShardId(packet::owner_of_conn_id(id, self.shards as u32) as u16)
+            });
             if owner != self.shard {
                 let data = datagram.to_vec();
                 shard.send_service(owner, Box::new(VoiceMsg::Datagram { from, data }));
