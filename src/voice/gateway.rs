@@ -118,6 +118,8 @@ pub struct VoiceCounters {
     pub udp_dropped: [u64; DropReason::ALL.len()],
     /// Backend frames that could not be sent (too large, no device address).
     pub audio_out_dropped: u64,
+    /// Replies for the external broker dropped while its outbox was full.
+    pub external_out_dropped: u64,
 }
 
 impl VoiceCounters {
@@ -134,6 +136,7 @@ impl VoiceCounters {
             *a += b;
         }
         self.audio_out_dropped += other.audio_out_dropped;
+        self.external_out_dropped += other.external_out_dropped;
     }
 
     pub fn count_drop(&mut self, reason: DropReason) {

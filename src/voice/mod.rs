@@ -43,6 +43,11 @@ pub enum VoiceStartError {
     },
     #[error(transparent)]
     Backend(#[from] bridge::BackendError),
+    #[error("cannot resolve the external broker {address:?}: {source}")]
+    ExternalBroker {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// How UDP datagrams reach their shard, as started.
@@ -70,6 +75,7 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         .chain(&config.voice.dev_chat_servers)
         .map(|url| Backend::resolve(url))
         .collect::<Result<Vec<_>, _>>()?;
+    let external_broker = resolve_external_broker(config)?;
     if let Some(addr) = config.http.listen_addr() {
         // Shard 0 binds it once running; a port held by another process
         // must fail the start, not just log from the shard.
@@ -137,6 +143,7 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
             gateway,
             socket,
             backends.clone(),
+            external_broker.clone(),
         )) as std::rc::Rc<dyn crate::shard::Service>
     });
     Ok(Started {
@@ -144,6 +151,29 @@ pub fn start(config: &Config) -> Result<Started, VoiceStartError> {
         udp,
         steering,
     })
+}
+
+/// The external broker's addresses, resolved here so that no shard thread
+/// ever waits on DNS; empty when devices use the built-in broker.
+fn resolve_external_broker(config: &Config) -> Result<Vec<SocketAddr>, VoiceStartError> {
+    let broker = &config.voice.external_broker;
+    if !broker.enabled() {
+        return Ok(Vec::new());
+    }
+    let error = |source| VoiceStartError::ExternalBroker {
+        address: broker.address.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(broker.address.as_str())
+        .map_err(error)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        )));
+    }
+    Ok(addrs)
 }
 
 /// A fresh seed for one shard's gateway machine, from the OS.

@@ -115,10 +115,11 @@ impl VoiceService {
         gateway: Gateway,
         socket: std::os::fd::OwnedFd,
         backends: Vec<Backend>,
+        external_broker: Vec<SocketAddr>,
     ) -> VoiceService {
         let shards = config.shard_count();
         let devices = if config.voice.external_broker.enabled() {
-            Devices::External(crate::voice::external::Link::default())
+            Devices::External(crate::voice::external::Link::new(external_broker))
         } else {
             Devices::Builtin {
                 topics: HashMap::new(),
@@ -225,7 +226,14 @@ impl VoiceService {
                         .push(conn_of(device), topic, payload);
                 }
             }
-            Devices::External(link) => link.publish(device, payload),
+            Devices::External(link) => {
+                if !link.publish(device, payload) {
+                    self.gateway
+                        .borrow_mut()
+                        .counters_mut()
+                        .external_out_dropped += 1;
+                }
+            }
         }
     }
 
@@ -363,23 +371,20 @@ impl VoiceService {
     /// A device message relayed by the external broker.
     pub(crate) fn external_message(&self, shard: &Shard, mac: &str, payload: &[u8]) {
         let now = Instant::now();
-        let Some((device, new)) = self.with_link(|link| link.device(mac)) else {
+        let Some(found) = self.with_link(|link| link.device(mac)) else {
             return;
         };
-        if new {
-            // The external broker authenticated the device; only its MAC
-            // is known here.
-            let client_id = format!("GID_external@@@{mac}");
-            match identity::parse_client_id(&client_id) {
-                Ok(id) => self
-                    .gateway
-                    .borrow_mut()
-                    .device_connected(now, device, id, &client_id, None),
-                Err(_) => {
-                    tracing::debug!(mac, "message from a topic that names no device");
-                    return;
-                }
+        let (device, new) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(mac, error = %e, "message from a topic that names no device");
+                return;
             }
+        };
+        if let Some(new) = new {
+            self.gateway
+                .borrow_mut()
+                .device_connected(now, device, new.id, &new.client_id, None);
         }
         self.gateway
             .borrow_mut()
