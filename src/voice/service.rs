@@ -34,6 +34,14 @@ use crate::voice::packet::{self, MAX_DATAGRAM};
 /// that stops reading must not grow the shard's memory.
 const BRIDGE_QUEUE: usize = 256;
 
+/// Datagrams the receive task handles before it yields. A receive on a
+/// socket with data ready completes at once, so under a flood the task
+/// would never give the cooperative executor back, and the shard's MQTT
+/// connections would starve (as `shard::conn` yields after each read).
+/// 32 datagrams are well under a millisecond of work, yet keep the cost of
+/// the yield per datagram small.
+const RECEIVE_BATCH: usize = 32;
+
 /// Datagrams from other shards waiting for this shard's receive task.
 const FORWARD_QUEUE: usize = 1024;
 
@@ -290,14 +298,26 @@ impl VoiceService {
         self: Rc<Self>,
         rx: local_channel::LocalReceiver<(SocketAddr, Vec<u8>)>,
     ) {
+        let mut received = 0;
         while let Some((from, mut data)) = rx.recv().await {
             self.datagram(from, &mut data).await;
+            // A full queue is ready at once, like a flooded socket.
+            received += 1;
+            if received == RECEIVE_BATCH {
+                received = 0;
+                futures_lite::future::yield_now().await;
+            }
         }
     }
 
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut received = 0;
         loop {
+            if received == RECEIVE_BATCH {
+                received = 0;
+                futures_lite::future::yield_now().await;
+            }
             let (n, from) = match udp.recv_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -306,6 +326,7 @@ impl VoiceService {
                     continue;
                 }
             };
+            received += 1;
             if n > MAX_DATAGRAM {
                 // Truncated by the buffer, which is one byte larger than any
                 // datagram the protocol allows.
