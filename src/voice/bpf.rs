@@ -6,11 +6,13 @@
 //! # How it fits together
 //!
 //! 1. The shard that handles a hello picks a conn id with
-//!    [`conn_id_for_shard`], so `conn_id % shards` is its own index.
-//! 2. The program ([`steering_program`]) loads the u32 BE at offset 4 of the
-//!    UDP payload (the kernel runs it with the data pointer past the UDP
-//!    header) and returns it modulo `shards`. The kernel delivers the
-//!    datagram to the socket at that index of the reuseport group.
+//!    [`conn_id_for_shard`], so [`owner_of_conn_id`] (the one statement of
+//!    the rule, in `packet`) names that shard.
+//! 2. The program ([`steering_program`]) computes the same rule in the
+//!    kernel: it loads the u32 BE at offset 4 of the UDP payload (the kernel
+//!    runs it with the data pointer past the UDP header) and returns it
+//!    modulo `shards`. The kernel delivers the datagram to the socket at
+//!    that index of the reuseport group.
 //! 3. The index is the order in which the sockets joined the group, so
 //!    [`bind_group`] binds them one after the other from one thread: socket
 //!    `i` is shard `i`'s. Closing one socket moves the last into its slot,
@@ -20,7 +22,11 @@
 //!    `TooShort`.
 //! 5. Where the program cannot be attached (old kernel, seccomp), the group
 //!    still works with the kernel's hash spreading, and the shells forward
-//!    each datagram to [`owner_shard`] instead; [`Steering`] says which.
+//!    each datagram to [`owner_of_conn_id`] instead; [`Steering`] says
+//!    which.
+//!
+//! [`conn_id_for_shard`]: crate::voice::packet::conn_id_for_shard
+//! [`owner_of_conn_id`]: crate::voice::packet::owner_of_conn_id
 
 use std::io;
 use std::net::SocketAddr;
@@ -43,8 +49,10 @@ const fn statement(code: u32, k: u32) -> libc::sock_filter {
 }
 
 /// The reuseport program for a group of `shards` sockets: `ld [4]; mod
-/// #shards; ret a`. Panics if `shards` is 0 (a group has at least one
-/// socket).
+/// #shards; ret a`, i.e. [`owner_of_conn_id`] of the datagram. Panics if
+/// `shards` is 0 (a group has at least one socket).
+///
+/// [`owner_of_conn_id`]: crate::voice::packet::owner_of_conn_id
 pub fn steering_program(shards: u32) -> Vec<libc::sock_filter> {
     assert!(shards > 0, "a reuseport group has at least one socket");
     vec![
@@ -170,39 +178,10 @@ fn bind_one(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// The shard owning a conversation: the index the program returns. Used by
-/// the shells to forward when steering is off.
-pub fn owner_shard(conn_id: u32, shards: u32) -> u32 {
-    assert!(shards > 0, "at least one shard");
-    conn_id % shards
-}
-
-/// A non-zero conn id owned by `shard` (`id % shards == shard`), derived
-/// from `random` by moving it to the nearest such value not above it (or
-/// one step up when that would be 0). Panics unless `shard < shards`.
-///
-/// The caller still checks the id against the conversations it has live.
-pub fn conn_id_for_shard(shard: u32, shards: u32, random: u32) -> u32 {
-    assert!(shard < shards, "shard {shard} out of 0..{shards}");
-    // `random - random % shards + shard` can exceed u32::MAX only when
-    // `shard > random % shards`; step one group down then (base >= shards
-    // in that case, as random >= u32::MAX - shards + 1 >= shards).
-    let base = random - random % shards;
-    let id = match base.checked_add(shard) {
-        Some(id) => id,
-        None => base - shards + shard,
-    };
-    if id == 0 {
-        shards
-    } else {
-        id
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::voice::packet::Header;
+    use crate::voice::packet::{owner_of_conn_id, Header};
     use proptest::prelude::*;
     use std::net::UdpSocket;
     use std::time::{Duration, Instant};
@@ -216,29 +195,34 @@ mod tests {
         assert!(p.iter().all(|i| i.jt == 0 && i.jf == 0));
     }
 
-    #[test]
-    fn conn_id_for_shard_edges() {
-        assert_eq!(conn_id_for_shard(0, 4, 0), 4);
-        assert_eq!(conn_id_for_shard(0, 4, 3), 4);
-        assert_eq!(conn_id_for_shard(3, 4, 0), 3);
-        assert_eq!(conn_id_for_shard(2, 4, 13), 14);
-        assert_eq!(conn_id_for_shard(0, 1, 0), 1);
-        assert_eq!(conn_id_for_shard(0, 1, 77), 77);
-        // u32::MAX = 4294967295 ≡ 3 (mod 4): shard 3 keeps it, others step.
-        assert_eq!(conn_id_for_shard(3, 4, u32::MAX), u32::MAX);
-        assert_eq!(conn_id_for_shard(0, 3, u32::MAX), u32::MAX);
-        assert_eq!(conn_id_for_shard(2, 5, u32::MAX), u32::MAX - 3);
-        assert_eq!(conn_id_for_shard(4, 5, u32::MAX - 2), u32::MAX - 1);
+    /// Runs the three-instruction program on a payload as the kernel would.
+    fn run(program: &[libc::sock_filter], payload: &[u8]) -> u32 {
+        let mut a = 0u32;
+        for i in program {
+            match u32::from(i.code) {
+                c if c == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS => {
+                    let at = i.k as usize;
+                    let Some(word) = payload.get(at..at + 4) else {
+                        return 0;
+                    };
+                    a = u32::from_be_bytes(word.try_into().unwrap());
+                }
+                c if c == libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K => a %= i.k,
+                c if c == libc::BPF_RET | libc::BPF_A => return a,
+                c => panic!("unexpected opcode {c:#x}"),
+            }
+        }
+        panic!("no return")
     }
 
     proptest! {
         #[test]
-        fn conn_id_for_shard_owned(shards in 1u32..=64, shard_seed: u32, random: u32) {
-            let shard = shard_seed % shards;
-            let id = conn_id_for_shard(shard, shards, random);
-            prop_assert_ne!(id, 0);
-            prop_assert_eq!(owner_shard(id, shards), shard);
-            prop_assert!(id.abs_diff(random) <= shards);
+        fn program_applies_the_owner_rule(shards in 1u32..=64, conn_id: u32) {
+            let payload = datagram(conn_id, 0);
+            prop_assert_eq!(
+                run(&steering_program(shards), &payload),
+                owner_of_conn_id(conn_id, shards)
+            );
         }
     }
 
@@ -293,7 +277,7 @@ mod tests {
             sender
                 .send_to(&datagram(conn_id, tag), group.local_addr)
                 .unwrap();
-            expected.push((conn_id % 4) as usize);
+            expected.push(owner_of_conn_id(conn_id, 4) as usize);
         }
         // Too short to hold a conn id: the load fails and the program
         // returns 0.

@@ -5,13 +5,15 @@
 //! audio stays direct to the gateway.
 //!
 //! The client runs on shard 0 and so do the conversations: their conn ids
-//! steer there. With `share_group`, several gateway instances subscribe
+//! steer there. The broker's address is resolved once at start-up
+//! (`voice::start`): a DNS lookup on the shard would stall its connections. With `share_group`, several gateway instances subscribe
 //! through `$share/<group>/` and the broker spreads devices over them (use
 //! a sticky strategy, e.g. EMQX `hash_topic`, so a device's messages keep
 //! reaching the instance that holds its conversation).
 
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -25,6 +27,7 @@ use crate::mqtt::codec::{self, Connect, ConnectReturnCode, Packet, Subscribe};
 use crate::mqtt::QoS;
 use crate::shard::Shard;
 use crate::voice::gateway::DeviceKey;
+use crate::voice::identity::{self, DeviceId, IdError};
 use crate::voice::service::VoiceService;
 
 const INBOUND_PREFIX: &str = "/p2p/device_public/";
@@ -33,10 +36,26 @@ const KEEPALIVE_S: u16 = 60;
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 const MAX_PACKET: usize = 1 << 20;
 
-/// The devices seen through the external broker, and what waits to be
-/// published to them.
-#[derive(Default)]
+/// Bytes of replies kept for the broker. While it is down nothing drains
+/// the outbox, and replies to devices that cannot hear them must not grow
+/// the shard's memory: past this, replies are dropped and counted. A
+/// connected broker drains it every turn, so only an outage fills it.
+pub(crate) const OUTBOX_MAX: usize = 256 * 1024;
+
+/// A device first seen through the external broker.
+#[derive(Debug)]
+pub(crate) struct NewDevice {
+    pub(crate) id: DeviceId,
+    /// The client id the gateway knows it by: the external broker
+    /// authenticated the device, and only its MAC reaches the gateway.
+    pub(crate) client_id: String,
+}
+
+/// The devices seen through the external broker, the broker's address,
+/// and what waits to be published.
 pub(crate) struct Link {
+    /// The broker, resolved at start-up; tried in order.
+    broker: Vec<SocketAddr>,
     by_mac: HashMap<String, DeviceKey>,
     macs: HashMap<DeviceKey, String>,
     next_key: u64,
@@ -45,24 +64,46 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// The key of a device by its `mac_` topic level; new devices are
-    /// reported as `true`.
-    pub(crate) fn device(&mut self, mac: &str) -> (DeviceKey, bool) {
+    pub(crate) fn new(broker: Vec<SocketAddr>) -> Link {
+        Link {
+            broker,
+            by_mac: HashMap::new(),
+            macs: HashMap::new(),
+            next_key: 0,
+            outbox: BytesMut::new(),
+            waker: None,
+        }
+    }
+
+    /// The key of a device by its `mac_` topic level, with its identity
+    /// when it is new. A level that is not a MAC is refused before any
+    /// state is kept for it.
+    pub(crate) fn device(&mut self, mac: &str) -> Result<(DeviceKey, Option<NewDevice>), IdError> {
         if let Some(key) = self.by_mac.get(mac) {
-            return (*key, false);
+            return Ok((*key, None));
+        }
+        let client_id = format!("GID_external@@@{mac}");
+        let id = identity::parse_client_id(&client_id)?;
+        if id.uuid.is_some() {
+            // The level held `@@@` of its own: a client id, not a MAC.
+            return Err(IdError::PartCount(3));
         }
         self.next_key += 1;
         let key = DeviceKey(self.next_key);
         self.by_mac.insert(mac.to_string(), key);
         self.macs.insert(key, mac.to_string());
-        (key, true)
+        Ok((key, Some(NewDevice { id, client_id })))
     }
 
-    pub(crate) fn publish(&mut self, device: DeviceKey, payload: &[u8]) {
+    /// Queues a reply to a device; `false` when the outbox is full and the
+    /// reply was dropped (the caller counts it).
+    #[must_use]
+    pub(crate) fn publish(&mut self, device: DeviceKey, payload: &[u8]) -> bool {
         let Some(mac) = self.macs.get(&device) else {
-            return;
+            return true;
         };
         let topic = format!("{OUTBOUND_PREFIX}{mac}");
+        let before = self.outbox.len();
         codec::encode_publish(
             &mut self.outbox,
             &topic,
@@ -72,9 +113,14 @@ impl Link {
             false,
             0,
         );
+        if self.outbox.len() > OUTBOX_MAX {
+            self.outbox.truncate(before);
+            return false;
+        }
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+        true
     }
 }
 
@@ -113,14 +159,25 @@ pub(crate) fn device_of_topic(topic: &str) -> Option<&str> {
     (!mac.is_empty() && !mac.contains('/')).then_some(mac)
 }
 
+/// A connection to the first address of the broker that accepts one.
+async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
+    let mut last = "no address for the broker".to_string();
+    for addr in addrs {
+        match TcpStream::connect(*addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 /// One connection to the broker, until it fails.
 async fn session(service: &Rc<VoiceService>, shard: &Rc<Shard>) -> Result<(), String> {
     let cfg = &service.config.external_broker;
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(cfg.address.as_str())
-        .map_err(|e| format!("cannot resolve {}: {e}", cfg.address))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {}", cfg.address))?;
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let addrs = service
+        .with_link(|link| link.broker.clone())
+        .unwrap_or_default();
+    let mut stream = connect(&addrs).await?;
     let _ = stream.set_nodelay(true);
     let mut out = BytesMut::new();
     Packet::Connect(Box::new(Connect {
@@ -216,6 +273,65 @@ mod tests {
     fn shared_filters_keep_the_leading_slash_of_the_topic() {
         assert_eq!(inbound_filter(""), "/p2p/device_public/#");
         assert_eq!(inbound_filter("voice"), "$share/voice//p2p/device_public/#");
+    }
+
+    #[test]
+    fn a_level_that_is_not_a_mac_leaves_no_state() {
+        let mut link = Link::new(Vec::new());
+        for bad in [
+            "not-a-mac",
+            "aa_bb_cc_dd_ee",
+            "aa_bb_cc_dd_ee_ff_00",
+            "aa_bb_cc_dd_ee_ff@@@uuid",
+            "@@@",
+            "",
+        ] {
+            assert!(link.device(bad).is_err(), "{bad:?}");
+        }
+        assert!(link.by_mac.is_empty() && link.macs.is_empty());
+        assert_eq!(link.next_key, 0, "no key spent on refused levels");
+
+        let (key, new) = link.device("aa_bb_cc_dd_ee_ff").unwrap();
+        let new = new.expect("first sight");
+        assert_eq!(new.id.mac, "aa:bb:cc:dd:ee:ff");
+        assert_eq!(new.client_id, "GID_external@@@aa_bb_cc_dd_ee_ff");
+        let (again, none) = link.device("aa_bb_cc_dd_ee_ff").unwrap();
+        assert_eq!((again, none.is_none()), (key, true));
+        assert_eq!(link.by_mac.len(), 1);
+    }
+
+    #[test]
+    fn the_outbox_is_bounded_while_nothing_drains_it() {
+        let mut link = Link::new(Vec::new());
+        let (device, _) = link.device("aa_bb_cc_dd_ee_ff").unwrap();
+        let reply = [b'x'; 1000];
+        let mut queued = 0;
+        let mut dropped = 0;
+        for _ in 0..(2 * OUTBOX_MAX / reply.len()) {
+            if link.publish(device, &reply) {
+                queued += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        assert!(link.outbox.len() <= OUTBOX_MAX);
+        assert!(
+            queued > 0 && dropped > 0,
+            "{queued} queued, {dropped} dropped"
+        );
+        // Each queued reply is whole: the outbox decodes to `queued` publishes.
+        let mut out = link.outbox.clone();
+        let mut decoded = 0;
+        while let Some(p) = codec::decode(&mut out, MAX_PACKET).unwrap() {
+            assert!(
+                matches!(p, Packet::Publish(ref p) if p.topic.as_str() == "/p2p/device_sub/aa_bb_cc_dd_ee_ff")
+            );
+            decoded += 1;
+        }
+        assert_eq!(decoded, queued);
+        // Once the broker drains it, replies queue again.
+        link.outbox.clear();
+        assert!(link.publish(device, &reply));
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! directly instead of queueing actions: they are the hot path, and they
 //! work in place on the shell's buffer.
 //!
+//! Deterministic: conversation keys, conn ids and the backend pick come
+//! from an RNG seeded by the caller (`Gateway::new`), and the wall clock
+//! (for backend tokens) is passed in with each device message, so a test
+//! or a fuzz run replays exactly.
+//!
 //! # Lifecycle
 //! 1. A device hello opens a conversation: a fresh key, a UDP conn id that
 //!    steers its datagrams to this shard, and a backend WebSocket
@@ -25,13 +30,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use crate::voice::audio::AudioChannel;
-use crate::voice::bpf;
 use crate::voice::control::{self, Control};
 use crate::voice::identity::{self, DeviceId};
 use crate::voice::packet::{self, DropReason, HEADER_LEN};
@@ -112,6 +118,8 @@ pub struct VoiceCounters {
     pub udp_dropped: [u64; DropReason::ALL.len()],
     /// Backend frames that could not be sent (too large, no device address).
     pub audio_out_dropped: u64,
+    /// Replies for the external broker dropped while its outbox was full.
+    pub external_out_dropped: u64,
 }
 
 impl VoiceCounters {
@@ -128,6 +136,7 @@ impl VoiceCounters {
             *a += b;
         }
         self.audio_out_dropped += other.audio_out_dropped;
+        self.external_out_dropped += other.external_out_dropped;
     }
 
     pub fn count_drop(&mut self, reason: DropReason) {
@@ -209,10 +218,13 @@ pub struct Gateway {
     next_mcp_id: u64,
     actions: VecDeque<Action>,
     counters: VoiceCounters,
+    rng: StdRng,
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig) -> Gateway {
+    /// A machine whose random draws all come from `rng_seed`: the shell
+    /// seeds it from the OS, tests and fuzzing with a fixed value.
+    pub fn new(config: GatewayConfig, rng_seed: [u8; 32]) -> Gateway {
         Gateway {
             config,
             devices: HashMap::new(),
@@ -222,6 +234,7 @@ impl Gateway {
             next_mcp_id: MCP_FIRST_ID,
             actions: VecDeque::new(),
             counters: VoiceCounters::default(),
+            rng: StdRng::from_seed(rng_seed),
         }
     }
 
@@ -308,8 +321,16 @@ impl Gateway {
         }
     }
 
-    /// A control message the device published.
-    pub fn device_message(&mut self, now: Instant, device: DeviceKey, payload: &[u8]) {
+    /// A control message the device published; `wall` is the current Unix
+    /// time, which signs a backend token when the message opens a
+    /// conversation.
+    pub fn device_message(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        device: DeviceKey,
+        payload: &[u8],
+    ) {
         if !self.devices.contains_key(&device) {
             return;
         }
@@ -324,7 +345,7 @@ impl Gateway {
             c.last_activity = now;
         }
         match msg.kind.as_str() {
-            "hello" => self.hello(now, device, &msg),
+            "hello" => self.hello(now, wall, device, &msg),
             "goodbye" | "udp_timeout" => {
                 if let Some(conv) = conv {
                     self.end_conversation(conv, true);
@@ -369,7 +390,7 @@ impl Gateway {
         }
     }
 
-    fn hello(&mut self, now: Instant, device: DeviceKey, msg: &Control) {
+    fn hello(&mut self, now: Instant, wall: SystemTime, device: DeviceKey, msg: &Control) {
         let (audio_params, features) = match control::device_hello(msg) {
             Ok(p) => p,
             Err(e) => {
@@ -381,14 +402,16 @@ impl Gateway {
         if let Some(old) = self.devices.get(&device).and_then(|d| d.conv) {
             self.end_conversation(old, false);
         }
+        // The draw order (conn id, key, backend) is part of the contract
+        // with the seed: tests name the values a seed gives.
         let conv = self.new_conn_id();
-        let key: [u8; 16] = rand::random();
+        let key: [u8; 16] = self.rng.gen();
         let Some(d) = self.devices.get_mut(&device) else {
             return;
         };
         d.conv = Some(conv);
-        let url = pick_backend(&self.config, &d.id.mac);
-        let headers = backend_headers(&self.config, d, unix_seconds());
+        let url = pick_backend(&self.config, &mut self.rng, &d.id.mac);
+        let headers = backend_headers(&self.config, d, unix_seconds(wall));
         self.convs.insert(
             conv,
             Conversation {
@@ -412,9 +435,10 @@ impl Gateway {
     }
 
     /// A conn id unused on this shard that steers to it; never 0.
-    fn new_conn_id(&self) -> u32 {
+    fn new_conn_id(&mut self) -> u32 {
         loop {
-            let id = bpf::conn_id_for_shard(self.config.shard, self.config.shards, rand::random());
+            let id =
+                packet::conn_id_for_shard(self.config.shard, self.config.shards, self.rng.gen());
             if id != 0 && !self.convs.contains_key(&id) {
                 return id;
             }
@@ -691,13 +715,13 @@ fn seal_frame(audio: &mut AudioChannel, frame: &mut BytesMut) -> Option<usize> {
     Some(total)
 }
 
-fn pick_backend(config: &GatewayConfig, mac: &str) -> String {
+fn pick_backend(config: &GatewayConfig, rng: &mut StdRng, mac: &str) -> String {
     let list = if !config.dev_chat_servers.is_empty() && config.dev_macs.iter().any(|m| m == mac) {
         &config.dev_chat_servers
     } else {
         &config.chat_servers
     };
-    let i = rand::random::<usize>() % list.len().max(1);
+    let i = rng.gen::<u32>() as usize % list.len().max(1);
     list.get(i).cloned().unwrap_or_default()
 }
 
@@ -729,9 +753,8 @@ fn backend_headers(
     headers
 }
 
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+fn unix_seconds(wall: SystemTime) -> u64 {
+    wall.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 

@@ -4,6 +4,25 @@
 
 use super::*;
 use serde_json::json;
+use std::time::UNIX_EPOCH;
+
+/// The seed of every machine here; the keys and conn ids below are drawn
+/// from it.
+const SEED: [u8; 32] = [7; 32];
+
+/// The wall clock the device messages arrive at.
+fn wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_750_000_000)
+}
+
+/// What a machine whose RNG is in the state of `rng` draws for its next
+/// hello, in its documented order: the conn id, the key, then the backend pick.
+fn next_draws(rng: &mut StdRng, shard: u32, shards: u32) -> (u32, [u8; 16]) {
+    let conv = packet::conn_id_for_shard(shard, shards, rng.gen());
+    let key: [u8; 16] = rng.gen();
+    let _backend: u32 = rng.gen();
+    (conv, key)
+}
 
 const HELLO: &[u8] = br#"{"type":"hello","version":3,"transport":"udp","features":{"mcp":true},"audio_params":{"format":"opus","sample_rate":16000,"channels":1,"frame_duration":60}}"#;
 
@@ -30,6 +49,10 @@ fn config(shard: u32, shards: u32) -> GatewayConfig {
 struct World {
     gw: Gateway,
     now: Instant,
+    /// A replica of the machine's RNG, to name the values it draws.
+    draws: StdRng,
+    shard: u32,
+    shards: u32,
 }
 
 const DEV: DeviceKey = DeviceKey(7);
@@ -40,7 +63,8 @@ impl World {
     }
 
     fn with(config: GatewayConfig) -> World {
-        let mut gw = Gateway::new(config);
+        let (shard, shards) = (config.shard, config.shards);
+        let mut gw = Gateway::new(config, SEED);
         let now = Instant::now();
         let id = identity::parse_client_id("GID_test@@@aa_bb_cc_dd_ee_01@@@uuid-1").unwrap();
         gw.device_connected(
@@ -50,7 +74,19 @@ impl World {
             "GID_test@@@aa_bb_cc_dd_ee_01@@@uuid-1",
             Some("10.1.2.3".into()),
         );
-        World { gw, now }
+        World {
+            gw,
+            now,
+            draws: StdRng::from_seed(SEED),
+            shard,
+            shards,
+        }
+    }
+
+    /// The device sends a hello; returns the conv and key it must get.
+    fn hello(&mut self) -> (u32, [u8; 16]) {
+        self.gw.device_message(self.now, wall(), DEV, HELLO);
+        next_draws(&mut self.draws, self.shard, self.shards)
     }
 
     fn actions(&mut self) -> Vec<Action> {
@@ -67,38 +103,29 @@ impl World {
             .collect()
     }
 
-    /// hello → backend hello → the device's reply; returns the conv id and
-    /// the device's own channel built from the reply's key and nonce.
+    /// hello → backend hello → the device's reply, which must carry the
+    /// conn id and key drawn from the seed; returns the conv id and the
+    /// device's own channel with that key.
     fn open(&mut self) -> (u32, AudioChannel, Value) {
-        self.gw.device_message(self.now, DEV, HELLO);
-        let conv = self
-            .actions()
-            .iter()
-            .find_map(|a| match a {
-                Action::OpenBackend { conv, .. } => Some(*conv),
-                _ => None,
-            })
-            .expect("a backend is opened");
+        let (conv, key) = self.hello();
+        let opened = self.actions().iter().find_map(|a| match a {
+            Action::OpenBackend { conv, .. } => Some(*conv),
+            _ => None,
+        });
+        assert_eq!(opened, Some(conv), "the conn id drawn from the seed");
         self.gw.backend_text(
             self.now,
             conv,
             r#"{"type":"hello","transport":"websocket","session_id":"s-1","audio_params":{"sample_rate":24000}}"#,
         );
         let reply = self.device_json().pop().expect("hello reply");
-        let key = unhex(reply["udp"]["key"].as_str().unwrap());
-        let nonce = unhex(reply["udp"]["nonce"].as_str().unwrap());
-        let conn_id = u32::from_be_bytes([nonce[4], nonce[5], nonce[6], nonce[7]]);
-        assert_eq!(conn_id, conv);
-        (conv, AudioChannel::new(key, conn_id), reply)
+        assert_eq!(reply["udp"]["key"], packet::hex16(&key));
+        assert_eq!(
+            reply["udp"]["nonce"],
+            format!("01000000{conv:08x}0000000000000000")
+        );
+        (conv, AudioChannel::new(key, conv), reply)
     }
-}
-
-fn unhex(s: &str) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 fn backend_frame(timestamp: u32, opus: &[u8]) -> BytesMut {
@@ -112,7 +139,7 @@ fn backend_frame(timestamp: u32, opus: &[u8]) -> BytesMut {
 #[test]
 fn hello_opens_a_backend_with_the_reference_headers() {
     let mut w = World::new();
-    w.gw.device_message(w.now, DEV, HELLO);
+    let (drawn, _) = w.hello();
     let actions = w.actions();
     let [Action::OpenBackend {
         conv,
@@ -123,7 +150,12 @@ fn hello_opens_a_backend_with_the_reference_headers() {
     else {
         panic!("{actions:?}")
     };
-    assert_eq!(conv % 4, 1, "the conn id steers to this shard");
+    assert_eq!(*conv, drawn);
+    assert_eq!(
+        packet::owner_of_conn_id(*conv, 4),
+        1,
+        "the conn id steers to this shard"
+    );
     assert_eq!(url, "ws://backend/xiaozhi/v1/?from=mqtt_gateway");
     let get = |n: &str| {
         headers
@@ -150,10 +182,47 @@ fn backend_hello_completes_the_device_hello() {
     assert_eq!(reply["udp"]["server"], "192.0.2.1");
     assert_eq!(reply["udp"]["port"], 8884);
     assert_eq!(reply["audio_params"]["sample_rate"], 24000);
-    let nonce = unhex(reply["udp"]["nonce"].as_str().unwrap());
-    assert_eq!(&nonce[..4], &[1, 0, 0, 0]);
-    assert_eq!(&nonce[8..], &[0; 8]);
-    assert_eq!(u32::from_be_bytes(nonce[4..8].try_into().unwrap()), conv);
+    assert_eq!(reply["udp"]["nonce"], packet::hex16(&packet::nonce(conv)));
+}
+
+#[test]
+fn the_seed_names_the_conn_id_and_key_of_each_hello() {
+    let mut rng = StdRng::from_seed(SEED);
+    let (conv1, key1) = next_draws(&mut rng, 1, 4);
+    let (conv2, key2) = next_draws(&mut rng, 1, 4);
+    let mut w = World::new();
+    let (first, device1, reply1) = w.open();
+    let (second, device2, reply2) = w.open();
+    assert_eq!((first, *device1.key_bytes()), (conv1, key1));
+    assert_eq!((second, *device2.key_bytes()), (conv2, key2));
+    assert_eq!(reply1["udp"]["key"], packet::hex16(&key1));
+    assert_eq!(reply2["udp"]["key"], packet::hex16(&key2));
+    assert_eq!(
+        reply2["udp"]["nonce"],
+        format!("01000000{conv2:08x}0000000000000000")
+    );
+}
+
+#[test]
+fn one_seed_replays_the_same_conversation_and_another_does_not() {
+    let run = |seed: [u8; 32]| {
+        let mut gw = Gateway::new(config(2, 3), seed);
+        let now = Instant::now();
+        let id = identity::parse_client_id("GID_test@@@aa_bb_cc_dd_ee_01").unwrap();
+        gw.device_connected(now, DEV, id, "GID_test@@@aa_bb_cc_dd_ee_01", None);
+        gw.device_message(now, wall(), DEV, HELLO);
+        let conv = match gw.poll_action() {
+            Some(Action::OpenBackend { conv, .. }) => conv,
+            other => panic!("{other:?}"),
+        };
+        gw.backend_text(now, conv, r#"{"type":"hello","session_id":"s"}"#);
+        match gw.poll_action() {
+            Some(Action::ToDevice { payload, .. }) => payload,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(run(SEED), run(SEED));
+    assert_ne!(run(SEED), run([8; 32]));
 }
 
 #[test]
@@ -213,11 +282,11 @@ fn replayed_spoofed_and_unknown_datagrams_are_dropped_and_counted() {
 #[test]
 fn audio_before_the_backend_hello_is_refused() {
     let mut w = World::new();
-    w.gw.device_message(w.now, DEV, HELLO);
-    let conv = match w.actions().as_slice() {
-        [Action::OpenBackend { conv, .. }] => *conv,
-        other => panic!("{other:?}"),
-    };
+    let (conv, _) = w.hello();
+    assert!(matches!(
+        w.actions().as_slice(),
+        [Action::OpenBackend { .. }]
+    ));
     // The device cannot know the key yet; a datagram naming the conv is
     // someone else's.
     let mut d = packet::Header {
@@ -293,7 +362,12 @@ fn oversized_or_truncated_backend_frames_are_dropped() {
 fn device_goodbye_closes_the_backend_and_is_answered() {
     let mut w = World::new();
     let (conv, _, _) = w.open();
-    w.gw.device_message(w.now, DEV, br#"{"type":"goodbye","session_id":"s-1"}"#);
+    w.gw.device_message(
+        w.now,
+        wall(),
+        DEV,
+        br#"{"type":"goodbye","session_id":"s-1"}"#,
+    );
     let actions = w.actions();
     assert!(actions.contains(&Action::CloseBackend { conv }));
     assert!(actions.iter().any(|a| matches!(a, Action::ToDevice { payload, .. }
@@ -317,7 +391,7 @@ fn device_and_backend_json_pass_through() {
     let mut w = World::new();
     let (conv, _, _) = w.open();
     let listen = br#"{"session_id":"s-1","type":"listen","state":"start","mode":"auto"}"#;
-    w.gw.device_message(w.now, DEV, listen);
+    w.gw.device_message(w.now, wall(), DEV, listen);
     assert_eq!(
         w.actions(),
         vec![Action::BackendText {
@@ -348,12 +422,12 @@ fn repeated_hello_replaces_the_conversation() {
 fn a_repeated_hello_closes_the_old_backend() {
     let mut w = World::new();
     let (first, _, _) = w.open();
-    w.gw.device_message(w.now, DEV, HELLO);
+    let (second, _) = w.hello();
     let actions = w.actions();
     assert!(actions.contains(&Action::CloseBackend { conv: first }));
     assert!(actions
         .iter()
-        .any(|a| matches!(a, Action::OpenBackend { .. })));
+        .any(|a| matches!(a, Action::OpenBackend { conv, .. } if *conv == second)));
 }
 
 #[test]
@@ -361,13 +435,14 @@ fn invalid_hello_gets_an_error_and_garbage_closes_the_device() {
     let mut w = World::new();
     w.gw.device_message(
         w.now,
+        wall(),
         DEV,
         br#"{"type":"hello","version":2,"transport":"udp"}"#,
     );
     let replies = w.device_json();
     assert_eq!(replies.len(), 1);
     assert_eq!(replies[0]["type"], "error");
-    w.gw.device_message(w.now, DEV, b"\xef\xbb\xbfnot json");
+    w.gw.device_message(w.now, wall(), DEV, b"\xef\xbb\xbfnot json");
     assert_eq!(w.actions(), vec![Action::CloseDevice { device: DEV }]);
 }
 
@@ -376,6 +451,7 @@ fn messages_without_a_conversation_are_answered_with_goodbye() {
     let mut w = World::new();
     w.gw.device_message(
         w.now,
+        wall(),
         DEV,
         br#"{"type":"listen","state":"start","session_id":"old"}"#,
     );
@@ -388,11 +464,11 @@ fn messages_without_a_conversation_are_answered_with_goodbye() {
 #[test]
 fn a_backend_that_never_says_hello_times_out() {
     let mut w = World::new();
-    w.gw.device_message(w.now, DEV, HELLO);
-    let conv = match w.actions().as_slice() {
-        [Action::OpenBackend { conv, .. }] => *conv,
-        other => panic!("{other:?}"),
-    };
+    let (conv, _) = w.hello();
+    assert!(matches!(
+        w.actions().as_slice(),
+        [Action::OpenBackend { .. }]
+    ));
     w.gw.tick(w.now + Duration::from_secs(11));
     let actions = w.actions();
     assert!(actions.contains(&Action::CloseBackend { conv }));
@@ -423,7 +499,7 @@ fn mcp_requests_are_matched_timed_out_and_failed_on_disconnect() {
     assert_eq!(req["type"], "mcp");
     assert_eq!(req["payload"]["id"], 10000);
     let answer = br#"{"type":"mcp","payload":{"jsonrpc":"2.0","id":10000,"result":{"ok":true}}}"#;
-    w.gw.device_message(w.now, DEV, answer);
+    w.gw.device_message(w.now, wall(), DEV, answer);
     assert_eq!(
         w.actions(),
         vec![Action::McpDone {
@@ -465,11 +541,11 @@ fn mcp_requests_are_matched_timed_out_and_failed_on_disconnect() {
 fn dev_macs_use_the_dev_backends_and_secrets_sign_tokens() {
     let mut cfg = config(0, 1);
     cfg.backend_secret = "s3cret".to_string();
-    let mut gw = Gateway::new(cfg);
+    let mut gw = Gateway::new(cfg, SEED);
     let now = Instant::now();
     let id = identity::parse_client_id("GID_test@@@aa_bb_cc_dd_ee_02").unwrap();
     gw.device_connected(now, DEV, id, "GID_test@@@aa_bb_cc_dd_ee_02", None);
-    gw.device_message(now, DEV, HELLO);
+    gw.device_message(now, wall(), DEV, HELLO);
     let Some(Action::OpenBackend { url, headers, .. }) = gw.poll_action() else {
         panic!()
     };
@@ -483,11 +559,14 @@ fn dev_macs_use_the_dev_backends_and_secrets_sign_tokens() {
         .find(|(k, _)| *k == "authorization")
         .unwrap()
         .1;
-    let token = auth.strip_prefix("Bearer ").unwrap();
-    let (_, ts) = token.rsplit_once('.').unwrap();
-    let ts: u64 = ts.parse().unwrap();
+    // Signed at the wall clock the message came with.
     assert_eq!(
-        token,
-        identity::backend_token(b"s3cret", "default-client-id", "aa:bb:cc:dd:ee:02", ts)
+        auth.strip_prefix("Bearer ").unwrap(),
+        identity::backend_token(
+            b"s3cret",
+            "default-client-id",
+            "aa:bb:cc:dd:ee:02",
+            1_750_000_000
+        )
     );
 }

@@ -67,6 +67,12 @@ pub fn render(c: &VoiceCounters) -> String {
         "Backend audio frames not sent (too large, device address unknown, queue full).",
         c.audio_out_dropped,
     );
+    metric(
+        "shardmq_voice_external_dropped_total",
+        "counter",
+        "Replies to devices dropped while the external broker's outbox was full.",
+        c.external_out_dropped,
+    );
     let _ = writeln!(
         out,
         "# HELP shardmq_voice_udp_dropped_total Datagrams dropped, by reason.\n# TYPE shardmq_voice_udp_dropped_total counter"
@@ -79,4 +85,26 @@ pub fn render(c: &VoiceCounters) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_outbox_drops_are_exported() {
+        let c = VoiceCounters {
+            external_out_dropped: 3,
+            ..VoiceCounters::default()
+        };
+        let text = render(&c);
+        assert!(
+            text.contains("\nshardmq_voice_external_dropped_total 3\n"),
+            "{text}"
+        );
+        let mut sum = VoiceCounters::default();
+        sum.add(&c);
+        sum.add(&c);
+        assert_eq!(sum.external_out_dropped, 6);
+    }
 }

@@ -41,6 +41,11 @@ pub enum VoiceStartError {
     },
     #[error(transparent)]
     Backend(#[from] bridge::BackendError),
+    #[error("cannot resolve the external broker {address:?}: {source}")]
+    ExternalBroker {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 /// How UDP datagrams reach their shard, as started.
@@ -66,6 +71,7 @@ pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartE
         .chain(&config.dev_chat_servers)
         .map(|url| Backend::resolve(url))
         .collect::<Result<Vec<_>, _>>()?;
+    let external_broker = resolve_external_broker(config)?;
     let addr = config.udp_listen;
     let want_bpf = config.steering == Steering::Bpf && shards > 1;
     let group = bpf::bind_group(addr, shards, want_bpf)
@@ -97,7 +103,7 @@ pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartE
             .and_then(Option::take)
             .expect("one socket per shard");
         let voice = &config;
-        let gateway = Gateway::new(GatewayConfig {
+        let gateway_config = GatewayConfig {
             // External broker mode: conversations live on shard 0, where
             // the broker client runs.
             shard: if voice.external_broker.enabled() {
@@ -119,7 +125,8 @@ pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartE
             backend_secret: voice.backend_secret.clone(),
             hello_timeout: std::time::Duration::from_secs(voice.backend_hello_timeout_s),
             idle_timeout: std::time::Duration::from_secs(voice.idle_timeout_s),
-        });
+        };
+        let gateway = Gateway::new(gateway_config, os_seed());
         std::rc::Rc::new(service::VoiceService::new(
             config.clone(),
             shard,
@@ -127,6 +134,7 @@ pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartE
             gateway,
             socket,
             backends.clone(),
+            external_broker.clone(),
         ))
     });
     Ok(Started {
@@ -134,6 +142,37 @@ pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartE
         udp,
         steering,
     })
+}
+
+/// The external broker's addresses, resolved here so that no shard thread
+/// ever waits on DNS; empty when devices use the built-in broker.
+fn resolve_external_broker(config: &VoiceConfig) -> Result<Vec<SocketAddr>, VoiceStartError> {
+    let broker = &config.external_broker;
+    if !broker.enabled() {
+        return Ok(Vec::new());
+    }
+    let error = |source| VoiceStartError::ExternalBroker {
+        address: broker.address.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(broker.address.as_str())
+        .map_err(error)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        )));
+    }
+    Ok(addrs)
+}
+
+/// A fresh seed for one shard's gateway machine, from the OS.
+fn os_seed() -> [u8; 32] {
+    use rand::RngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    seed
 }
 
 /// Bytes of datagrams a shard's UDP socket can hold while the shard is busy.

@@ -111,6 +111,38 @@ pub fn conn_id(datagram: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// The shard that owns a conversation, by its conn id: `conn_id % shards`.
+///
+/// The one statement of the rule. The gateway draws conn ids its own shard
+/// owns ([`conn_id_for_shard`]), the shells forward a datagram to its owner,
+/// and the reuseport program (`bpf::steering_program`) computes the same in
+/// the kernel. Never panics: 0 when `shards` is 0.
+pub fn owner_of_conn_id(conn_id: u32, shards: u32) -> u32 {
+    conn_id.checked_rem(shards).unwrap_or(0)
+}
+
+/// A non-zero conn id owned by `shard` ([`owner_of_conn_id`]), derived
+/// from `random` by moving it to the nearest such value not above it (or
+/// one step up when that would be 0). Panics unless `shard < shards`.
+///
+/// The caller still checks the id against the conversations it has live.
+pub fn conn_id_for_shard(shard: u32, shards: u32, random: u32) -> u32 {
+    assert!(shard < shards, "shard {shard} out of 0..{shards}");
+    // `random - random % shards + shard` can exceed u32::MAX only when
+    // `shard > random % shards`; step one group down then (base >= shards
+    // in that case, as random >= u32::MAX - shards + 1 >= shards).
+    let base = random - owner_of_conn_id(random, shards);
+    let id = match base.checked_add(shard) {
+        Some(id) => id,
+        None => base - shards + shard,
+    };
+    if id == 0 {
+        shards
+    } else {
+        id
+    }
+}
+
 /// The 16-byte nonce sent in the hello: `01 00 0000 <conn_id> 0..0`.
 ///
 /// Bytes 8..16 stay zero as the original gateway and the official service
@@ -221,6 +253,41 @@ impl DropReason {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn owner_of_conn_id_is_the_remainder() {
+        assert_eq!(owner_of_conn_id(0, 4), 0);
+        assert_eq!(owner_of_conn_id(13, 4), 1);
+        assert_eq!(owner_of_conn_id(u32::MAX, 4), 3);
+        assert_eq!(owner_of_conn_id(77, 1), 0);
+        assert_eq!(owner_of_conn_id(77, 0), 0, "no panic without shards");
+    }
+
+    #[test]
+    fn conn_id_for_shard_edges() {
+        assert_eq!(conn_id_for_shard(0, 4, 0), 4);
+        assert_eq!(conn_id_for_shard(0, 4, 3), 4);
+        assert_eq!(conn_id_for_shard(3, 4, 0), 3);
+        assert_eq!(conn_id_for_shard(2, 4, 13), 14);
+        assert_eq!(conn_id_for_shard(0, 1, 0), 1);
+        assert_eq!(conn_id_for_shard(0, 1, 77), 77);
+        // u32::MAX = 4294967295 ≡ 3 (mod 4): shard 3 keeps it, others step.
+        assert_eq!(conn_id_for_shard(3, 4, u32::MAX), u32::MAX);
+        assert_eq!(conn_id_for_shard(0, 3, u32::MAX), u32::MAX);
+        assert_eq!(conn_id_for_shard(2, 5, u32::MAX), u32::MAX - 3);
+        assert_eq!(conn_id_for_shard(4, 5, u32::MAX - 2), u32::MAX - 1);
+    }
+
+    proptest! {
+        #[test]
+        fn conn_id_for_shard_owned(shards in 1u32..=64, shard_seed: u32, random: u32) {
+            let shard = shard_seed % shards;
+            let id = conn_id_for_shard(shard, shards, random);
+            prop_assert_ne!(id, 0);
+            prop_assert_eq!(owner_of_conn_id(id, shards), shard);
+            prop_assert!(id.abs_diff(random) <= shards);
+        }
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();

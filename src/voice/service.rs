@@ -14,7 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use glommio::channels::local_channel::{self, LocalSender};
@@ -34,6 +34,14 @@ use crate::voice::packet::{self, MAX_DATAGRAM};
 /// Frames queued towards one backend before audio is dropped: a backend
 /// that stops reading must not grow the shard's memory.
 const BRIDGE_QUEUE: usize = 256;
+
+/// Datagrams the receive task handles before it yields. A receive on a
+/// socket with data ready completes at once, so under a flood the task
+/// would never give the cooperative executor back, and the shard's MQTT
+/// connections would starve (as `shard::conn` yields after each read).
+/// 32 datagrams are well under a millisecond of work, yet keep the cost of
+/// the yield per datagram small.
+const RECEIVE_BATCH: usize = 32;
 
 /// Datagrams from other shards waiting for this shard's receive task.
 const FORWARD_QUEUE: usize = 1024;
@@ -117,9 +125,10 @@ impl VoiceService {
         gateway: Gateway,
         socket: std::os::fd::OwnedFd,
         backends: Vec<Backend>,
+        external_broker: Vec<SocketAddr>,
     ) -> VoiceService {
         let devices = if config.external_broker.enabled() {
-            Devices::External(crate::voice::external::Link::default())
+            Devices::External(crate::voice::external::Link::new(external_broker))
         } else {
             Devices::Builtin {
                 topics: HashMap::new(),
@@ -226,7 +235,14 @@ impl VoiceService {
                         .push(conn_of(device), topic, payload);
                 }
             }
-            Devices::External(link) => link.publish(device, payload),
+            Devices::External(link) => {
+                if !link.publish(device, payload) {
+                    self.gateway
+                        .borrow_mut()
+                        .counters_mut()
+                        .external_out_dropped += 1;
+                }
+            }
         }
     }
 
@@ -283,14 +299,26 @@ impl VoiceService {
         self: Rc<Self>,
         rx: local_channel::LocalReceiver<(SocketAddr, Vec<u8>)>,
     ) {
+        let mut received = 0;
         while let Some((from, mut data)) = rx.recv().await {
             self.datagram(from, &mut data).await;
+            // A full queue is ready at once, like a flooded socket.
+            received += 1;
+            if received == RECEIVE_BATCH {
+                received = 0;
+                futures_lite::future::yield_now().await;
+            }
         }
     }
 
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut received = 0;
         loop {
+            if received == RECEIVE_BATCH {
+                received = 0;
+                futures_lite::future::yield_now().await;
+            }
             let (n, from) = match udp.recv_from(&mut buf).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -299,6 +327,7 @@ impl VoiceService {
                     continue;
                 }
             };
+            received += 1;
             if n > MAX_DATAGRAM {
                 // Truncated by the buffer, which is one byte larger than any
                 // datagram the protocol allows.
@@ -311,8 +340,9 @@ impl VoiceService {
             let Some(datagram) = buf.get_mut(..n) else {
                 continue;
             };
-            let owner = packet::conn_id(datagram)
-                .map_or(self.shard, |id| ShardId((id % self.shards as u32) as u16));
+            let owner = packet::conn_id(datagram).map_or(self.shard, |id| {
+                ShardId(packet::owner_of_conn_id(id, self.shards as u32) as u16)
+            });
             if owner != self.shard {
                 let data = datagram.to_vec();
                 shard.send_service::<VoiceService>(owner, VoiceMsg::Datagram { from, data });
@@ -363,27 +393,24 @@ impl VoiceService {
     /// A device message relayed by the external broker.
     pub(crate) fn external_message(&self, shard: &Shard, mac: &str, payload: &[u8]) {
         let now = Instant::now();
-        let Some((device, new)) = self.with_link(|link| link.device(mac)) else {
+        let Some(found) = self.with_link(|link| link.device(mac)) else {
             return;
         };
-        if new {
-            // The external broker authenticated the device; only its MAC
-            // is known here.
-            let client_id = format!("GID_external@@@{mac}");
-            match identity::parse_client_id(&client_id) {
-                Ok(id) => self
-                    .gateway
-                    .borrow_mut()
-                    .device_connected(now, device, id, &client_id, None),
-                Err(_) => {
-                    tracing::debug!(mac, "message from a topic that names no device");
-                    return;
-                }
+        let (device, new) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(mac, error = %e, "message from a topic that names no device");
+                return;
             }
+        };
+        if let Some(new) = new {
+            self.gateway
+                .borrow_mut()
+                .device_connected(now, device, new.id, &new.client_id, None);
         }
         self.gateway
             .borrow_mut()
-            .device_message(now, device, payload);
+            .device_message(now, SystemTime::now(), device, payload);
         self.run_actions(shard);
     }
 
@@ -557,9 +584,12 @@ impl Service for VoiceService {
         for event in events {
             match event {
                 ServiceEvent::Published { conn, payload, .. } => {
-                    self.gateway
-                        .borrow_mut()
-                        .device_message(now, device_key(conn), &payload);
+                    self.gateway.borrow_mut().device_message(
+                        now,
+                        SystemTime::now(),
+                        device_key(conn),
+                        &payload,
+                    );
                 }
                 ServiceEvent::Closed { conn, .. } => {
                     let device = device_key(conn);

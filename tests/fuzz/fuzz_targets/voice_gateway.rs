@@ -9,7 +9,7 @@
 #![no_main]
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -20,19 +20,24 @@ const CLIENT: &str = "GID_test@@@aa_bb_cc_dd_ee_ff@@@uuid";
 
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
-    let mut gw = Gateway::new(GatewayConfig {
-        shard: 1,
-        shards: 2,
-        public_host: "192.0.2.1".to_string(),
-        public_port: 8884,
-        chat_servers: vec!["ws://backend/".to_string()],
-        dev_chat_servers: Vec::new(),
-        dev_macs: Vec::new(),
-        backend_token: "t".to_string(),
-        backend_secret: "s".to_string(),
-        hello_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::from_secs(180),
-    });
+    // A fixed seed and wall clock: a crash replays exactly.
+    let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+    let mut gw = Gateway::new(
+        GatewayConfig {
+            shard: 1,
+            shards: 2,
+            public_host: "192.0.2.1".to_string(),
+            public_port: 8884,
+            chat_servers: vec!["ws://backend/".to_string()],
+            dev_chat_servers: Vec::new(),
+            dev_macs: Vec::new(),
+            backend_token: "t".to_string(),
+            backend_secret: "s".to_string(),
+            hello_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(180),
+        },
+        [0; 32],
+    );
     let device = DeviceKey(1);
     let id = identity::parse_client_id(CLIENT).expect("valid");
     gw.device_connected(now, device, id, CLIENT, None);
@@ -48,9 +53,10 @@ fuzz_target!(|data: &[u8]| {
         rest = next;
         let conv = convs.last().copied().unwrap_or(0);
         match kind % 8 {
-            0 => gw.device_message(now, device, record),
+            0 => gw.device_message(now, wall, device, record),
             1 => gw.device_message(
                 now,
+                wall,
                 device,
                 br#"{"type":"hello","version":3,"transport":"udp","audio_params":{}}"#,
             ),
@@ -61,7 +67,8 @@ fuzz_target!(|data: &[u8]| {
             }
             4 | 5 => {
                 let mut datagram = record.to_vec();
-                if let Ok(incoming) = gw.udp_in(now, sources[usize::from(kind & 1)], &mut datagram) {
+                if let Ok(incoming) = gw.udp_in(now, sources[usize::from(kind & 1)], &mut datagram)
+                {
                     for mut held in incoming.released {
                         let _ = gw.seal_released(incoming.conv, &mut held);
                     }
