@@ -10,6 +10,7 @@ use rumqttc::QoS;
 shard_tests!(
     malformed_packets_close_connection,
     oversized_packet_closed,
+    control_characters_in_connect_close_it,
     topic_with_bom_is_an_ordinary_topic,
     garbage_client_does_not_affect_others,
     slow_subscriber_does_not_stall_others,
@@ -53,7 +54,83 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>)> {
             frame(0xa0, &unsubscribe(1, &["s/t"])[2..]),
         ),
         ("PUBREL with flags 0000", vec![0x60, 0x02, 0x00, 0x01]),
+        // §1.5.3: U+0001-U+001F and U+007F-U+009F in a topic or filter.
+        (
+            "topic with U+0001",
+            vec![0x30, 0x06, 0x00, 0x03, b'm', b'/', 0x01, b'x'],
+        ),
+        (
+            "topic with U+0085",
+            vec![0x30, 0x07, 0x00, 0x04, b'm', b'/', 0xc2, 0x85, b'x'],
+        ),
+        (
+            "SUBSCRIBE filter with U+001F",
+            vec![0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b's', b'/', 0x1f, 0x00],
+        ),
+        (
+            "UNSUBSCRIBE filter with U+007F",
+            vec![0xa2, 0x07, 0x00, 0x01, 0x00, 0x03, b's', b'/', 0x7f],
+        ),
     ]
+}
+
+/// CONNECTs whose client id, user name or will topic holds a control
+/// character (§1.5.3): closed without a CONNACK, and counted.
+fn control_character_connects() -> Vec<(&'static str, Vec<u8>)> {
+    // "MQTT", level 4, then the flags byte and keep alive 60 s.
+    let header = |flags: u8| vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x3c];
+    let connect =
+        |flags: u8, payload: &[u8]| frame(0x10, &[header(flags), payload.to_vec()].concat());
+    vec![
+        ("client id U+0001", connect(0x02, &[0x00, 0x02, b'c', 0x01])),
+        (
+            "client id U+009F",
+            connect(0x02, &[0x00, 0x03, b'c', 0xc2, 0x9f]),
+        ),
+        (
+            "user name U+001F",
+            connect(0x82, &[0x00, 0x01, b'c', 0x00, 0x02, b'u', 0x1f]),
+        ),
+        (
+            "will topic U+007F",
+            connect(
+                0x06,
+                &[0x00, 0x01, b'c', 0x00, 0x02, b'w', 0x7f, 0x00, 0x01, b'm'],
+            ),
+        ),
+    ]
+}
+
+async fn control_characters_in_connect_close_it(shards: usize) {
+    let broker = Broker::start_with(shards, "[mqtt]\nsys_interval_s = 1\n");
+    let watch = if is_mosquitto() {
+        None
+    } else {
+        Some(watch_protocol_errors(&broker).await)
+    };
+    let cases = control_character_connects();
+    for (case, bytes) in &cases {
+        eprintln!("case: {case} {bytes:02x?}");
+        let mut raw = Raw::open(&broker).await;
+        raw.send(bytes).await;
+        raw.expect_closed().await;
+    }
+    // The same CONNECT without the control character is accepted.
+    Raw::connect(&broker, "c").await.ping().await;
+    if let Some((mut errors, before)) = watch {
+        let want = before + cases.len() as u64;
+        while number(&errors.recv().await.payload) < want {}
+    }
+}
+
+/// Subscribes to the protocol error counter (shardmq's `$SYS`) and returns
+/// the client with the first value.
+async fn watch_protocol_errors(broker: &Broker) -> (Client, u64) {
+    let mut c = Client::connect(broker, "sys-errors").await;
+    c.subscribe("$SYS/broker/clients/protocol_errors", QoS::AtMostOnce)
+        .await;
+    let first = number(&c.recv().await.payload);
+    (c, first)
 }
 
 async fn malformed_packets_close_connection(shards: usize) {

@@ -360,13 +360,34 @@ impl Reader {
         if raw.contains(&0) {
             return Err(DecodeError::InvalidUtf8);
         }
+        check_no_control_character(text)?;
         Ok(text.to_owned())
     }
 
     /// A topic name, validated once and kept as a slice of the frame.
     fn topic(&mut self) -> Result<TopicName, DecodeError> {
-        TopicName::new(self.binary()?).map_err(topic_error)
+        let topic = TopicName::new(self.binary()?).map_err(topic_error)?;
+        check_no_control_character(topic.as_str())?;
+        Ok(topic)
     }
+}
+
+/// Refuses U+0001–U+001F and U+007F–U+009F in an MQTT string, as §1.5.3
+/// lets a server do: such a string is more likely an attack or a bug than
+/// a topic, client id or user name. Works on bytes: the first range and
+/// U+007F are single bytes, U+0080–U+009F are `C2 80`–`C2 9F`, and in valid
+/// UTF-8 `C2` is always a lead byte.
+fn check_no_control_character(text: &str) -> Result<(), DecodeError> {
+    let bytes = text.as_bytes();
+    let found = bytes.iter().enumerate().any(|(index, &byte)| match byte {
+        0x01..=0x1f | 0x7f => true,
+        0xc2 => bytes.get(index + 1).is_some_and(|&next| next <= 0x9f),
+        _ => false,
+    });
+    if found {
+        return Err(DecodeError::ControlCharacter);
+    }
+    Ok(())
 }
 
 /// Encoding problems are reported as such whatever the string; only the

@@ -307,6 +307,20 @@ fn error_vectors() -> Vec<(&'static str, Vec<u8>, DecodeError)> {
         ("will topic +", v4(0x06, &[b"c", b"+", b"m"]), InvalidTopic(TopicError::Wildcard)),
         ("filter NUL", frame(0x82, &[0, 1, 0, 1, 0, 0]), InvalidUtf8),
         ("filter FF", frame(0xa2, &[0, 1, 0, 1, 0xff]), InvalidUtf8),
+        // Control characters (§1.5.3): U+0001-U+001F, U+007F-U+009F.
+        ("topic U+0001", publish(0x30, b"a\x01b", b""), ControlCharacter),
+        ("topic U+001F", publish(0x30, b"a/\x1f", b""), ControlCharacter),
+        ("topic U+007F", publish(0x32, b"\x7f", &[0, 1]), ControlCharacter),
+        ("topic U+0080", publish(0x30, b"a\xc2\x80", b""), ControlCharacter),
+        ("topic U+009F", publish(0x30, b"\xc2\x9f/a", b""), ControlCharacter),
+        ("will topic U+0085", v4(0x06, &[b"c", b"w\xc2\x85", b"m"]), ControlCharacter),
+        ("client id U+0001", v4(0x02, &[b"\x01"]), ControlCharacter),
+        ("client id U+009F", v4(0x02, &[b"c\xc2\x9f"]), ControlCharacter),
+        ("user name U+001F", v4(0x82, &[b"c", b"u\x1f"]), ControlCharacter),
+        ("user name U+007F", v4(0xc2, &[b"c", b"\x7f", b"p"]), ControlCharacter),
+        ("SUBSCRIBE U+000A", frame(0x82, &[0, 1, 0, 3, b'a', b'\n', b'b', 0]), ControlCharacter),
+        ("SUBSCRIBE U+0080", frame(0x82, &[0, 1, 0, 2, 0xc2, 0x80, 1]), ControlCharacter),
+        ("UNSUBSCRIBE U+007F", frame(0xa2, &[0, 1, 0, 2, b'#', 0x7f]), ControlCharacter),
     ]
 }
 
@@ -331,16 +345,17 @@ fn variant_index(error: &DecodeError) -> usize {
         DecodeError::UnsupportedProtocolLevel(_) => 5,
         DecodeError::BadProtocolName => 6,
         DecodeError::UnexpectedPacket(_) => 7,
+        DecodeError::ControlCharacter => 8,
     }
 }
 
 #[test]
 fn every_error_variant_is_reached() {
-    let mut reached = [false; 8];
+    let mut reached = [false; 9];
     for (_, _, error) in error_vectors() {
         reached[variant_index(&error)] = true;
     }
-    assert_eq!(reached, [true; 8]);
+    assert_eq!(reached, [true; 9]);
 }
 
 #[test]
@@ -353,5 +368,39 @@ fn only_unsupported_level_earns_a_connack() {
     for (name, _, error) in error_vectors() {
         let expected = matches!(error, DecodeError::UnsupportedProtocolLevel(_));
         assert_eq!(error.connack_code().is_some(), expected, "{name}");
+    }
+}
+
+/// §1.5.3: only U+0001-U+001F and U+007F-U+009F are refused. Their
+/// neighbours, and any byte of binary fields (password, will message,
+/// payload), are accepted.
+#[test]
+fn control_character_boundaries_are_exact() {
+    let accepted = [
+        ("topic U+0020", publish_frame(0x30, b" ", b"")),
+        ("topic U+007E", publish_frame(0x30, b"~", b"")),
+        ("topic U+00A0", publish_frame(0x30, b"\xc2\xa0", b"")),
+        ("topic U+00C2", publish_frame(0x30, b"\xc3\x82", b"")),
+        ("topic U+0100", publish_frame(0x30, b"\xc4\x80", b"")),
+        (
+            "payload controls",
+            publish_frame(0x30, b"t", b"\x01\x1f\x7f\xc2\x85"),
+        ),
+        (
+            "password controls",
+            connect_frame(b"MQTT", 4, 0xc2, &[b"c", b"u", b"\x01\x7f"]),
+        ),
+        (
+            "will message controls",
+            connect_frame(b"MQTT", 4, 0x06, &[b"c", b"w", b"\x01\x1f"]),
+        ),
+        ("filter U+00A0", frame(0x82, &[0, 1, 0, 2, 0xc2, 0xa0, 0])),
+    ];
+    for (name, bytes) in accepted {
+        assert!(
+            matches!(decode_slice(&bytes), Ok(Some(_))),
+            "{name}: {bytes:02x?}"
+        );
+        assert_eq!(oracle::check(&bytes, MAX), Some(bytes.len()), "{name}");
     }
 }

@@ -30,6 +30,9 @@
 //!    running past the end.
 //! 4. Packet identifiers are non-zero wherever present (§2.3.1-1).
 //! 5. Every MQTT string is UTF-8 without U+0000 (§1.5.3); U+FEFF is kept.
+//!    Topic names and filters, client ids and user names also refuse the
+//!    control characters U+0001–U+001F and U+007F–U+009F, which §1.5.3
+//!    allows a server to treat as malformed (mosquitto does too).
 //! 6. CONNECT follows §3.1.2 (protocol name and level, reserved flag, will
 //!    flags, password only with user name).
 //!
@@ -190,6 +193,10 @@ pub enum DecodeError {
     /// An MQTT string that is not UTF-8 or contains U+0000 (§1.5.3).
     #[error("string is not UTF-8 or contains U+0000")]
     InvalidUtf8,
+    /// An MQTT string (topic name or filter, client id, user name) with a
+    /// control character, U+0001–U+001F or U+007F–U+009F (§1.5.3).
+    #[error("string contains a control character")]
+    ControlCharacter,
     /// A PUBLISH or will topic that is not a valid topic name.
     #[error("invalid topic name")]
     InvalidTopic(#[source] TopicError),

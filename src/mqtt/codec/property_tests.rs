@@ -1,4 +1,5 @@
-//! Property tests. Strings avoid U+0000 and topics the wildcards, so that
+//! Property tests. Strings avoid U+0000 and the control characters of
+//! §1.5.3, and topics the wildcards, so that
 //! every generated packet is valid and must round-trip; arbitrary and
 //! mutated inputs are checked against the mqttbytes oracle.
 
@@ -18,11 +19,11 @@ fn arb_qos() -> impl Strategy<Value = QoS> {
 }
 
 fn arb_string() -> impl Strategy<Value = String> {
-    "[^\\x00]{0,8}"
+    "[^\\x00-\\x1f\\x7f-\\x9f]{0,8}"
 }
 
 fn arb_topic() -> impl Strategy<Value = TopicName> {
-    "[^\\x00+#]{1,8}".prop_map(|name| topic(&name))
+    "[^\\x00-\\x1f\\x7f-\\x9f+#]{1,8}".prop_map(|name| topic(&name))
 }
 
 fn arb_bytes() -> impl Strategy<Value = Bytes> {
