@@ -11,6 +11,7 @@ shard_tests!(
     malformed_packets_close_connection,
     oversized_packet_closed,
     control_characters_in_connect_close_it,
+    malformed_filters_are_counted,
     topic_with_bom_is_an_ordinary_topic,
     garbage_client_does_not_affect_others,
     slow_subscriber_does_not_stall_others,
@@ -72,6 +73,76 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>)> {
             vec![0xa2, 0x07, 0x00, 0x01, 0x00, 0x03, b's', b'/', 0x7f],
         ),
     ]
+    .into_iter()
+    .chain(malformed_filter_cases())
+    .collect()
+}
+
+/// Malformed topic filters are protocol violations (§4.7, §4.8): the
+/// connection is closed, with no SUBACK or UNSUBACK.
+fn malformed_filter_cases() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        // [MQTT-4.7.3-1]: topic filters are at least one character long.
+        (
+            "SUBSCRIBE empty filter",
+            vec![0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
+        ),
+        (
+            "UNSUBSCRIBE empty filter",
+            vec![0xa2, 0x04, 0x00, 0x01, 0x00, 0x00],
+        ),
+        // [MQTT-4.7.1-2]: `#` alone in the last level.
+        (
+            "SUBSCRIBE a/#/b",
+            vec![
+                0x82, 0x0a, 0x00, 0x01, 0x00, 0x05, b'a', b'/', b'#', b'/', b'b', 0x00,
+            ],
+        ),
+        (
+            "SUBSCRIBE a#",
+            vec![0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'#', 0x01],
+        ),
+        (
+            "UNSUBSCRIBE #/",
+            vec![0xa2, 0x06, 0x00, 0x01, 0x00, 0x02, b'#', b'/'],
+        ),
+        // [MQTT-4.7.1-3]: `+` alone in its level.
+        (
+            "SUBSCRIBE a/b+",
+            vec![
+                0x82, 0x09, 0x00, 0x01, 0x00, 0x04, b'a', b'/', b'b', b'+', 0x02,
+            ],
+        ),
+        (
+            "UNSUBSCRIBE +a",
+            vec![0xa2, 0x06, 0x00, 0x01, 0x00, 0x02, b'+', b'a'],
+        ),
+        // A valid filter before the bad one does not save the packet.
+        (
+            "SUBSCRIBE ok/1 then a+",
+            vec![
+                0x82, 0x0e, 0x00, 0x01, 0x00, 0x04, b'o', b'k', b'/', b'1', 0x01, 0x00, 0x02, b'a',
+                b'+', 0x00,
+            ],
+        ),
+    ]
+}
+
+async fn malformed_filters_are_counted(shards: usize) {
+    if shardmq_only() {
+        return;
+    }
+    let broker = Broker::start_with(shards, "[mqtt]\nsys_interval_s = 1\n");
+    let (mut errors, before) = watch_protocol_errors(&broker).await;
+    let cases = malformed_filter_cases();
+    for (i, (case, bytes)) in cases.iter().enumerate() {
+        eprintln!("case: {case}");
+        let mut raw = Raw::connect(&broker, &format!("filter-{i}")).await;
+        raw.send(bytes).await;
+        raw.expect_closed().await;
+    }
+    let want = before + cases.len() as u64;
+    while number(&errors.recv().await.payload) < want {}
 }
 
 /// CONNECTs whose client id, user name or will topic holds a control

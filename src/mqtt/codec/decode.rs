@@ -5,6 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::packet_type::*;
 use super::*;
+use crate::mqtt::topic;
 
 /// Decodes one packet from the front of `buf`.
 ///
@@ -244,7 +245,7 @@ fn read_subscribe(reader: &mut Reader) -> Result<Subscribe, DecodeError> {
     let pkid = reader.pkid()?;
     let mut filters = Vec::new();
     while reader.any_left() {
-        let filter = reader.string()?;
+        let filter = reader.filter()?;
         // The upper 6 bits of the requested QoS byte are reserved (§3.8.3-4).
         let qos = QoS::from_u8(reader.u8()?)
             .ok_or(DecodeError::Malformed("SUBSCRIBE requested QoS invalid"))?;
@@ -275,7 +276,7 @@ fn read_unsubscribe(reader: &mut Reader) -> Result<Unsubscribe, DecodeError> {
     let pkid = reader.pkid()?;
     let mut filters = Vec::new();
     while reader.any_left() {
-        filters.push(reader.string()?);
+        filters.push(reader.filter()?);
     }
     if filters.is_empty() {
         return Err(DecodeError::Malformed("UNSUBSCRIBE without filter"));
@@ -362,6 +363,16 @@ impl Reader {
         }
         check_no_control_character(text)?;
         Ok(text.to_owned())
+    }
+
+    /// A topic filter of SUBSCRIBE or UNSUBSCRIBE. A malformed one is a
+    /// protocol violation, not a refusal: SUBACK 0x80 is for filters the
+    /// server does not grant (§4.8, [MQTT-4.7.1-2], [MQTT-4.7.1-3],
+    /// [MQTT-4.7.3-1]).
+    fn filter(&mut self) -> Result<String, DecodeError> {
+        let filter = self.string()?;
+        topic::validate_filter(&filter).map_err(DecodeError::InvalidFilter)?;
+        Ok(filter)
     }
 
     /// A topic name, validated once and kept as a slice of the frame.

@@ -217,6 +217,7 @@ fn error_vectors() -> Vec<(&'static str, Vec<u8>, DecodeError)> {
     let v4 = |flags: u8, payload: &[&[u8]]| connect_frame(b"MQTT", 4, flags, payload);
     let named = |name: &[u8], level: u8| connect_frame(name, level, 0x02, &[b"c"]);
     let publish = publish_frame;
+    let bad_wildcard = InvalidFilter(TopicError::BadWildcard);
     let huge = PacketTooLarge { size: 268_435_460, max: MAX };
     vec![
         // Fixed header.
@@ -321,6 +322,24 @@ fn error_vectors() -> Vec<(&'static str, Vec<u8>, DecodeError)> {
         ("SUBSCRIBE U+000A", frame(0x82, &[0, 1, 0, 3, b'a', b'\n', b'b', 0]), ControlCharacter),
         ("SUBSCRIBE U+0080", frame(0x82, &[0, 1, 0, 2, 0xc2, 0x80, 1]), ControlCharacter),
         ("UNSUBSCRIBE U+007F", frame(0xa2, &[0, 1, 0, 2, b'#', 0x7f]), ControlCharacter),
+        // Topic filters (§4.7): [MQTT-4.7.3-1] non-empty, [MQTT-4.7.1-2] `#`
+        // alone and last, [MQTT-4.7.1-3] `+` alone in its level.
+        ("SUBSCRIBE empty filter", frame(0x82, &[0, 1, 0, 0, 0]), InvalidFilter(TopicError::Empty)),
+        ("SUBSCRIBE a/#/b", frame(0x82, &[0, 1, 0, 5, b'a', b'/', b'#', b'/', b'b', 0]),
+            bad_wildcard.clone()),
+        ("SUBSCRIBE a#", frame(0x82, &[0, 1, 0, 2, b'a', b'#', 1]), bad_wildcard.clone()),
+        ("SUBSCRIBE #/", frame(0x82, &[0, 1, 0, 2, b'#', b'/', 2]), bad_wildcard.clone()),
+        ("SUBSCRIBE a+", frame(0x82, &[0, 1, 0, 2, b'a', b'+', 0]), bad_wildcard.clone()),
+        ("SUBSCRIBE +a/b", frame(0x82, &[0, 1, 0, 4, b'+', b'a', b'/', b'b', 0]),
+            bad_wildcard.clone()),
+        ("SUBSCRIBE ++", frame(0x82, &[0, 1, 0, 2, b'+', b'+', 0]), bad_wildcard.clone()),
+        // One bad filter after a good one fails the whole packet.
+        ("SUBSCRIBE ok then bad", frame(0x82, &[0, 1, 0, 1, b'a', 0, 0, 2, b'b', b'#', 0]),
+            bad_wildcard.clone()),
+        ("UNSUBSCRIBE empty filter", frame(0xa2, &[0, 1, 0, 0]), InvalidFilter(TopicError::Empty)),
+        ("UNSUBSCRIBE a/#/b", frame(0xa2, &[0, 1, 0, 5, b'a', b'/', b'#', b'/', b'b']),
+            bad_wildcard.clone()),
+        ("UNSUBSCRIBE a/b+", frame(0xa2, &[0, 1, 0, 4, b'a', b'/', b'b', b'+']), bad_wildcard),
     ]
 }
 
@@ -346,16 +365,17 @@ fn variant_index(error: &DecodeError) -> usize {
         DecodeError::BadProtocolName => 6,
         DecodeError::UnexpectedPacket(_) => 7,
         DecodeError::ControlCharacter => 8,
+        DecodeError::InvalidFilter(_) => 9,
     }
 }
 
 #[test]
 fn every_error_variant_is_reached() {
-    let mut reached = [false; 9];
+    let mut reached = [false; 10];
     for (_, _, error) in error_vectors() {
         reached[variant_index(&error)] = true;
     }
-    assert_eq!(reached, [true; 9]);
+    assert_eq!(reached, [true; 10]);
 }
 
 #[test]
@@ -402,5 +422,31 @@ fn control_character_boundaries_are_exact() {
             "{name}: {bytes:02x?}"
         );
         assert_eq!(oracle::check(&bytes, MAX), Some(bytes.len()), "{name}");
+    }
+}
+
+/// Every filter form §4.7 allows is decoded, in SUBSCRIBE and UNSUBSCRIBE
+/// alike: wildcards alone in their level, `#` last, empty levels.
+#[test]
+fn valid_filters_are_decoded() {
+    let filters = [
+        "#", "+", "/", "a/+/b", "+/+", "a/#", "/#", "+/#", "a//+//#", "$SYS/#",
+    ];
+    for filter in filters {
+        let subscribe = Packet::Subscribe(Subscribe {
+            pkid: 1,
+            filters: vec![(filter.into(), QoS::AtLeastOnce)],
+        });
+        let unsubscribe = Packet::Unsubscribe(Unsubscribe {
+            pkid: 1,
+            filters: vec![filter.into()],
+        });
+        for packet in [subscribe, unsubscribe] {
+            assert_eq!(
+                decode_slice(&encoded(&packet)),
+                Ok(Some(packet)),
+                "{filter}"
+            );
+        }
     }
 }

@@ -35,10 +35,13 @@
 //!    allows a server to treat as malformed (mosquitto does too).
 //! 6. CONNECT follows §3.1.2 (protocol name and level, reserved flag, will
 //!    flags, password only with user name).
+//! 7. Topic names follow §4.7 (non-empty, no wildcard) and so do the filters
+//!    of SUBSCRIBE and UNSUBSCRIBE (non-empty, `#` alone in the last level,
+//!    `+` alone in its level): a malformed filter is a protocol violation
+//!    that closes the connection, not a refusal answered with SUBACK 0x80.
 //!
 //! What the codec leaves to the broker: the client id rules (§3.1.3-5),
-//! topic filter syntax (answered with SUBACK 0x80), and which packets a
-//! client may send when.
+//! which filters it grants, and which packets a client may send when.
 //!
 //! # Buffer management
 //!
@@ -105,15 +108,15 @@ pub struct Connect {
     pub will: Option<LastWill>,
 }
 
-/// A SUBSCRIBE (§3.8): at least one filter with its requested QoS. Filters
-/// are UTF-8 strings whose wildcard syntax the codec does not check.
+/// A SUBSCRIBE (§3.8): at least one filter with its requested QoS. A
+/// decoded one holds only valid filters (`topic::validate_filter`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub pkid: u16,
     pub filters: Vec<(String, QoS)>,
 }
 
-/// An UNSUBSCRIBE (§3.10): at least one filter.
+/// An UNSUBSCRIBE (§3.10): at least one filter, valid when decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unsubscribe {
     pub pkid: u16,
@@ -200,6 +203,10 @@ pub enum DecodeError {
     /// A PUBLISH or will topic that is not a valid topic name.
     #[error("invalid topic name")]
     InvalidTopic(#[source] TopicError),
+    /// A SUBSCRIBE or UNSUBSCRIBE filter that is empty ([MQTT-4.7.3-1]) or
+    /// misplaces a wildcard ([MQTT-4.7.1-2], [MQTT-4.7.1-3]).
+    #[error("invalid topic filter")]
+    InvalidFilter(#[source] TopicError),
     /// CONNECT with a known protocol name but another level.
     #[error("unsupported protocol level {0}")]
     UnsupportedProtocolLevel(u8),

@@ -1,5 +1,5 @@
 //! Property tests. Strings avoid U+0000 and the control characters of
-//! §1.5.3, and topics the wildcards, so that
+//! §1.5.3, topics the wildcards, and filters follow §4.7, so that
 //! every generated packet is valid and must round-trip; arbitrary and
 //! mutated inputs are checked against the mqttbytes oracle.
 
@@ -20,6 +20,20 @@ fn arb_qos() -> impl Strategy<Value = QoS> {
 
 fn arb_string() -> impl Strategy<Value = String> {
     "[^\\x00-\\x1f\\x7f-\\x9f]{0,8}"
+}
+
+/// A valid topic filter: levels that are `+` or plain text, possibly empty,
+/// and sometimes a last `#`.
+fn arb_filter() -> impl Strategy<Value = String> {
+    let level = prop_oneof![Just("+".to_owned()), "[^\\x00-\\x1f\\x7f-\\x9f+#/]{0,4}"];
+    (prop::collection::vec(level, 1..4), any::<bool>())
+        .prop_map(|(mut levels, multi_level)| {
+            if multi_level {
+                levels.push("#".to_owned());
+            }
+            levels.join("/")
+        })
+        .prop_filter("non-empty filter", |filter| !filter.is_empty())
 }
 
 fn arb_topic() -> impl Strategy<Value = TopicName> {
@@ -108,8 +122,8 @@ fn arb_connect() -> impl Strategy<Value = Connect> {
 fn arb_packet() -> impl Strategy<Value = Packet> {
     let suback_code = prop::sample::select(vec![0u8, 1, 2, SUBACK_FAILURE]);
     let return_code = (0u8..=5).prop_map(|v| ConnectReturnCode::from_u8(v).unwrap());
-    let filters = prop::collection::vec((arb_string(), arb_qos()), 1..4);
-    let unsubscribe_filters = prop::collection::vec(arb_string(), 1..4);
+    let filters = prop::collection::vec((arb_filter(), arb_qos()), 1..4);
+    let unsubscribe_filters = prop::collection::vec(arb_filter(), 1..4);
     prop_oneof![
         arb_connect().prop_map(|c| Packet::Connect(Box::new(c))),
         arb_publish().prop_map(Packet::Publish),
