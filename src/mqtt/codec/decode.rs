@@ -361,7 +361,7 @@ impl Reader {
         if raw.contains(&0) {
             return Err(DecodeError::InvalidUtf8);
         }
-        check_no_control_character(text)?;
+        check_no_control_character(text.as_bytes())?;
         Ok(text.to_owned())
     }
 
@@ -378,18 +378,17 @@ impl Reader {
     /// A topic name, validated once and kept as a slice of the frame.
     fn topic(&mut self) -> Result<TopicName, DecodeError> {
         let topic = TopicName::new(self.binary()?).map_err(topic_error)?;
-        check_no_control_character(topic.as_str())?;
+        check_no_control_character(topic.as_bytes())?;
         Ok(topic)
     }
 }
 
 /// Refuses U+0001–U+001F and U+007F–U+009F in an MQTT string, as §1.5.3
 /// lets a server do: such a string is more likely an attack or a bug than
-/// a topic, client id or user name. Works on bytes: the first range and
-/// U+007F are single bytes, U+0080–U+009F are `C2 80`–`C2 9F`, and in valid
-/// UTF-8 `C2` is always a lead byte.
-fn check_no_control_character(text: &str) -> Result<(), DecodeError> {
-    let bytes = text.as_bytes();
+/// a topic, client id or user name. `bytes` are valid UTF-8, checked
+/// before: the first range and U+007F are single bytes, U+0080–U+009F are
+/// `C2 80`–`C2 9F`, and in valid UTF-8 `C2` is always a lead byte.
+fn check_no_control_character(bytes: &[u8]) -> Result<(), DecodeError> {
     let found = bytes.iter().enumerate().any(|(index, &byte)| match byte {
         0x01..=0x1f | 0x7f => true,
         0xc2 => bytes.get(index + 1).is_some_and(|&next| next <= 0x9f),
