@@ -10,6 +10,8 @@ use rumqttc::QoS;
 shard_tests!(
     malformed_packets_close_connection,
     oversized_packet_closed,
+    control_characters_in_connect_close_it,
+    malformed_filters_are_counted,
     topic_with_bom_is_an_ordinary_topic,
     garbage_client_does_not_affect_others,
     slow_subscriber_does_not_stall_others,
@@ -53,7 +55,153 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>)> {
             frame(0xa0, &unsubscribe(1, &["s/t"])[2..]),
         ),
         ("PUBREL with flags 0000", vec![0x60, 0x02, 0x00, 0x01]),
+        // §1.5.3: U+0001-U+001F and U+007F-U+009F in a topic or filter.
+        (
+            "topic with U+0001",
+            vec![0x30, 0x06, 0x00, 0x03, b'm', b'/', 0x01, b'x'],
+        ),
+        (
+            "topic with U+0085",
+            vec![0x30, 0x07, 0x00, 0x04, b'm', b'/', 0xc2, 0x85, b'x'],
+        ),
+        (
+            "SUBSCRIBE filter with U+001F",
+            vec![0x82, 0x08, 0x00, 0x01, 0x00, 0x03, b's', b'/', 0x1f, 0x00],
+        ),
+        (
+            "UNSUBSCRIBE filter with U+007F",
+            vec![0xa2, 0x07, 0x00, 0x01, 0x00, 0x03, b's', b'/', 0x7f],
+        ),
     ]
+    .into_iter()
+    .chain(malformed_filter_cases())
+    .collect()
+}
+
+/// Malformed topic filters are protocol violations (§4.7, §4.8): the
+/// connection is closed, with no SUBACK or UNSUBACK.
+fn malformed_filter_cases() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        // [MQTT-4.7.3-1]: topic filters are at least one character long.
+        (
+            "SUBSCRIBE empty filter",
+            vec![0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x00],
+        ),
+        (
+            "UNSUBSCRIBE empty filter",
+            vec![0xa2, 0x04, 0x00, 0x01, 0x00, 0x00],
+        ),
+        // [MQTT-4.7.1-2]: `#` alone in the last level.
+        (
+            "SUBSCRIBE a/#/b",
+            vec![
+                0x82, 0x0a, 0x00, 0x01, 0x00, 0x05, b'a', b'/', b'#', b'/', b'b', 0x00,
+            ],
+        ),
+        (
+            "SUBSCRIBE a#",
+            vec![0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'#', 0x01],
+        ),
+        (
+            "UNSUBSCRIBE #/",
+            vec![0xa2, 0x06, 0x00, 0x01, 0x00, 0x02, b'#', b'/'],
+        ),
+        // [MQTT-4.7.1-3]: `+` alone in its level.
+        (
+            "SUBSCRIBE a/b+",
+            vec![
+                0x82, 0x09, 0x00, 0x01, 0x00, 0x04, b'a', b'/', b'b', b'+', 0x02,
+            ],
+        ),
+        (
+            "UNSUBSCRIBE +a",
+            vec![0xa2, 0x06, 0x00, 0x01, 0x00, 0x02, b'+', b'a'],
+        ),
+        // A valid filter before the bad one does not save the packet.
+        (
+            "SUBSCRIBE ok/1 then a+",
+            vec![
+                0x82, 0x0e, 0x00, 0x01, 0x00, 0x04, b'o', b'k', b'/', b'1', 0x01, 0x00, 0x02, b'a',
+                b'+', 0x00,
+            ],
+        ),
+    ]
+}
+
+async fn malformed_filters_are_counted(shards: usize) {
+    if shardmq_only() {
+        return;
+    }
+    let broker = Broker::start_with(shards, "[mqtt]\nsys_interval_s = 1\n");
+    let (mut errors, before) = watch_protocol_errors(&broker).await;
+    let cases = malformed_filter_cases();
+    for (i, (case, bytes)) in cases.iter().enumerate() {
+        eprintln!("case: {case}");
+        let mut raw = Raw::connect(&broker, &format!("filter-{i}")).await;
+        raw.send(bytes).await;
+        raw.expect_closed().await;
+    }
+    let want = before + cases.len() as u64;
+    while number(&errors.recv().await.payload) < want {}
+}
+
+/// CONNECTs whose client id, user name or will topic holds a control
+/// character (§1.5.3): closed without a CONNACK, and counted.
+fn control_character_connects() -> Vec<(&'static str, Vec<u8>)> {
+    // "MQTT", level 4, then the flags byte and keep alive 60 s.
+    let header = |flags: u8| vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, flags, 0x00, 0x3c];
+    let connect =
+        |flags: u8, payload: &[u8]| frame(0x10, &[header(flags), payload.to_vec()].concat());
+    vec![
+        ("client id U+0001", connect(0x02, &[0x00, 0x02, b'c', 0x01])),
+        (
+            "client id U+009F",
+            connect(0x02, &[0x00, 0x03, b'c', 0xc2, 0x9f]),
+        ),
+        (
+            "user name U+001F",
+            connect(0x82, &[0x00, 0x01, b'c', 0x00, 0x02, b'u', 0x1f]),
+        ),
+        (
+            "will topic U+007F",
+            connect(
+                0x06,
+                &[0x00, 0x01, b'c', 0x00, 0x02, b'w', 0x7f, 0x00, 0x01, b'm'],
+            ),
+        ),
+    ]
+}
+
+async fn control_characters_in_connect_close_it(shards: usize) {
+    let broker = Broker::start_with(shards, "[mqtt]\nsys_interval_s = 1\n");
+    let watch = if is_mosquitto() {
+        None
+    } else {
+        Some(watch_protocol_errors(&broker).await)
+    };
+    let cases = control_character_connects();
+    for (case, bytes) in &cases {
+        eprintln!("case: {case} {bytes:02x?}");
+        let mut raw = Raw::open(&broker).await;
+        raw.send(bytes).await;
+        raw.expect_closed().await;
+    }
+    // The same CONNECT without the control character is accepted.
+    Raw::connect(&broker, "c").await.ping().await;
+    if let Some((mut errors, before)) = watch {
+        let want = before + cases.len() as u64;
+        while number(&errors.recv().await.payload) < want {}
+    }
+}
+
+/// Subscribes to the protocol error counter (shardmq's `$SYS`) and returns
+/// the client with the first value.
+async fn watch_protocol_errors(broker: &Broker) -> (Client, u64) {
+    let mut c = Client::connect(broker, "sys-errors").await;
+    c.subscribe("$SYS/broker/clients/protocol_errors", QoS::AtMostOnce)
+        .await;
+    let first = number(&c.recv().await.payload);
+    (c, first)
 }
 
 async fn malformed_packets_close_connection(shards: usize) {

@@ -4,6 +4,9 @@
 //! Everything under `mqtt` is sans-IO: no glommio, no sockets, no clock. Time
 //! comes in as an argument (`now: Instant`), bytes come in as `BytesMut` and go
 //! out into caller-owned buffers. The shard shell (`crate::shard`) drives it.
+//! It parses peer bytes and needs no `unsafe`: the compiler holds it to that.
+
+#![forbid(unsafe_code)]
 
 pub mod broker;
 pub mod codec;
