@@ -1,0 +1,89 @@
+//! The publish path: delivery across shards, QoS handshakes, retained
+//! messages and overlapping subscriptions.
+
+use crate::mqtt::broker::world_tests::{publish, World};
+use crate::mqtt::codec::Packet;
+use crate::mqtt::QoS;
+
+#[test]
+fn publish_reaches_subscriber_on_another_shard() {
+    let mut w = World::new(2);
+    let sub_id = w.id_on(0, "sub");
+    let pub_id = w.id_on(1, "pub");
+    let sub = w.connect(&sub_id);
+    let publisher = w.connect(&pub_id);
+    w.received(sub);
+    w.received(publisher);
+    w.subscribe(sub, "a/+", QoS::AtLeastOnce);
+    assert_eq!(
+        w.received(sub),
+        vec![Packet::SubAck {
+            pkid: 1,
+            codes: vec![1]
+        }]
+    );
+    w.send(publisher, publish("a/b", "hi", QoS::AtLeastOnce, false, 7));
+    assert_eq!(w.received(publisher), vec![Packet::PubAck(7)]);
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].pkid, got[0].qos, got[0].retain),
+        (1, QoS::AtLeastOnce, false)
+    );
+    assert_eq!(&got[0].payload[..], b"hi");
+}
+
+#[test]
+fn retained_is_replaced_and_cleared_everywhere() {
+    let mut w = World::new(2);
+    let p = w.connect(&w.id_on(0, "p"));
+    w.send(p, publish("t", "1", QoS::AtMostOnce, true, 0));
+    w.send(p, publish("t", "2", QoS::AtMostOnce, true, 0));
+    assert_eq!(w.shards[1].retained_len(), 1);
+    w.send(p, publish("t", "", QoS::AtMostOnce, true, 0));
+    assert_eq!(w.shards[0].retained_len(), 0);
+    assert_eq!(w.shards[1].retained_len(), 0);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_highest_qos() {
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.subscribe(c, "a/#", QoS::ExactlyOnce);
+    w.subscribe(c, "a/+", QoS::AtLeastOnce);
+    w.received(c);
+    w.send(c, publish("a/b", "x", QoS::ExactlyOnce, false, 3));
+    let got = w.publishes(c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
+}
+
+#[test]
+fn qos2_inbound_is_routed_once_until_pubrel() {
+    let mut w = World::new(1);
+    let s = w.connect("s");
+    let p = w.connect("p");
+    w.subscribe(s, "q", QoS::AtMostOnce);
+    w.received(s);
+    w.send(p, publish("q", "x", QoS::ExactlyOnce, false, 5));
+    w.send(p, publish("q", "x", QoS::ExactlyOnce, false, 5));
+    assert_eq!(w.publishes(s).len(), 1);
+    w.received(p);
+    w.send(p, Packet::PubRel(5));
+    assert_eq!(w.received(p), vec![Packet::PubComp(5)]);
+    w.send(p, publish("q", "y", QoS::ExactlyOnce, false, 5));
+    assert_eq!(w.publishes(s).len(), 1, "the id is free again after PUBREL");
+}
+
+#[test]
+fn dollar_sys_is_not_writable_by_clients() {
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.subscribe(c, "$SYS/#", QoS::AtMostOnce);
+    w.received(c);
+    w.send(
+        c,
+        publish("$SYS/broker/fake", "1", QoS::AtMostOnce, false, 0),
+    );
+    assert!(w.publishes(c).is_empty());
+}
