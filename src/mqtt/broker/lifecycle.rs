@@ -21,7 +21,10 @@ pub enum CloseReason {
     ProtocolError,
     /// No packet within 1.5 × keepalive.
     KeepaliveExpired,
-    /// Another connection took the client id: the will is discarded.
+    /// Another connection took the client id. Its network connection
+    /// closes, so the will is published [MQTT-3.1.2-8], unless both
+    /// connections have clean session 0: the session goes on, and so does
+    /// the client as far as others can tell.
     TakenOver,
     /// CONNACK with a refusal code.
     Refused,
@@ -31,7 +34,10 @@ impl CloseReason {
     fn publishes_will(self) -> bool {
         matches!(
             self,
-            CloseReason::Lost | CloseReason::ProtocolError | CloseReason::KeepaliveExpired
+            CloseReason::Lost
+                | CloseReason::ProtocolError
+                | CloseReason::KeepaliveExpired
+                | CloseReason::TakenOver
         )
     }
 }
@@ -64,7 +70,7 @@ impl Broker {
             return conn;
         }
         debug_assert_eq!(owner_shard(&connect.client_id, self.shards), self.shard);
-        self.take_over(&connect.client_id);
+        self.take_over(&connect.client_id, connect.clean_session);
         let (session, present) = self.open_session(&connect.client_id, connect.clean_session);
         let c = self.conn_mut(conn).expect("just allocated");
         c.session = Some(session);
@@ -122,14 +128,29 @@ impl Broker {
         }
     }
 
-    fn take_over(&mut self, client_id: &str) {
+    /// Closes the connection that holds `client_id`, if any, for a new one
+    /// with clean session `clean`. The will goes out as for any closed
+    /// network connection, except when the session goes on: the old and the
+    /// new connection both have clean session 0 (mosquitto 2.0.12 and later
+    /// do the same).
+    fn take_over(&mut self, client_id: &str, clean: bool) {
         let Some(&sid) = self.by_client_id.get(client_id) else {
             return;
         };
-        if let Some(old) = self.session_conn[sid.0 as usize] {
-            tracing::debug!(client_id, "session taken over");
-            self.close(old, CloseReason::TakenOver);
+        let Some(old) = self.session_conn[sid.0 as usize] else {
+            return;
+        };
+        let old_clean = self.sessions[sid.0 as usize]
+            .as_ref()
+            .map_or(true, Session::is_clean);
+        let session_goes_on = !old_clean && !clean;
+        tracing::debug!(client_id, session_goes_on, "session taken over");
+        if session_goes_on {
+            if let Some(c) = self.conn_mut(old) {
+                c.will = None;
+            }
         }
+        self.close(old, CloseReason::TakenOver);
     }
 
     /// Finds or creates the session; returns it and the session-present flag.

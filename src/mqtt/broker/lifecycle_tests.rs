@@ -11,24 +11,58 @@ use crate::mqtt::codec::{Connect, ConnectReturnCode, LastWill, Packet};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
-#[test]
-fn takeover_closes_the_old_connection_without_will() {
-    let mut w = World::new(2);
-    let watcher = w.connect(&w.id_on(1, "w"));
-    w.subscribe(watcher, "will", QoS::AtMostOnce);
-    w.received(watcher);
-    let id = w.id_on(0, "dev");
-    let will = LastWill {
-        topic: TopicName::from_string("will".into()).unwrap(),
+fn will(topic: &str) -> LastWill {
+    LastWill {
+        topic: TopicName::from_string(topic.into()).unwrap(),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
-    };
-    let old = w.connect_with(&id, true, 0, Some(will));
-    let new = w.connect(&id);
+    }
+}
+
+/// Takes the id `dev` over from a connection with clean session
+/// `old_clean` and a will by one with `new_clean`; returns the wills a
+/// watcher on another shard got, and the new CONNACK's session present.
+fn will_topics_after_takeover(old_clean: bool, new_clean: bool) -> (Vec<String>, bool) {
+    let mut w = World::new(2);
+    let watcher = w.connect(&w.id_on(1, "w"));
+    w.subscribe(watcher, "will/#", QoS::AtMostOnce);
+    w.received(watcher);
+    let id = w.id_on(0, "dev");
+    let old = w.connect_with(&id, old_clean, 0, Some(will("will/dev")));
+    let new = w.connect_with(&id, new_clean, 0, None);
     assert_eq!(w.shards[0].closing(old.conn), Some(CloseReason::TakenOver));
     assert_eq!(w.shards[0].closing(new.conn), None);
-    assert!(w.publishes(watcher).is_empty());
+    let (present, _) = connack(&w.received(new));
+    let topics = w
+        .publishes(watcher)
+        .iter()
+        .map(|p| p.topic.as_str().to_string())
+        .collect();
+    (topics, present)
+}
+
+#[test]
+fn takeover_publishes_the_old_will_mqtt_3_1_2_8() {
+    // The old network connection closes without DISCONNECT, so its will
+    // goes out, whichever side asked for a clean session.
+    for (old_clean, new_clean) in [(true, true), (true, false), (false, true)] {
+        let (topics, _) = will_topics_after_takeover(old_clean, new_clean);
+        assert_eq!(
+            topics,
+            ["will/dev"],
+            "old clean {old_clean}, new clean {new_clean}"
+        );
+    }
+}
+
+#[test]
+fn takeover_of_a_persistent_session_by_a_persistent_one_keeps_the_will() {
+    // Both clean session 0: the session goes on, and the will is discarded
+    // with the old connection, as mosquitto does.
+    let (topics, present) = will_topics_after_takeover(false, false);
+    assert!(present, "the session went on");
+    assert!(topics.is_empty(), "will published: {topics:?}");
 }
 
 #[test]
