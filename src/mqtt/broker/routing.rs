@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{Broker, ConnId, RemoteMsg, ServiceEvent, SessionId, ShardId};
+use super::{Broker, CloseReason, ConnId, RemoteMsg, ServiceEvent, SessionId, ShardId};
 use crate::mqtt::codec::{self, Publish};
 use crate::mqtt::retained::RetainedMessage;
-use crate::mqtt::session::{Delivery, Message, Session};
+use crate::mqtt::session::{AckOutcome, Delivery, Message, Session};
 use crate::mqtt::QoS;
 
 impl Broker {
@@ -85,12 +85,13 @@ impl Broker {
         self.write(conn, |out| codec::encode_pubcomp(out, pkid));
     }
 
-    /// An acknowledgement of a delivery to this client.
+    /// An acknowledgement of a delivery to this client. One of the wrong
+    /// kind for its flow closes the connection.
     pub(super) fn handle_ack(
         &mut self,
         conn: ConnId,
         sid: SessionId,
-        ack: impl FnOnce(&mut Session, &mut BytesMut) -> bool,
+        ack: impl FnOnce(&mut Session, &mut BytesMut) -> AckOutcome,
     ) {
         let limits = self.config.limits;
         let (Some(c), Some(s)) = (
@@ -100,8 +101,16 @@ impl Broker {
             return;
         };
         let before = c.outbox.len();
-        if ack(s, &mut c.outbox) {
-            self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
+        match ack(s, &mut c.outbox) {
+            AckOutcome::Advanced => {
+                self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
+            }
+            AckOutcome::Stale => {}
+            AckOutcome::WrongKind => {
+                tracing::debug!(?conn, "acknowledgement of the wrong kind");
+                self.close(conn, CloseReason::ProtocolError);
+                return;
+            }
         }
         let queued = s.queued_len();
         if c.outbox.len() != before {

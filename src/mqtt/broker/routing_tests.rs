@@ -1,7 +1,10 @@
 //! The publish path: delivery across shards, QoS handshakes, retained
 //! messages and overlapping subscriptions.
 
-use crate::mqtt::broker::world_tests::{publish, World};
+use std::time::Duration;
+
+use crate::mqtt::broker::world_tests::{publish, Client, World};
+use crate::mqtt::broker::CloseReason;
 use crate::mqtt::codec::Packet;
 use crate::mqtt::QoS;
 
@@ -86,4 +89,76 @@ fn dollar_sys_is_not_writable_by_clients() {
         publish("$SYS/broker/fake", "1", QoS::AtMostOnce, false, 0),
     );
     assert!(w.publishes(c).is_empty());
+}
+
+/// A subscriber on shard 0 holding one delivery at `qos` (packet id 1),
+/// published from shard 1.
+fn one_delivery_in_flight(qos: QoS) -> (World, Client) {
+    let mut w = World::new(2);
+    let sub = w.connect(&w.id_on(0, "sub"));
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    w.subscribe(sub, "acks", qos);
+    w.received(sub);
+    w.send(publisher, publish("acks", "x", qos, false, 9));
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].pkid, got[0].qos), (1, qos));
+    (w, sub)
+}
+
+/// Sends `acks` in order and checks that the last one, and only it, closed
+/// the connection as a counted protocol violation.
+fn assert_violation(qos: QoS, acks: &[Packet]) {
+    let (mut w, sub) = one_delivery_in_flight(qos);
+    let (last, before) = acks.split_last().expect("at least one ack");
+    for ack in before {
+        w.send(sub, ack.clone());
+        assert_eq!(w.shards[0].closing(sub.conn), None, "{ack:?}");
+    }
+    w.send(sub, last.clone());
+    assert_eq!(
+        w.shards[0].closing(sub.conn),
+        Some(CloseReason::ProtocolError),
+        "{acks:?} at {qos:?}"
+    );
+    assert_eq!(w.shards[0].stats().protocol_errors, 1);
+}
+
+#[test]
+fn pubrec_or_pubcomp_for_a_qos1_delivery_closes_mqtt_4_3_2_1() {
+    assert_violation(QoS::AtLeastOnce, &[Packet::PubRec(1)]);
+    assert_violation(QoS::AtLeastOnce, &[Packet::PubComp(1)]);
+}
+
+#[test]
+fn puback_for_a_qos2_delivery_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubAck(1)]);
+}
+
+#[test]
+fn pubcomp_before_pubrec_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubComp(1)]);
+}
+
+#[test]
+fn puback_after_pubrec_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubRec(1), Packet::PubAck(1)]);
+}
+
+#[test]
+fn acknowledgements_of_the_right_kind_keep_the_connection() {
+    let (mut w, sub) = one_delivery_in_flight(QoS::ExactlyOnce);
+    w.send(sub, Packet::PubRec(1));
+    assert_eq!(w.received(sub), vec![Packet::PubRel(1)]);
+    // A repeated PUBREC gets PUBREL again: ours may have been lost.
+    w.send(sub, Packet::PubRec(1));
+    assert_eq!(w.received(sub), vec![Packet::PubRel(1)]);
+    w.send(sub, Packet::PubComp(1));
+    // Late duplicates of finished flows are ignored.
+    w.send(sub, Packet::PubComp(1));
+    w.send(sub, Packet::PubAck(1));
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.shards[0].closing(sub.conn), None);
+    assert!(w.received(sub).is_empty());
+    assert_eq!(w.shards[0].stats().protocol_errors, 0);
 }

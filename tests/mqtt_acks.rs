@@ -1,0 +1,105 @@
+//! Acknowledgements of deliveries to a client, as raw bytes: the kind must
+//! fit the flow of the packet id in flight ([MQTT-4.3.2-1], [MQTT-4.3.3-1]),
+//! or the connection is closed.
+
+#[macro_use]
+mod common;
+
+use common::*;
+
+shard_tests!(
+    pubrec_for_a_qos1_delivery_closes,
+    pubcomp_for_a_qos1_delivery_closes,
+    puback_for_a_qos2_delivery_closes,
+    pubcomp_before_pubrec_closes,
+    puback_after_pubrec_closes,
+    qos2_flow_with_late_duplicates_keeps_the_connection,
+);
+
+/// A subscriber to `a` at `qos` that has just received one PUBLISH of `x`
+/// at that QoS with packet id 1, and is still connected.
+async fn subscriber_with_one_delivery(broker: &Broker, qos: u8) -> Raw {
+    let mut sub = Raw::connect(broker, "ack-sub").await;
+    // SUBSCRIBE id 1, filter "a".
+    sub.send(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', qos])
+        .await;
+    sub.expect(&[0x90, 0x03, 0x00, 0x01, qos]).await;
+    let mut publisher = Raw::connect(broker, "ack-pub").await;
+    match qos {
+        1 => {
+            publisher
+                .send(&[0x32, 0x06, 0x00, 0x01, b'a', 0x00, 0x07, b'x'])
+                .await;
+            publisher.expect(&[0x40, 0x02, 0x00, 0x07]).await;
+        }
+        _ => {
+            publisher
+                .send(&[0x34, 0x06, 0x00, 0x01, b'a', 0x00, 0x07, b'x'])
+                .await;
+            publisher.expect(&[0x50, 0x02, 0x00, 0x07]).await;
+            publisher.send(&[0x62, 0x02, 0x00, 0x07]).await;
+            publisher.expect(&[0x70, 0x02, 0x00, 0x07]).await;
+        }
+    }
+    // PUBLISH at the subscription's QoS, packet id 1.
+    sub.expect(&[0x30 | qos << 1, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, b'x'])
+        .await;
+    sub
+}
+
+async fn pubrec_for_a_qos1_delivery_closes(shards: usize) {
+    // [MQTT-4.3.2-1]: a QoS 1 delivery is acknowledged by PUBACK only.
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 1).await;
+    sub.send(&[0x50, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+}
+
+async fn pubcomp_for_a_qos1_delivery_closes(shards: usize) {
+    // [MQTT-4.3.2-1]
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 1).await;
+    sub.send(&[0x70, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+}
+
+async fn puback_for_a_qos2_delivery_closes(shards: usize) {
+    // [MQTT-4.3.3-1]: a QoS 2 delivery is answered by PUBREC, then PUBCOMP.
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 2).await;
+    sub.send(&[0x40, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+}
+
+async fn pubcomp_before_pubrec_closes(shards: usize) {
+    // [MQTT-4.3.3-1]: PUBCOMP answers the broker's PUBREL, which only a
+    // PUBREC brings.
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 2).await;
+    sub.send(&[0x70, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+}
+
+async fn puback_after_pubrec_closes(shards: usize) {
+    // [MQTT-4.3.3-1]
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 2).await;
+    sub.send(&[0x50, 0x02, 0x00, 0x01]).await;
+    sub.expect(&[0x62, 0x02, 0x00, 0x01]).await;
+    sub.send(&[0x40, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+}
+
+async fn qos2_flow_with_late_duplicates_keeps_the_connection(shards: usize) {
+    // The right kinds in the right order, then duplicates of a finished
+    // flow: a repeated PUBREC gets PUBREL again, a repeated PUBCOMP and a
+    // PUBACK for an id no longer in flight are ignored.
+    let broker = Broker::start(shards);
+    let mut sub = subscriber_with_one_delivery(&broker, 2).await;
+    sub.send(&[0x50, 0x02, 0x00, 0x01]).await;
+    sub.expect(&[0x62, 0x02, 0x00, 0x01]).await;
+    sub.send(&[0x70, 0x02, 0x00, 0x01]).await;
+    sub.send(&[0x70, 0x02, 0x00, 0x01]).await;
+    sub.send(&[0x40, 0x02, 0x00, 0x01]).await;
+    sub.ping().await;
+}
