@@ -1,6 +1,7 @@
 //! Acknowledgements of deliveries to a client, as raw bytes: the kind must
 //! fit the flow of the packet id in flight ([MQTT-4.3.2-1], [MQTT-4.3.3-1]),
-//! or the connection is closed.
+//! or the connection is closed; a PUBREC for an id not in flight is answered
+//! with PUBREL.
 
 #[macro_use]
 mod common;
@@ -14,6 +15,7 @@ shard_tests!(
     pubcomp_before_pubrec_closes,
     puback_after_pubrec_closes,
     qos2_flow_with_late_duplicates_keeps_the_connection,
+    unsolicited_pubrec_is_answered_with_pubrel,
 );
 
 /// A subscriber to `a` at `qos` that has just received one PUBLISH of `x`
@@ -102,4 +104,14 @@ async fn qos2_flow_with_late_duplicates_keeps_the_connection(shards: usize) {
     sub.send(&[0x70, 0x02, 0x00, 0x01]).await;
     sub.send(&[0x40, 0x02, 0x00, 0x01]).await;
     sub.ping().await;
+}
+
+async fn unsolicited_pubrec_is_answered_with_pubrel(shards: usize) {
+    // A client finishing a QoS 2 flow the broker no longer knows gets the
+    // PUBREL it waits for, and keeps its connection.
+    let broker = Broker::start(shards);
+    let mut c = Raw::connect(&broker, "ack-stray").await;
+    c.send(&[0x50, 0x02, 0x12, 0x34]).await;
+    c.expect(&[0x62, 0x02, 0x12, 0x34]).await;
+    c.ping().await;
 }

@@ -298,11 +298,12 @@ impl Session {
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP
-    /// [MQTT-4.3.3-1]. A PUBREC for an id already released is answered
-    /// again (our PUBREL was lost).
+    /// [MQTT-4.3.3-1]. A PUBREC for an id already released (our PUBREL was
+    /// lost) or not in flight at all (the client finishes a flow this
+    /// session forgot) is answered with PUBREL too, as mosquitto does.
     pub fn handle_pubrec(&mut self, pkid: u16, out: &mut BytesMut) -> AckOutcome {
         let outcome = match self.inflight_mut(pkid) {
-            None => return AckOutcome::Stale,
+            None => AckOutcome::Stale,
             Some(f) => match f.awaiting {
                 Await::Ack => return AckOutcome::WrongKind,
                 Await::Received => {
@@ -500,6 +501,19 @@ mod tests {
         assert_eq!(s.inflight_len(), 2, "no violation moved a flow on");
         assert_eq!(s.handle_pubcomp(2), AckOutcome::Advanced);
         assert_eq!(s.handle_puback(1), AckOutcome::Advanced);
+    }
+
+    #[test]
+    fn unsolicited_pubrec_is_answered_with_pubrel() {
+        let mut s = Session::new("c".into(), true);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        assert_eq!(s.handle_pubrec(0x1234, &mut out), AckOutcome::Stale);
+        assert_eq!(packets(&mut out), vec![Packet::PubRel(0x1234)]);
+        // Unknown PUBACK and PUBCOMP stay unanswered.
+        assert_eq!(s.handle_puback(7), AckOutcome::Stale);
+        assert_eq!(s.handle_pubcomp(7), AckOutcome::Stale);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -162,3 +162,17 @@ fn acknowledgements_of_the_right_kind_keep_the_connection() {
     assert!(w.received(sub).is_empty());
     assert_eq!(w.shards[0].stats().protocol_errors, 0);
 }
+
+#[test]
+fn unsolicited_pubrec_is_answered_with_pubrel() {
+    // The client finishes a flow this broker no longer knows: it gets the
+    // PUBREL it waits for, and the connection stays.
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.received(c);
+    w.send(c, Packet::PubRec(0x1234));
+    assert_eq!(w.received(c), vec![Packet::PubRel(0x1234)]);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.shards[0].closing(c.conn), None);
+    assert_eq!(w.shards[0].stats().protocol_errors, 0);
+}
