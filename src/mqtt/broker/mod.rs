@@ -52,6 +52,16 @@
 //! `routing.rs` runs the publish path between clients and shards and the
 //! acknowledgement flows; `pressure.rs` the back-pressure; `sys.rs` the
 //! counters and `$SYS`.
+//!
+//! Two decision points take every client request that access control will
+//! check: `routing::admit_publish` (a PUBLISH, before it is routed) and
+//! `subscribe::grant` (each filter, before a session holds it; a refusal is
+//! SUBACK 0x80). The state that persistence will record changes only
+//! through `lifecycle::open_session` and `end_session` (sessions),
+//! `subscribe::add_subscription` and `remove_subscription` (filters, all
+//! of which `end_session` drops with the session),
+//! `routing::store_retained` (retained messages) and the session's own
+//! QoS flows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};

@@ -11,7 +11,15 @@ use super::{Broker, CloseReason, ConnId, RemoteMsg, ServiceEvent, SessionId, Sha
 use crate::mqtt::codec::{self, Publish};
 use crate::mqtt::retained::RetainedMessage;
 use crate::mqtt::session::{AckOutcome, Delivery, Message, Session};
+use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
+
+/// Why a client's PUBLISH is not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denial {
+    /// `$SYS/` belongs to the broker.
+    SysTopic,
+}
 
 impl Broker {
     /// A message from another shard.
@@ -64,8 +72,8 @@ impl Broker {
             });
             return;
         }
-        // `$SYS` belongs to the broker; clients' publishes there are dropped.
-        if p.topic.as_str().starts_with("$SYS/") {
+        if let Err(denial) = self.admit_publish(&p.topic) {
+            tracing::debug!(?conn, topic = p.topic.as_str(), ?denial, "publish dropped");
             return;
         }
         let message = Message {
@@ -75,6 +83,16 @@ impl Broker {
             retain: p.retain,
         };
         self.route(message, false);
+    }
+
+    /// Decides whether a client's PUBLISH is routed. It is decided after
+    /// the QoS handshake: MQTT 3.1.1 has no negative acknowledgement, so a
+    /// denied message is acknowledged and dropped.
+    fn admit_publish(&self, topic: &TopicName) -> Result<(), Denial> {
+        if topic.as_str().starts_with("$SYS/") {
+            return Err(Denial::SysTopic);
+        }
+        Ok(())
     }
 
     /// PUBREL of an inbound QoS 2 message: the id may be used again.
@@ -125,18 +143,24 @@ impl Broker {
     /// client, to the shards whose routes match.
     pub(super) fn route(&mut self, message: Message, from_remote: bool) {
         if message.retain {
-            // Compact copies: slices would pin whole read buffers for as long
-            // as the message stays retained.
-            self.retained.set(RetainedMessage {
-                topic: message.topic.compact(),
-                payload: Bytes::copy_from_slice(&message.payload),
-                qos: message.qos,
-            });
+            self.store_retained(&message);
         }
         if !from_remote && self.shards > 1 {
             self.forward(&message);
         }
         self.deliver_local(&message);
+    }
+
+    /// Sets (or, with an empty payload, clears) the retained message of a
+    /// topic: every change of the store passes here.
+    fn store_retained(&mut self, message: &Message) {
+        // Compact copies: slices would pin whole read buffers for as long
+        // as the message stays retained.
+        self.retained.set(RetainedMessage {
+            topic: message.topic.compact(),
+            payload: Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+        });
     }
 
     fn forward(&mut self, message: &Message) {

@@ -9,6 +9,19 @@ use crate::mqtt::session::{Delivery, Message};
 use crate::mqtt::topic;
 use crate::mqtt::QoS;
 
+/// The SUBACK return code of a refused filter.
+const SUBACK_FAILURE: u8 = 0x80;
+
+/// Why one filter of a SUBSCRIBE is refused: answered with
+/// `SUBACK_FAILURE` for that filter, the others are still granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not a valid filter. The codec already closes a client connection
+    /// that sends one (a protocol violation); this guards the SUBSCRIBE
+    /// packets built in process, which never passed the codec.
+    InvalidFilter,
+}
+
 /// A SUBACK held until the barrier of its SUBSCRIBE completes.
 pub(super) struct PendingSuback {
     conn: ConnId,
@@ -29,19 +42,18 @@ impl Broker {
     ) {
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
-            if topic::validate_filter(&filter).is_err() {
-                codes.push(0x80);
-                continue;
+        for (filter, requested) in filters {
+            match self.grant(&filter, requested) {
+                Ok(qos) => {
+                    self.add_subscription(sid, &filter, qos);
+                    codes.push(qos as u8);
+                    granted.push((filter, qos));
+                }
+                Err(refusal) => {
+                    tracing::debug!(?conn, filter, ?refusal, "subscription refused");
+                    codes.push(SUBACK_FAILURE);
+                }
             }
-            let replaced = self.sessions[sid.0 as usize]
-                .as_mut()
-                .and_then(|s| s.subscribe(&filter, qos));
-            if replaced.is_none() {
-                self.filter_ref(&filter);
-            }
-            codes.push(qos as u8);
-            granted.push((filter, qos));
         }
         let pending = PendingSuback {
             conn,
@@ -61,6 +73,36 @@ impl Broker {
         self.pending_subacks.insert(token, pending);
         if let Some(c) = self.conn_mut(conn) {
             c.paused = true;
+        }
+    }
+
+    /// Decides one filter of a SUBSCRIBE: the QoS granted, or why it is
+    /// refused. Every subscription passes here before it touches a session.
+    fn grant(&self, filter: &str, requested: QoS) -> Result<QoS, Refusal> {
+        if topic::validate_filter(filter).is_err() {
+            return Err(Refusal::InvalidFilter);
+        }
+        Ok(requested)
+    }
+
+    /// The session takes `filter` at `qos` (or a new QoS for it); the index
+    /// follows when the barrier completes (`activate`).
+    fn add_subscription(&mut self, sid: SessionId, filter: &str, qos: QoS) {
+        let replaced = self.sessions[sid.0 as usize]
+            .as_mut()
+            .and_then(|s| s.subscribe(filter, qos));
+        if replaced.is_none() {
+            self.filter_ref(filter);
+        }
+    }
+
+    /// The session drops `filter`, if it held it.
+    fn remove_subscription(&mut self, sid: SessionId, filter: &str) {
+        let had = self.sessions[sid.0 as usize]
+            .as_mut()
+            .is_some_and(|s| s.unsubscribe(filter));
+        if had {
+            self.index_unsubscribe(filter, sid);
         }
     }
 
@@ -140,12 +182,7 @@ impl Broker {
         filters: Vec<String>,
     ) {
         for filter in filters {
-            let had = self.sessions[sid.0 as usize]
-                .as_mut()
-                .is_some_and(|s| s.unsubscribe(&filter));
-            if had {
-                self.index_unsubscribe(&filter, sid);
-            }
+            self.remove_subscription(sid, &filter);
         }
         self.write(conn, |out| codec::encode_unsuback(out, pkid));
     }

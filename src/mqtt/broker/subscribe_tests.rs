@@ -97,6 +97,8 @@ fn unsubscribe_while_the_barrier_is_pending_leaves_nothing_active() {
 
 #[test]
 fn unsubscribe_stops_delivery_and_invalid_filter_gets_0x80() {
+    // The codec closes a client that sends an invalid filter; a SUBSCRIBE
+    // built in process is refused filter by filter, the others granted.
     let mut w = World::new(1);
     let c = w.connect("c");
     w.send(
