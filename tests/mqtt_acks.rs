@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use rumqttc::QoS;
 
 shard_tests!(
     pubrec_for_a_qos1_delivery_closes,
@@ -14,6 +15,7 @@ shard_tests!(
     puback_for_a_qos2_delivery_closes,
     pubcomp_before_pubrec_closes,
     puback_after_pubrec_closes,
+    wrong_kind_is_counted_as_a_protocol_error,
     qos2_flow_with_late_duplicates_keeps_the_connection,
     unsolicited_pubrec_is_answered_with_pubrel,
 );
@@ -90,6 +92,21 @@ async fn puback_after_pubrec_closes(shards: usize) {
     sub.expect(&[0x62, 0x02, 0x00, 0x01]).await;
     sub.send(&[0x40, 0x02, 0x00, 0x01]).await;
     sub.expect_closed().await;
+}
+
+async fn wrong_kind_is_counted_as_a_protocol_error(shards: usize) {
+    if shardmq_only() {
+        return;
+    }
+    let broker = Broker::start_with(shards, "[mqtt]\nsys_interval_s = 1\n");
+    let topic = "$SYS/broker/clients/protocol_errors";
+    let mut errors = Client::connect(&broker, "errors").await;
+    errors.subscribe(topic, QoS::AtMostOnce).await;
+    let before: u64 = text(&errors.recv().await.payload).parse().unwrap();
+    let mut sub = subscriber_with_one_delivery(&broker, 1).await;
+    sub.send(&[0x50, 0x02, 0x00, 0x01]).await;
+    sub.expect_closed().await;
+    while text(&errors.recv().await.payload).parse::<u64>().unwrap() <= before {}
 }
 
 async fn qos2_flow_with_late_duplicates_keeps_the_connection(shards: usize) {
