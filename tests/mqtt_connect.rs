@@ -19,7 +19,8 @@ shard_tests!(
     empty_client_id_without_clean_session_rejected,
     reserved_connect_flag_closed,
     takeover_closes_first_connection,
-    takeover_does_not_publish_will,
+    takeover_publishes_will,
+    persistent_takeover_keeps_will,
 );
 
 async fn connack_accepted(shards: usize) {
@@ -182,24 +183,66 @@ async fn takeover_closes_first_connection(shards: usize) {
     }
 }
 
-async fn takeover_does_not_publish_will(shards: usize) {
-    // mosquitto publishes the old connection's will on takeover; shardmq
-    // treats a takeover as the same client carrying on and does not.
-    if shardmq_only() {
-        return;
-    }
+async fn takeover_publishes_will(shards: usize) {
+    // [MQTT-3.1.2-8]: the will goes out when the network connection closes
+    // without DISCONNECT, and a takeover closes the old one.
     let broker = Broker::start(shards);
     let mut watcher = Client::connect(&broker, "watcher").await;
     watcher.subscribe("will/#", QoS::AtLeastOnce).await;
-    for i in 0..4 {
+    for (i, (old_clean, new_clean)) in [(true, true), (true, false), (false, true)]
+        .into_iter()
+        .enumerate()
+    {
         let id = format!("will-owner-{i}");
         let will_topic = format!("will/{id}");
         let connect = Connect {
+            clean: old_clean,
             will: Some((&will_topic, b"gone", 1, false)),
             ..Connect::new(&id)
         };
         let mut first = Raw::connect_with(&broker, &connect).await;
-        let mut second = Raw::connect(&broker, &id).await;
+        let second = Connect {
+            clean: new_clean,
+            ..Connect::new(&id)
+        };
+        let mut second = Raw::connect_with(&broker, &second).await;
+        first.expect_closed().await;
+        let p = watcher.recv().await;
+        assert_eq!(
+            (p.topic.as_str(), &p.payload[..]),
+            (will_topic.as_str(), &b"gone"[..]),
+            "old clean {old_clean}, new clean {new_clean}"
+        );
+        second.ping().await;
+    }
+}
+
+async fn persistent_takeover_keeps_will(shards: usize) {
+    // Both connections with clean session 0: the session goes on and the
+    // will is not published (mosquitto 2.0.12 and later agree).
+    let broker = Broker::start(shards);
+    let mut watcher = Client::connect(&broker, "watcher").await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    for i in 0..4 {
+        let id = format!("will-keeper-{i}");
+        let will_topic = format!("will/{id}");
+        let connect = Connect {
+            clean: false,
+            will: Some((&will_topic, b"gone", 1, false)),
+            ..Connect::new(&id)
+        };
+        let mut first = Raw::connect_with(&broker, &connect).await;
+        let mut second = Raw::open(&broker).await;
+        second
+            .send(
+                &Connect {
+                    clean: false,
+                    ..Connect::new(&id)
+                }
+                .encode(),
+            )
+            .await;
+        second.expect(&connack(true, 0)).await;
         first.expect_closed().await;
         // Published by the new owner of the id after the takeover: if the old
         // connection's will had gone out, it would arrive before this.
@@ -209,7 +252,7 @@ async fn takeover_does_not_publish_will(shards: usize) {
         assert_eq!(
             (p.topic.as_str(), &p.payload[..]),
             (will_topic.as_str(), &b"sentinel"[..]),
-            "will published on takeover"
+            "will published on a persistent takeover"
         );
     }
 }

@@ -54,6 +54,20 @@ struct Inflight {
     awaiting: Await,
 }
 
+/// What an acknowledgement from the client did to the outgoing flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// It moved its message's flow on; a window slot may have opened.
+    Advanced,
+    /// No flow waits for it: the id is not in flight, or its flow is past
+    /// this step (a late duplicate). Harmless, ignored.
+    Stale,
+    /// The id is in flight in a flow that never takes this packet (PUBREC
+    /// or PUBCOMP for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREC): a
+    /// protocol violation.
+    WrongKind,
+}
+
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -268,42 +282,54 @@ impl Session {
         sent
     }
 
-    /// PUBACK from the client. Unknown ids are ignored: a late duplicate ack
-    /// is harmless.
-    pub fn handle_puback(&mut self, pkid: u16) -> bool {
-        self.complete(pkid, Await::Ack)
+    fn inflight_mut(&mut self, pkid: u16) -> Option<&mut Inflight> {
+        self.inflight.iter_mut().find(|f| f.pkid == pkid)
     }
 
-    /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC
-    /// for an id already released is answered again (our PUBREL was lost).
-    pub fn handle_pubrec(&mut self, pkid: u16, out: &mut BytesMut) -> bool {
-        let Some(f) = self.inflight.iter_mut().find(|f| f.pkid == pkid) else {
-            return false;
+    /// PUBACK from the client: ends a QoS 1 flow [MQTT-4.3.2-1]. Unknown
+    /// ids are stale: a late duplicate ack is harmless.
+    pub fn handle_puback(&mut self, pkid: u16) -> AckOutcome {
+        match self.inflight_mut(pkid).map(|f| f.awaiting) {
+            None => AckOutcome::Stale,
+            Some(Await::Ack) => self.remove(pkid),
+            // A QoS 2 flow, before or after PUBREC [MQTT-4.3.3-1].
+            Some(Await::Received | Await::Complete) => AckOutcome::WrongKind,
+        }
+    }
+
+    /// PUBREC from the client: answer PUBREL and wait for PUBCOMP
+    /// [MQTT-4.3.3-1]. A PUBREC for an id already released (our PUBREL was
+    /// lost) or not in flight at all (the client finishes a flow this
+    /// session forgot) is answered with PUBREL too, as mosquitto does.
+    pub fn handle_pubrec(&mut self, pkid: u16, out: &mut BytesMut) -> AckOutcome {
+        let outcome = match self.inflight_mut(pkid) {
+            None => AckOutcome::Stale,
+            Some(f) => match f.awaiting {
+                Await::Ack => return AckOutcome::WrongKind,
+                Await::Received => {
+                    f.awaiting = Await::Complete;
+                    AckOutcome::Advanced
+                }
+                Await::Complete => AckOutcome::Stale,
+            },
         };
-        if matches!(f.awaiting, Await::Received | Await::Complete) {
-            f.awaiting = Await::Complete;
-            codec::encode_pubrel(out, pkid);
-            return true;
-        }
-        false
+        codec::encode_pubrel(out, pkid);
+        outcome
     }
 
-    pub fn handle_pubcomp(&mut self, pkid: u16) -> bool {
-        self.complete(pkid, Await::Complete)
+    /// PUBCOMP from the client: ends a QoS 2 flow after PUBREL.
+    pub fn handle_pubcomp(&mut self, pkid: u16) -> AckOutcome {
+        match self.inflight_mut(pkid).map(|f| f.awaiting) {
+            None => AckOutcome::Stale,
+            Some(Await::Complete) => self.remove(pkid),
+            // A QoS 1 flow, or a QoS 2 flow still waiting for PUBREC.
+            Some(Await::Ack | Await::Received) => AckOutcome::WrongKind,
+        }
     }
 
-    fn complete(&mut self, pkid: u16, awaiting: Await) -> bool {
-        let position = self
-            .inflight
-            .iter()
-            .position(|f| f.pkid == pkid && f.awaiting == awaiting);
-        match position {
-            Some(i) => {
-                self.inflight.remove(i);
-                true
-            }
-            None => false,
-        }
+    fn remove(&mut self, pkid: u16) -> AckOutcome {
+        self.inflight.retain(|f| f.pkid != pkid);
+        AckOutcome::Advanced
     }
 
     /// Inbound QoS 2 PUBLISH: true the first time `pkid` is seen, false for a
@@ -391,9 +417,10 @@ mod tests {
         }
         assert_eq!(publish_ids(&mut out), vec![(1, false), (2, false)]);
         assert_eq!(s.queued_len(), 2);
-        assert!(s.handle_puback(1));
-        assert!(
-            !s.handle_puback(1),
+        assert_eq!(s.handle_puback(1), AckOutcome::Advanced);
+        assert_eq!(
+            s.handle_puback(1),
+            AckOutcome::Stale,
             "a second ack of the same id is ignored"
         );
         s.pump(&mut out, &LIMITS);
@@ -436,7 +463,7 @@ mod tests {
             &LIMITS,
         );
         packets(&mut out);
-        assert!(s.handle_pubrec(1, &mut out));
+        assert_eq!(s.handle_pubrec(1, &mut out), AckOutcome::Advanced);
         assert_eq!(packets(&mut out), vec![Packet::PubRel(1)]);
         s.go_offline();
         s.resume(&mut out, &LIMITS);
@@ -446,8 +473,47 @@ mod tests {
             Packet::Publish(p) => assert_eq!((p.pkid, p.dup), (2, true)),
             other => panic!("expected a publish, got {other:?}"),
         }
-        assert!(s.handle_pubcomp(1));
+        assert_eq!(s.handle_pubcomp(1), AckOutcome::Advanced);
         assert_eq!(s.inflight_len(), 1);
+    }
+
+    #[test]
+    fn acknowledgements_of_the_wrong_kind_are_violations() {
+        let mut s = Session::new("c".into(), true);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        let q1 = message(QoS::AtLeastOnce);
+        let q2 = message(QoS::ExactlyOnce);
+        s.deliver(&q1, QoS::AtLeastOnce, &mut out, &LIMITS);
+        s.deliver(&q2, QoS::ExactlyOnce, &mut out, &LIMITS);
+        assert_eq!(publish_ids(&mut out), vec![(1, false), (2, false)]);
+        // PUBREC or PUBCOMP for QoS 1 [MQTT-4.3.2-1].
+        assert_eq!(s.handle_pubrec(1, &mut out), AckOutcome::WrongKind);
+        assert_eq!(s.handle_pubcomp(1), AckOutcome::WrongKind);
+        // PUBACK for QoS 2, PUBCOMP before PUBREC [MQTT-4.3.3-1].
+        assert_eq!(s.handle_puback(2), AckOutcome::WrongKind);
+        assert_eq!(s.handle_pubcomp(2), AckOutcome::WrongKind);
+        assert!(out.is_empty(), "a violation is not answered");
+        assert_eq!(s.handle_pubrec(2, &mut out), AckOutcome::Advanced);
+        assert_eq!(packets(&mut out), vec![Packet::PubRel(2)]);
+        // PUBACK after PUBREC.
+        assert_eq!(s.handle_puback(2), AckOutcome::WrongKind);
+        assert_eq!(s.inflight_len(), 2, "no violation moved a flow on");
+        assert_eq!(s.handle_pubcomp(2), AckOutcome::Advanced);
+        assert_eq!(s.handle_puback(1), AckOutcome::Advanced);
+    }
+
+    #[test]
+    fn unsolicited_pubrec_is_answered_with_pubrel() {
+        let mut s = Session::new("c".into(), true);
+        let mut out = BytesMut::new();
+        s.resume(&mut out, &LIMITS);
+        assert_eq!(s.handle_pubrec(0x1234, &mut out), AckOutcome::Stale);
+        assert_eq!(packets(&mut out), vec![Packet::PubRel(0x1234)]);
+        // Unknown PUBACK and PUBCOMP stay unanswered.
+        assert_eq!(s.handle_puback(7), AckOutcome::Stale);
+        assert_eq!(s.handle_pubcomp(7), AckOutcome::Stale);
+        assert!(out.is_empty());
     }
 
     #[test]

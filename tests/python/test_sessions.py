@@ -169,8 +169,13 @@ def test_inbound_qos2_delivered_exactly_once(make_raw, make_client):
 
 def test_session_takeover(make_client):
     # MQTT-3.1.4-2: a second connection with the same client id closes the
-    # first; with CleanSession=0 the new one continues its session.
-    first = make_client("takeover", clean_session=False)
+    # first; with CleanSession=0 the new one continues its session, and the
+    # first one's will is not published since the session goes on (with a
+    # clean session on either side it is: test_will.py).
+    watcher = make_client("takeover-watcher")
+    watcher.connect()
+    watcher.subscribe([("takeover/will", 1)])
+    first = make_client("takeover", clean_session=False, will=("takeover/will", b"gone", 1, False))
     first.connect()
     first.subscribe([("takeover/t", 1)])
     second = make_client("takeover", clean_session=False)
@@ -183,3 +188,7 @@ def test_session_takeover(make_client):
     msgs = second.wait_messages(1)
     assert [m.payload for m in msgs] == [b"to the new one"]
     assert not second.disconnected.is_set()
+    # Published after the takeover: a will would have arrived before it.
+    pub.publish("takeover/will", b"sentinel", 1)
+    msgs = watcher.wait_messages(1)
+    assert [m.payload for m in msgs] == [b"sentinel"]

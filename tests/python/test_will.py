@@ -103,19 +103,32 @@ def test_will_from_paho_client(make_client):
     assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/paho", b"paho will", 1)]
 
 
-def test_no_will_on_session_takeover(make_client, make_raw):
-    # shardmq discards the will when a second connection with the same client
-    # id takes the session over (MQTT-3.1.4-2): the device is back, and a will
-    # such as "offline" would announce the opposite of the truth. Fleet
-    # presence is built on this. mosquitto publishes the will here instead.
-    if PEER == "mosquitto":
-        pytest.skip("mosquitto publishes the will on takeover")
+@pytest.mark.parametrize("old_clean,new_clean", [(True, True), (True, False), (False, True)])
+def test_will_on_session_takeover(make_client, make_raw, old_clean, new_clean):
+    # A takeover (MQTT-3.1.4-2) closes the old network connection without a
+    # DISCONNECT, so its will is published (MQTT-3.1.2-8).
     watcher = _will_watcher(make_client)
     first = make_raw()
-    first.connect("will-takeover", will=("will/takeover", b"replaced", 1, False))
+    first.connect("will-takeover", clean=old_clean, will=("will/takeover", b"replaced", 1, False))
     second = make_raw()
-    assert second.connect("will-takeover") == (False, 0)
+    assert second.connect("will-takeover", clean=new_clean)[1] == 0
     first.wait_closed(3)
-    # A will is routed at takeover, before the new CONNACK; waiting well
-    # past the delivery of one message shows that none was.
-    assert watcher.wait_messages(1, timeout=1.5) == []
+    watcher.wait_messages(1, timeout=3)
+    msgs = watcher.collect(0.3)
+    assert [(m.topic, m.payload, m.qos) for m in msgs] == [("will/takeover", b"replaced", 1)]
+
+
+def test_no_will_when_a_persistent_session_goes_on(make_client, make_raw):
+    # Both connections with clean session 0: the session goes on and the
+    # will is not published (mosquitto 2.0.12 and later agree).
+    watcher = _will_watcher(make_client)
+    first = make_raw()
+    first.connect("will-keeper", clean=False, will=("will/keeper", b"replaced", 1, False))
+    second = make_raw()
+    assert second.connect("will-keeper", clean=False) == (True, 0)
+    first.wait_closed(3)
+    # Published by the new connection after the takeover: a will would have
+    # been routed before it.
+    second.publish("will/keeper", b"sentinel", 1, pid=1)
+    msgs = watcher.wait_messages(1, timeout=3)
+    assert [(m.topic, m.payload) for m in msgs] == [("will/keeper", b"sentinel")]

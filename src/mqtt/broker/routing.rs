@@ -1,0 +1,265 @@
+//! The publish path: a client's PUBLISH and its QoS handshake, the retained
+//! store, delivery to local sessions, forwarding to the shards whose routes
+//! match, what other shards send, and the acknowledgement flows of
+//! deliveries to this shard's clients.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Broker, CloseReason, ConnId, RemoteMsg, ServiceEvent, SessionId, ShardId};
+use crate::mqtt::codec::{self, Publish};
+use crate::mqtt::retained::RetainedMessage;
+use crate::mqtt::session::{AckOutcome, Delivery, Message, Session};
+use crate::mqtt::topic::TopicName;
+use crate::mqtt::QoS;
+
+/// Why a client's PUBLISH is not routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denial {
+    /// `$SYS/` belongs to the broker.
+    SysTopic,
+}
+
+impl Broker {
+    /// A message from another shard.
+    pub fn handle_remote(&mut self, now: Instant, from: ShardId, msg: RemoteMsg) {
+        let _ = now;
+        match msg {
+            RemoteMsg::Publish(message) => self.route(message, true),
+            RemoteMsg::RouteAdd(filter) => {
+                self.routes.subscribe(&filter, from, QoS::AtMostOnce);
+            }
+            RemoteMsg::RouteRemove(filter) => {
+                self.routes.unsubscribe(&filter, from);
+            }
+            RemoteMsg::Barrier(token) => self.send(from, RemoteMsg::BarrierAck(token)),
+            RemoteMsg::BarrierAck(token) => self.handle_barrier_ack(token),
+            RemoteMsg::Pressure(on) => self.update_pressure(from, on),
+            RemoteMsg::Stats(stats) => self.handle_stats(from, stats),
+        }
+    }
+
+    pub(super) fn handle_publish(&mut self, conn: ConnId, sid: SessionId, p: Publish) {
+        self.stats.messages_received += 1;
+        if p.qos != QoS::AtMostOnce {
+            if let Some(c) = self.conn_mut(conn) {
+                c.publisher = true;
+            }
+        }
+        let fresh = match p.qos {
+            QoS::AtMostOnce => true,
+            QoS::AtLeastOnce => {
+                self.write(conn, |out| codec::encode_puback(out, p.pkid));
+                true
+            }
+            QoS::ExactlyOnce => {
+                let fresh = self.sessions[sid.0 as usize]
+                    .as_mut()
+                    .is_some_and(|s| s.receive_qos2(p.pkid));
+                self.write(conn, |out| codec::encode_pubrec(out, p.pkid));
+                fresh
+            }
+        };
+        if !fresh {
+            return;
+        }
+        if self.conn(conn).is_some_and(|c| c.service) {
+            self.service_events.push_back(ServiceEvent::Published {
+                conn,
+                topic: p.topic,
+                payload: p.payload,
+            });
+            return;
+        }
+        if let Err(denial) = self.admit_publish(&p.topic) {
+            tracing::debug!(?conn, topic = p.topic.as_str(), ?denial, "publish dropped");
+            return;
+        }
+        let message = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        self.route(message, false);
+    }
+
+    /// Decides whether a client's PUBLISH is routed. It is decided after
+    /// the QoS handshake: MQTT 3.1.1 has no negative acknowledgement, so a
+    /// denied message is acknowledged and dropped.
+    fn admit_publish(&self, topic: &TopicName) -> Result<(), Denial> {
+        if topic.as_str().starts_with("$SYS/") {
+            return Err(Denial::SysTopic);
+        }
+        Ok(())
+    }
+
+    /// PUBREL of an inbound QoS 2 message: the id may be used again.
+    pub(super) fn handle_pubrel(&mut self, conn: ConnId, sid: SessionId, pkid: u16) {
+        if let Some(s) = self.sessions[sid.0 as usize].as_mut() {
+            s.release_qos2(pkid);
+        }
+        self.write(conn, |out| codec::encode_pubcomp(out, pkid));
+    }
+
+    /// An acknowledgement of a delivery to this client. One of the wrong
+    /// kind for its flow closes the connection.
+    pub(super) fn handle_ack(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        ack: impl FnOnce(&mut Session, &mut BytesMut) -> AckOutcome,
+    ) {
+        let limits = self.config.limits;
+        let (Some(c), Some(s)) = (
+            self.conns[conn.0 as usize].as_mut(),
+            self.sessions[sid.0 as usize].as_mut(),
+        ) else {
+            return;
+        };
+        let before = c.outbox.len();
+        match ack(s, &mut c.outbox) {
+            AckOutcome::Advanced => {
+                self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
+            }
+            AckOutcome::Stale => {}
+            AckOutcome::WrongKind => {
+                tracing::debug!(?conn, "acknowledgement of the wrong kind");
+                self.close(conn, CloseReason::ProtocolError);
+                return;
+            }
+        }
+        let queued = s.queued_len();
+        if c.outbox.len() != before {
+            self.woken.push(conn);
+        }
+        if queued <= self.low_water() {
+            self.caught_up(sid);
+        }
+    }
+
+    /// Routes a message to local subscribers and, when it came from a local
+    /// client, to the shards whose routes match.
+    pub(super) fn route(&mut self, message: Message, from_remote: bool) {
+        if message.retain {
+            self.store_retained(&message);
+        }
+        if !from_remote && self.shards > 1 {
+            self.forward(&message);
+        }
+        self.deliver_local(&message);
+    }
+
+    /// Sets (or, with an empty payload, clears) the retained message of a
+    /// topic: every change of the store passes here.
+    fn store_retained(&mut self, message: &Message) {
+        // Compact copies: slices would pin whole read buffers for as long
+        // as the message stays retained.
+        self.retained.set(RetainedMessage {
+            topic: message.topic.compact(),
+            payload: Bytes::copy_from_slice(&message.payload),
+            qos: message.qos,
+        });
+    }
+
+    fn forward(&mut self, message: &Message) {
+        let mut targets: u64 = 0;
+        if message.retain {
+            targets = u64::MAX;
+        } else {
+            self.routes
+                .for_each_match(message.topic.as_str(), |shard, _| targets |= 1 << shard.0);
+        }
+        targets &= !(1u64 << self.shard.0);
+        for shard in 0..self.shards {
+            if targets & (1 << shard) != 0 {
+                self.remote_out[shard].push(RemoteMsg::Publish(message.clone()));
+            }
+        }
+    }
+
+    fn deliver_local(&mut self, message: &Message) {
+        let mut matched = std::mem::take(&mut self.scratch);
+        matched.clear();
+        self.index
+            .for_each_match(message.topic.as_str(), |sid, qos| matched.push((sid, qos)));
+        if matched.len() > 1 {
+            // Overlapping subscriptions: one copy at the highest QoS (§3.3.5).
+            matched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matched.dedup_by_key(|m| m.0);
+        }
+        // Live deliveries carry retain 0 (§3.3.1.3).
+        let live;
+        let message = if message.retain {
+            live = Message {
+                retain: false,
+                ..message.clone()
+            };
+            &live
+        } else {
+            message
+        };
+        let limits = self.config.limits;
+        let high_water = self.high_water();
+        for &(sid, sub_qos) in &matched {
+            let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
+                continue;
+            };
+            let conn = self.session_conn[sid.0 as usize];
+            let mut offline = BytesMut::new();
+            let out = match conn.and_then(|c| self.conns[c.0 as usize].as_mut()) {
+                Some(c) => &mut c.outbox,
+                None => &mut offline,
+            };
+            match session.deliver(message, message.qos.min(sub_qos), out, &limits) {
+                Delivery::Sent => {
+                    self.stats.messages_sent += 1;
+                    if let Some(conn) = conn {
+                        self.woken.push(conn);
+                    }
+                }
+                Delivery::Queued => {
+                    if conn.is_some() && session.queued_len() >= high_water {
+                        self.fell_behind(sid);
+                    }
+                }
+                Delivery::Dropped => self.stats.messages_dropped += 1,
+            }
+        }
+        self.scratch = matched;
+    }
+
+    /// Writes a QoS 0 PUBLISH straight to a connection (see the module
+    /// docs). False when the connection is gone or closing, or when its
+    /// socket is `max_outbox_bytes` behind (the message is dropped, counted).
+    pub fn push(&mut self, conn: ConnId, topic: &str, payload: &[u8]) -> bool {
+        let max = self.config.limits.max_outbox_bytes;
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        if c.closing.is_some() {
+            return false;
+        }
+        if c.outbox.len() >= max {
+            self.stats.messages_dropped += 1;
+            return false;
+        }
+        codec::encode_publish(
+            &mut c.outbox,
+            topic,
+            payload,
+            QoS::AtMostOnce,
+            false,
+            false,
+            0,
+        );
+        self.stats.messages_sent += 1;
+        self.woken.push(conn);
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "routing_tests.rs"]
+mod tests;

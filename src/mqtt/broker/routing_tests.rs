@@ -1,0 +1,178 @@
+//! The publish path: delivery across shards, QoS handshakes, retained
+//! messages and overlapping subscriptions.
+
+use std::time::Duration;
+
+use crate::mqtt::broker::world_tests::{publish, Client, World};
+use crate::mqtt::broker::CloseReason;
+use crate::mqtt::codec::Packet;
+use crate::mqtt::QoS;
+
+#[test]
+fn publish_reaches_subscriber_on_another_shard() {
+    let mut w = World::new(2);
+    let sub_id = w.id_on(0, "sub");
+    let pub_id = w.id_on(1, "pub");
+    let sub = w.connect(&sub_id);
+    let publisher = w.connect(&pub_id);
+    w.received(sub);
+    w.received(publisher);
+    w.subscribe(sub, "a/+", QoS::AtLeastOnce);
+    assert_eq!(
+        w.received(sub),
+        vec![Packet::SubAck {
+            pkid: 1,
+            codes: vec![1]
+        }]
+    );
+    w.send(publisher, publish("a/b", "hi", QoS::AtLeastOnce, false, 7));
+    assert_eq!(w.received(publisher), vec![Packet::PubAck(7)]);
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].pkid, got[0].qos, got[0].retain),
+        (1, QoS::AtLeastOnce, false)
+    );
+    assert_eq!(&got[0].payload[..], b"hi");
+}
+
+#[test]
+fn retained_is_replaced_and_cleared_everywhere() {
+    let mut w = World::new(2);
+    let p = w.connect(&w.id_on(0, "p"));
+    w.send(p, publish("t", "1", QoS::AtMostOnce, true, 0));
+    w.send(p, publish("t", "2", QoS::AtMostOnce, true, 0));
+    assert_eq!(w.shards[1].retained_len(), 1);
+    w.send(p, publish("t", "", QoS::AtMostOnce, true, 0));
+    assert_eq!(w.shards[0].retained_len(), 0);
+    assert_eq!(w.shards[1].retained_len(), 0);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_highest_qos() {
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.subscribe(c, "a/#", QoS::ExactlyOnce);
+    w.subscribe(c, "a/+", QoS::AtLeastOnce);
+    w.received(c);
+    w.send(c, publish("a/b", "x", QoS::ExactlyOnce, false, 3));
+    let got = w.publishes(c);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
+}
+
+#[test]
+fn qos2_inbound_is_routed_once_until_pubrel() {
+    let mut w = World::new(1);
+    let s = w.connect("s");
+    let p = w.connect("p");
+    w.subscribe(s, "q", QoS::AtMostOnce);
+    w.received(s);
+    w.send(p, publish("q", "x", QoS::ExactlyOnce, false, 5));
+    w.send(p, publish("q", "x", QoS::ExactlyOnce, false, 5));
+    assert_eq!(w.publishes(s).len(), 1);
+    w.received(p);
+    w.send(p, Packet::PubRel(5));
+    assert_eq!(w.received(p), vec![Packet::PubComp(5)]);
+    w.send(p, publish("q", "y", QoS::ExactlyOnce, false, 5));
+    assert_eq!(w.publishes(s).len(), 1, "the id is free again after PUBREL");
+}
+
+#[test]
+fn dollar_sys_is_not_writable_by_clients() {
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.subscribe(c, "$SYS/#", QoS::AtMostOnce);
+    w.received(c);
+    w.send(
+        c,
+        publish("$SYS/broker/fake", "1", QoS::AtMostOnce, false, 0),
+    );
+    assert!(w.publishes(c).is_empty());
+}
+
+/// A subscriber on shard 0 holding one delivery at `qos` (packet id 1),
+/// published from shard 1.
+fn one_delivery_in_flight(qos: QoS) -> (World, Client) {
+    let mut w = World::new(2);
+    let sub = w.connect(&w.id_on(0, "sub"));
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    w.subscribe(sub, "acks", qos);
+    w.received(sub);
+    w.send(publisher, publish("acks", "x", qos, false, 9));
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].pkid, got[0].qos), (1, qos));
+    (w, sub)
+}
+
+/// Sends `acks` in order and checks that the last one, and only it, closed
+/// the connection as a counted protocol violation.
+fn assert_violation(qos: QoS, acks: &[Packet]) {
+    let (mut w, sub) = one_delivery_in_flight(qos);
+    let (last, before) = acks.split_last().expect("at least one ack");
+    for ack in before {
+        w.send(sub, ack.clone());
+        assert_eq!(w.shards[0].closing(sub.conn), None, "{ack:?}");
+    }
+    w.send(sub, last.clone());
+    assert_eq!(
+        w.shards[0].closing(sub.conn),
+        Some(CloseReason::ProtocolError),
+        "{acks:?} at {qos:?}"
+    );
+    assert_eq!(w.shards[0].stats().protocol_errors, 1);
+}
+
+#[test]
+fn pubrec_or_pubcomp_for_a_qos1_delivery_closes_mqtt_4_3_2_1() {
+    assert_violation(QoS::AtLeastOnce, &[Packet::PubRec(1)]);
+    assert_violation(QoS::AtLeastOnce, &[Packet::PubComp(1)]);
+}
+
+#[test]
+fn puback_for_a_qos2_delivery_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubAck(1)]);
+}
+
+#[test]
+fn pubcomp_before_pubrec_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubComp(1)]);
+}
+
+#[test]
+fn puback_after_pubrec_closes_mqtt_4_3_3_1() {
+    assert_violation(QoS::ExactlyOnce, &[Packet::PubRec(1), Packet::PubAck(1)]);
+}
+
+#[test]
+fn acknowledgements_of_the_right_kind_keep_the_connection() {
+    let (mut w, sub) = one_delivery_in_flight(QoS::ExactlyOnce);
+    w.send(sub, Packet::PubRec(1));
+    assert_eq!(w.received(sub), vec![Packet::PubRel(1)]);
+    // A repeated PUBREC gets PUBREL again: ours may have been lost.
+    w.send(sub, Packet::PubRec(1));
+    assert_eq!(w.received(sub), vec![Packet::PubRel(1)]);
+    w.send(sub, Packet::PubComp(1));
+    // Late duplicates of finished flows are ignored.
+    w.send(sub, Packet::PubComp(1));
+    w.send(sub, Packet::PubAck(1));
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.shards[0].closing(sub.conn), None);
+    assert!(w.received(sub).is_empty());
+    assert_eq!(w.shards[0].stats().protocol_errors, 0);
+}
+
+#[test]
+fn unsolicited_pubrec_is_answered_with_pubrel() {
+    // The client finishes a flow this broker no longer knows: it gets the
+    // PUBREL it waits for, and the connection stays.
+    let mut w = World::new(1);
+    let c = w.connect("c");
+    w.received(c);
+    w.send(c, Packet::PubRec(0x1234));
+    assert_eq!(w.received(c), vec![Packet::PubRel(0x1234)]);
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.shards[0].closing(c.conn), None);
+    assert_eq!(w.shards[0].stats().protocol_errors, 0);
+}

@@ -1,0 +1,220 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the session's filters, the local index, the
+//! routes announced to other shards, and the barrier that holds a SUBACK
+//! until every shard routes the new filters here (rule 3 of the module
+//! docs).
+
+use super::{Broker, ConnId, RemoteMsg, SessionId};
+use crate::mqtt::codec;
+use crate::mqtt::session::{Delivery, Message};
+use crate::mqtt::topic;
+use crate::mqtt::QoS;
+
+/// The SUBACK return code of a refused filter.
+const SUBACK_FAILURE: u8 = 0x80;
+
+/// Why one filter of a SUBSCRIBE is refused: answered with
+/// `SUBACK_FAILURE` for that filter, the others are still granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Not a valid filter. The codec already closes a client connection
+    /// that sends one (a protocol violation); this guards the SUBSCRIBE
+    /// packets built in process, which never passed the codec.
+    InvalidFilter,
+}
+
+/// A SUBACK held until the barrier of its SUBSCRIBE completes.
+pub(super) struct PendingSuback {
+    conn: ConnId,
+    session: SessionId,
+    pkid: u16,
+    codes: Vec<u8>,
+    granted: Vec<(String, QoS)>,
+    acks_missing: usize,
+}
+
+impl Broker {
+    pub(super) fn handle_subscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        pkid: u16,
+        filters: Vec<(String, QoS)>,
+    ) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::with_capacity(filters.len());
+        for (filter, requested) in filters {
+            match self.grant(&filter, requested) {
+                Ok(qos) => {
+                    self.add_subscription(sid, &filter, qos);
+                    codes.push(qos as u8);
+                    granted.push((filter, qos));
+                }
+                Err(refusal) => {
+                    tracing::debug!(?conn, filter, ?refusal, "subscription refused");
+                    codes.push(SUBACK_FAILURE);
+                }
+            }
+        }
+        let pending = PendingSuback {
+            conn,
+            session: sid,
+            pkid,
+            codes,
+            granted,
+            acks_missing: self.shards - 1,
+        };
+        if pending.acks_missing == 0 {
+            self.finish_subscribe(pending);
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.broadcast(RemoteMsg::Barrier(token));
+        self.pending_subacks.insert(token, pending);
+        if let Some(c) = self.conn_mut(conn) {
+            c.paused = true;
+        }
+    }
+
+    /// Decides one filter of a SUBSCRIBE: the QoS granted, or why it is
+    /// refused. Every subscription passes here before it touches a session.
+    fn grant(&self, filter: &str, requested: QoS) -> Result<QoS, Refusal> {
+        if topic::validate_filter(filter).is_err() {
+            return Err(Refusal::InvalidFilter);
+        }
+        Ok(requested)
+    }
+
+    /// The session takes `filter` at `qos` (or a new QoS for it); the index
+    /// follows when the barrier completes (`activate`).
+    fn add_subscription(&mut self, sid: SessionId, filter: &str, qos: QoS) {
+        let replaced = self.sessions[sid.0 as usize]
+            .as_mut()
+            .and_then(|s| s.subscribe(filter, qos));
+        if replaced.is_none() {
+            self.filter_ref(filter);
+        }
+    }
+
+    /// The session drops `filter`, if it held it.
+    fn remove_subscription(&mut self, sid: SessionId, filter: &str) {
+        let had = self.sessions[sid.0 as usize]
+            .as_mut()
+            .is_some_and(|s| s.unsubscribe(filter));
+        if had {
+            self.index_unsubscribe(filter, sid);
+        }
+    }
+
+    /// Another shard answered the barrier `token`.
+    pub(super) fn handle_barrier_ack(&mut self, token: u64) {
+        let Some(p) = self.pending_subacks.get_mut(&token) else {
+            return;
+        };
+        p.acks_missing -= 1;
+        if p.acks_missing == 0 {
+            let pending = self.pending_subacks.remove(&token).expect("present");
+            self.finish_subscribe(pending);
+        }
+    }
+
+    /// Activates the granted filters, then sends the SUBACK and the retained
+    /// messages of those filters (§3.3.1.3).
+    fn finish_subscribe(&mut self, pending: PendingSuback) {
+        self.activate(pending.session, &pending.granted);
+        let limits = self.config.limits;
+        let Some(c) = self
+            .conns
+            .get_mut(pending.conn.0 as usize)
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        c.paused = false;
+        if c.closing.is_some() || c.session != Some(pending.session) {
+            self.woken.push(pending.conn);
+            return;
+        }
+        codec::encode_suback(&mut c.outbox, pending.pkid, &pending.codes);
+        let Some(s) = self.sessions[pending.session.0 as usize].as_mut() else {
+            return;
+        };
+        let mut sent = 0u64;
+        let mut dropped = 0u64;
+        for (filter, granted) in &pending.granted {
+            self.retained.for_each_match(filter, |r| {
+                let message = Message {
+                    topic: r.topic.clone(),
+                    payload: r.payload.clone(),
+                    qos: r.qos,
+                    retain: true,
+                };
+                match s.deliver(&message, r.qos.min(*granted), &mut c.outbox, &limits) {
+                    Delivery::Sent => sent += 1,
+                    Delivery::Queued => {}
+                    Delivery::Dropped => dropped += 1,
+                }
+            });
+        }
+        self.stats.messages_sent += sent;
+        self.stats.messages_dropped += dropped;
+        self.woken.push(pending.conn);
+    }
+
+    /// Puts the granted filters in the index, unless the session dropped
+    /// them (UNSUBSCRIBE, clean end) while the barrier was pending.
+    fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
+        let Some(session) = self.sessions[sid.0 as usize].as_ref() else {
+            return;
+        };
+        for (filter, qos) in granted {
+            if session.subscription(filter) == Some(*qos) {
+                self.index.subscribe(filter, sid, *qos);
+            }
+        }
+    }
+
+    pub(super) fn handle_unsubscribe(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        pkid: u16,
+        filters: Vec<String>,
+    ) {
+        for filter in filters {
+            self.remove_subscription(sid, &filter);
+        }
+        self.write(conn, |out| codec::encode_unsuback(out, pkid));
+    }
+
+    /// A session dropped `filter`: out of the index, and the route is
+    /// withdrawn with the last holder on this shard.
+    pub(super) fn index_unsubscribe(&mut self, filter: &str, sid: SessionId) {
+        self.index.unsubscribe(filter, sid);
+        let Some(refs) = self.filter_refs.get_mut(filter) else {
+            debug_assert!(false, "every held filter is counted");
+            return;
+        };
+        *refs -= 1;
+        if *refs == 0 {
+            self.filter_refs.remove(filter);
+            self.broadcast(RemoteMsg::RouteRemove(filter.to_string()));
+        }
+    }
+
+    /// A session took `filter`: the first holder on this shard announces
+    /// the route to the others.
+    fn filter_ref(&mut self, filter: &str) {
+        match self.filter_refs.get_mut(filter) {
+            Some(refs) => *refs += 1,
+            None => {
+                self.filter_refs.insert(filter.to_string(), 1);
+                self.broadcast(RemoteMsg::RouteAdd(filter.to_string()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "subscribe_tests.rs"]
+mod tests;
