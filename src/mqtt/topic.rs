@@ -25,18 +25,21 @@
 //! is just another level.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 /// A validated topic name: UTF-8, non-empty, no wildcard, no U+0000, at most
-/// 65,535 bytes. Shares the read buffer it was parsed from.
+/// 65,535 bytes. Shares the read buffer it was parsed from: `ByteString` is
+/// `Bytes` checked as UTF-8 once, so the name reads as text with no second
+/// check and no `unsafe` here.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct TopicName(Bytes);
+pub struct TopicName(ByteString);
 
 impl TopicName {
     /// Validates `bytes` as a topic name.
     pub fn new(bytes: Bytes) -> Result<TopicName, TopicError> {
-        let s = std::str::from_utf8(&bytes).map_err(|_| TopicError::InvalidUtf8)?;
-        validate_name(s)?;
-        Ok(TopicName(bytes))
+        let text = ByteString::try_from(bytes).map_err(|_| TopicError::InvalidUtf8)?;
+        validate_name(&text)?;
+        Ok(TopicName(text))
     }
 
     /// A topic name from a string the caller knows to be valid (config,
@@ -45,25 +48,18 @@ impl TopicName {
         TopicName::new(Bytes::from(s))
     }
 
-    /// The name as text. Every constructor validated the bytes, which are
-    /// immutable, so the conversion cannot fail; it is checked again rather
-    /// than assumed because `mqtt` forbids `unsafe`. The check is a linear
-    /// scan of a short topic with an ASCII fast path, next to the trie walk
-    /// that follows it; an empty string stands in for the impossible case.
     pub fn as_str(&self) -> &str {
-        let text = std::str::from_utf8(&self.0);
-        debug_assert!(text.is_ok(), "TopicName holds invalid UTF-8");
-        text.unwrap_or_default()
+        &self.0
     }
 
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        self.0.as_bytes()
     }
 
     /// A copy in its own allocation, for values kept long (retained
     /// messages): a slice would pin the whole read buffer it came from.
     pub fn compact(&self) -> TopicName {
-        TopicName(Bytes::copy_from_slice(&self.0))
+        TopicName(ByteString::from(&*self.0))
     }
 }
 
