@@ -24,6 +24,8 @@
 //! 5. Sent packets carry sequence 1, 2, … and are never longer than
 //!    [`MAX_DATAGRAM`].
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::ops::Range;
 

@@ -1,6 +1,8 @@
 //! The `[voice]` section of the configuration: its keys, their embedded
 //! defaults, and the checks that run before anything starts.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use serde::Deserialize;

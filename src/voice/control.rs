@@ -3,6 +3,8 @@
 //! messages it writes itself. Only the fields the gateway acts on are
 //! typed; everything else is forwarded as the peer sent it.
 
+#![forbid(unsafe_code)]
+
 use serde_json::{json, Map, Value};
 
 /// A device or backend message, parsed just enough to dispatch it.

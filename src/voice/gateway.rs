@@ -27,6 +27,8 @@
 //!    address of its first valid packet, with increasing sequences
 //!    (`audio::AudioChannel`).
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;

@@ -21,6 +21,8 @@
 //! network. Parts are found with `split("@@@")`, the MAC with `split('_')`
 //! and byte checks, never by indexing into a `str`.
 
+#![forbid(unsafe_code)]
+
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use hmac::{Hmac, Mac};

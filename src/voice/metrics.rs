@@ -1,5 +1,7 @@
 //! The voice gateway's counters in the Prometheus text format.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write;
 
 use crate::voice::gateway::VoiceCounters;

@@ -28,6 +28,8 @@
 //! Nothing here panics on peer bytes: fields are read from fixed-size arrays
 //! obtained with `first_chunk`/`get`, never by slicing the datagram.
 
+#![forbid(unsafe_code)]
+
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
 use ctr::flavors::Ctr128BE;
 use ctr::CtrCore;

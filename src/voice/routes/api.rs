@@ -13,6 +13,8 @@
 //! [`Gateway`]; the routing itself is synchronous, and only the gateway's
 //! answers are awaited.
 
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;

@@ -13,6 +13,8 @@
 //! Civil dates come from the Unix time by the days-from-civil algorithm
 //! (proleptic Gregorian calendar), so no date library is needed.
 
+#![forbid(unsafe_code)]
+
 use sha2::{Digest, Sha256};
 
 const MS_PER_DAY: u64 = 86_400_000;

@@ -13,6 +13,8 @@
 //! anything: only `board.type` (the MQTT group) and `application.version`
 //! (echoed as the firmware version when none is configured) are read from it.
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
