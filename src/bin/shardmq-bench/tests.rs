@@ -8,8 +8,8 @@ use clap::Parser;
 use super::cli::{Cli, Scenario};
 use super::scenario::Plan;
 use super::{conns, load, voice};
-use crate::config::Config;
-use crate::shard::Server;
+use shardmq::config::Config;
+use shardmq::shard::Server;
 
 /// Starts a one-shard broker; its threads live until the test process ends.
 fn broker() -> u16 {
@@ -102,7 +102,7 @@ fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {
          chat_servers = [\"ws://{backend}/xiaozhi/v1/?from=mqtt_gateway\"]\n"
     ))
     .expect("test config is valid");
-    let started = crate::voice::start(&config).expect("voice gateway starts");
+    let started = shardmq::voice::start(&config).expect("voice gateway starts");
     Server::start(config, Some(started.factory))
         .expect("gateway starts")
         .listen
