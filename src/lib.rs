@@ -2,7 +2,6 @@
 //! data plane. See `README.md` for operation and `DESIGN.md` for the
 //! architecture.
 
-pub mod bench;
 pub mod config;
 pub mod http;
 pub mod mqtt;

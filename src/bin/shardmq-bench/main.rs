@@ -3,6 +3,10 @@
 //! has its own threads but shares the fleet, clock, doorbell and report
 //! machinery described here).
 //!
+//! It is a binary of the package, not part of the library: it speaks to a
+//! broker through the library's public codec and voice packet types, as any
+//! client could.
+//!
 //! # Shape
 //!
 //! The main thread parses the command line, turns the scenario into a
@@ -28,36 +32,44 @@
 //! the per-message path allocates nothing. The bench reports its own CPU
 //! time per delivered message to show how much headroom it had.
 
-pub mod cli;
-pub mod client;
-pub mod clock;
-pub mod conns;
-pub mod control;
-pub mod doorbell;
-pub mod fleet;
-pub mod idle;
-pub mod load;
-pub mod pacer;
-pub mod payload;
-pub mod publisher;
-pub mod report;
-pub mod scenario;
-pub mod setup;
-pub mod stats;
-pub mod subscriber;
-pub mod sys;
-pub mod voice;
-pub mod worker;
+mod cli;
+mod client;
+mod clock;
+mod conns;
+mod control;
+mod doorbell;
+mod fleet;
+mod idle;
+mod load;
+mod pacer;
+mod payload;
+mod publisher;
+mod report;
+mod scenario;
+mod setup;
+mod stats;
+mod subscriber;
+mod sys;
+mod voice;
+mod worker;
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use cli::{Cli, Scenario};
 use scenario::Plan;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    run(Cli::parse())
+}
 
 /// Runs the scenario of `cli`, prints its report, and returns the exit
 /// status: 0 after a report, 1 if the run could not take place, 2 for a
 /// `--server-pid` that names no readable process.
-pub fn main(cli: Cli) -> ExitCode {
+fn run(cli: Cli) -> ExitCode {
     let plan = Plan::new(&cli.scenario);
     check_open_files(match &cli.scenario {
         Scenario::Voice(args) => voice::descriptors(args),

@@ -19,8 +19,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::stats::Problem;
-use crate::mqtt::codec::{self, Connect, ConnectReturnCode, Packet, Subscribe};
-use crate::mqtt::QoS;
+use shardmq::mqtt::codec::{self, Connect, ConnectReturnCode, Packet, Subscribe};
+use shardmq::mqtt::QoS;
 
 /// Read sizes adapt between these: small for quiet connections (the buffer
 /// is zeroed before each read), large when a read fills the whole chunk.

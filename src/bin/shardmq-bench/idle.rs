@@ -17,7 +17,7 @@ use rand::Rng;
 use super::client::Conn;
 use super::stats::Problem;
 use super::worker::{drive, Local, Step};
-use crate::mqtt::codec::Packet;
+use shardmq::mqtt::codec::Packet;
 
 /// An idle client.
 pub struct Idle {

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use super::cli::{LoadOpts, Scenario};
-use crate::mqtt::QoS;
+use shardmq::mqtt::QoS;
 
 /// A publishing client.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +236,7 @@ fn fanin(pubs: u32, prefix: &str, load: Load) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::cli::Cli;
+    use crate::cli::Cli;
     use clap::Parser;
 
     fn plan(args: &[&str]) -> Plan {

@@ -17,8 +17,8 @@ use super::payload::Template;
 use super::scenario::PubSpec;
 use super::stats::{Problem, PublisherTally};
 use super::worker::{drive, Local, Step, Timeline};
-use crate::mqtt::codec::{self, Packet};
-use crate::mqtt::QoS;
+use shardmq::mqtt::codec::{self, Packet};
+use shardmq::mqtt::QoS;
 
 /// Socket reads per poll before giving other clients a turn.
 const READS_PER_POLL: usize = 4;

@@ -32,15 +32,15 @@ use hdrhistogram::Histogram;
 use super::backend;
 use super::device::{self, Stream};
 use super::tally::{BackendTally, DeviceTally};
-use crate::bench::client::{Conn, Login};
-use crate::bench::clock;
-use crate::bench::control::{bump, Control};
-use crate::bench::doorbell::{self, Rings};
-use crate::bench::fleet::ThreadStart;
-use crate::bench::stats::{new_histogram, Problem, ProblemCounts};
-use crate::bench::sys;
-use crate::bench::worker::{wait_for_go, Finished, Timeline};
-use crate::voice::identity;
+use crate::client::{Conn, Login};
+use crate::clock;
+use crate::control::{bump, Control};
+use crate::doorbell::{self, Rings};
+use crate::fleet::ThreadStart;
+use crate::stats::{new_histogram, Problem, ProblemCounts};
+use crate::sys;
+use crate::worker::{wait_for_go, Finished, Timeline};
+use shardmq::voice::identity;
 
 /// A busy executor still runs its timers (the sender's) this often.
 const PREEMPT: Duration = Duration::from_millis(1);
@@ -501,7 +501,7 @@ async fn send_frames(local: Rc<Local>) {
     let settings = &local.settings;
     let period = settings.period_ns();
     let timeline = local.timeline.get();
-    let mut out = Vec::with_capacity(crate::voice::packet::MAX_DATAGRAM);
+    let mut out = Vec::with_capacity(shardmq::voice::packet::MAX_DATAGRAM);
     while !local.stopping() {
         let now = clock::now_ns();
         let mut sent = 0;

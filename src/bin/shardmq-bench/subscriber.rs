@@ -18,7 +18,7 @@ use super::publisher::answer_publish;
 use super::scenario::SubSpec;
 use super::stats::{PairTally, Problem, SeqTracker, ThreadStats};
 use super::worker::{drive, Local, Step, Timeline};
-use crate::mqtt::codec::{self, Packet, Publish};
+use shardmq::mqtt::codec::{self, Packet, Publish};
 
 /// Socket reads per poll before giving other clients a turn.
 const READS_PER_POLL: usize = 4;

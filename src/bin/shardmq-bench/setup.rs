@@ -11,7 +11,7 @@ use super::control::bump;
 use super::scenario::{PubSpec, SubSpec, ThreadPlan};
 use super::stats::Problem;
 use super::worker::Local;
-use crate::mqtt::QoS;
+use shardmq::mqtt::QoS;
 
 /// The clients of one thread once set up.
 pub struct Opened {

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::bench::stats::SeqTracker;
+use crate::stats::SeqTracker;
 
 /// One device's own counts.
 #[derive(Debug)]

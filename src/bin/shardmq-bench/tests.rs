@@ -8,8 +8,8 @@ use clap::Parser;
 use super::cli::{Cli, Scenario};
 use super::scenario::Plan;
 use super::{conns, load, voice};
-use crate::config::Config;
-use crate::shard::Server;
+use shardmq::config::Config;
+use shardmq::shard::Server;
 
 /// Starts a one-shard broker; its threads live until the test process ends.
 fn broker() -> u16 {
@@ -104,7 +104,7 @@ fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {
     ))
     .expect("test config is valid");
     let started =
-        crate::voice::start(&config.voice, config.shard_count()).expect("voice gateway starts");
+        shardmq::voice::start(&config.voice, config.shard_count()).expect("voice gateway starts");
     Server::start(config.shard_settings(), vec![started.factory])
         .expect("gateway starts")
         .listen

@@ -19,15 +19,15 @@ use super::frame::{self, Template};
 use super::hello::{self, Offer, Reply};
 use super::tally::DeviceTally;
 use super::thread::Local;
-use crate::bench::client::{within, Conn};
-use crate::bench::clock;
-use crate::bench::control::{bump, drop_one};
-use crate::bench::stats::{Problem, SeqTracker};
-use crate::mqtt::codec::{self, Packet};
-use crate::mqtt::QoS;
-use crate::voice::audio::AudioChannel;
-use crate::voice::control;
-use crate::voice::packet::{AudioKey, DropReason, HEADER_LEN, MAX_DATAGRAM};
+use crate::client::{within, Conn};
+use crate::clock;
+use crate::control::{bump, drop_one};
+use crate::stats::{Problem, SeqTracker};
+use shardmq::mqtt::codec::{self, Packet};
+use shardmq::mqtt::QoS;
+use shardmq::voice::audio::AudioChannel;
+use shardmq::voice::control;
+use shardmq::voice::packet::{AudioKey, DropReason, HEADER_LEN, MAX_DATAGRAM};
 
 /// A device's audio: its socket and channel, shared by its task (which
 /// reads) and the thread's sender (which sends).

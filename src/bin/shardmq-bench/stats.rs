@@ -100,6 +100,7 @@ impl ProblemCounts {
         }
     }
 
+    #[cfg(test)]
     pub fn total(&self) -> u64 {
         self.0.iter().sum()
     }

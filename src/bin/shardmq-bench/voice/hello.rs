@@ -8,7 +8,7 @@
 
 use serde_json::{json, Value};
 
-use crate::voice::packet::PACKET_TYPE;
+use shardmq::voice::packet::PACKET_TYPE;
 
 /// The group part of every bench device's client id.
 pub const GROUP: &str = "GID_bench";
@@ -165,8 +165,8 @@ fn nibble(digit: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::voice::identity;
-    use crate::voice::packet;
+    use shardmq::voice::identity;
+    use shardmq::voice::packet;
 
     #[test]
     fn ids_are_devices_the_gateway_accepts() {
@@ -184,9 +184,9 @@ mod tests {
     #[test]
     fn hello_is_what_the_gateway_wants() {
         let hello = hello(60);
-        let msg = crate::voice::control::Control::parse(hello.as_bytes()).unwrap();
+        let msg = shardmq::voice::control::Control::parse(hello.as_bytes()).unwrap();
         assert_eq!(msg.kind, "hello");
-        let (audio, features) = crate::voice::control::device_hello(&msg).unwrap();
+        let (audio, features) = shardmq::voice::control::device_hello(&msg).unwrap();
         assert_eq!(audio["frame_duration"], 60);
         assert_eq!(audio["sample_rate"], 16000);
         assert_eq!(features["mcp"], true);
@@ -196,9 +196,9 @@ mod tests {
     fn gateway_reply(conn_id: u32, port: u16) -> String {
         let key = packet::hex16(&[0xab; 16]);
         let nonce = packet::hex16(&packet::nonce(conn_id));
-        crate::voice::control::device_hello_reply(
+        shardmq::voice::control::device_hello_reply(
             "s1",
-            &crate::voice::control::UdpOffer {
+            &shardmq::voice::control::UdpOffer {
                 server: "127.0.0.1",
                 port,
                 key_hex: &key,

@@ -5,9 +5,9 @@
 use serde::Serialize;
 
 use super::tally::Flow;
-use crate::bench::report::{latency_rows, mib, stall_row, thousands, Percentiles, Table};
-use crate::bench::stats::ProblemCounts;
-use crate::bench::sys::Memory;
+use crate::report::{latency_rows, mib, stall_row, thousands, Percentiles, Table};
+use crate::stats::ProblemCounts;
+use crate::sys::Memory;
 
 /// The run's parameters, echoed in the report.
 #[derive(Debug, Clone, Serialize)]

@@ -15,7 +15,7 @@ use super::scenario::{Load, Plan};
 use super::stats::{Integrity, ThreadStats};
 use super::sys;
 use super::worker::Timeline;
-use crate::mqtt::QoS;
+use shardmq::mqtt::QoS;
 
 /// Head start the threads get between the go and the first message.
 pub const START_DELAY: Duration = Duration::from_millis(20);

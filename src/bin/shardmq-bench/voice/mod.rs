@@ -17,7 +17,7 @@
 //! backend and the devices count each direction ([`tally`]) and the
 //! devices measure the round trip. Device ids and the hello are in
 //! [`hello`]; the UDP header and cipher are the gateway's own
-//! (`crate::voice::audio`, `crate::voice::packet`).
+//! (`shardmq::voice::audio`, `shardmq::voice::packet`).
 
 pub mod backend;
 pub mod device;

@@ -22,8 +22,8 @@ use socket2::{Domain, Socket, Type};
 use super::frame;
 use super::tally::BackendTally;
 use super::thread::Local;
-use crate::bench::clock;
-use crate::bench::stats::{Problem, SeqTracker};
+use crate::clock;
+use crate::stats::{Problem, SeqTracker};
 
 /// Connections waiting to be accepted: a ramp brings the gateway's
 /// WebSockets in bursts (the kernel caps it at `somaxconn`).
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn hello_reply_is_what_the_gateway_reads() {
         let reply = hello_reply("abc", 60);
-        let msg = crate::voice::control::Control::parse(reply.as_bytes()).unwrap();
+        let msg = shardmq::voice::control::Control::parse(reply.as_bytes()).unwrap();
         assert_eq!(msg.kind, "hello");
         assert_eq!(msg.session_id.as_deref(), Some("abc"));
         assert_eq!(msg.get("audio_params").unwrap()["frame_duration"], 60);

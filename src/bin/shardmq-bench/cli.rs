@@ -374,7 +374,7 @@ pub struct LoadOpts {
 
 fn parse_frame_bytes(text: &str) -> Result<usize, String> {
     let bytes: usize = text.parse().map_err(|e| format!("{e}"))?;
-    let (min, max) = (FRAME_HEADER_LEN, crate::voice::packet::MAX_PAYLOAD);
+    let (min, max) = (FRAME_HEADER_LEN, shardmq::voice::packet::MAX_PAYLOAD);
     if !(min..=max).contains(&bytes) {
         return Err(format!(
             "must be {min}..={max} (a {min}-byte header, one 1500-byte datagram)"
