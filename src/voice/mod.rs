@@ -8,7 +8,7 @@
 //! (the `[voice]` section). Shell: `service` (the shard's side, plugged in
 //! as a `shard::Service`), `bridge` (backend WebSockets), `external`
 //! (external broker mode), `routes` (OTA and the management API on the HTTP
-//! listener), `bpf` (UDP steering).
+//! listener), `bpf` (UDP steering), `udp` (batched UDP system calls).
 
 pub mod audio;
 pub mod bpf;
@@ -22,6 +22,9 @@ pub mod metrics;
 pub mod packet;
 pub mod routes;
 mod service;
+// Wired into the service by the following change.
+#[allow(dead_code)]
+mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -1,0 +1,462 @@
+//! Batched UDP I/O (shell): `recvmmsg(2)` and `sendmmsg(2)` with
+//! `MSG_DONTWAIT` on the shard's UDP socket, over buffers allocated once.
+//!
+//! glommio 0.9.0's `UdpSocket` moves one datagram per call, each a system
+//! call or an io_uring operation. The voice service keeps it as the
+//! readiness source (a `recv_from` that parks the task on io_uring until a
+//! datagram arrives, and the fallback `send_to` when the kernel pushes
+//! back) and moves the bulk of the datagrams here, many per system call.
+//! Every `unsafe` of the voice path's batching lives in this module.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use socket2::SockAddr;
+
+use crate::voice::packet::MAX_DATAGRAM;
+
+/// A receive buffer: one byte more than any datagram the protocol allows,
+/// so that a longer datagram shows as cut.
+const RECV_SLOT: usize = MAX_DATAGRAM + 1;
+
+/// Datagrams received together; each slot is reused by the next batch.
+pub struct RecvBatch {
+    /// `capacity` slots of `RECV_SLOT` bytes.
+    buffers: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+    /// What each filled slot holds, `len` of them.
+    received: Box<[Slot]>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    from: Option<SocketAddr>,
+    len: usize,
+    truncated: bool,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    from: None,
+    len: 0,
+    truncated: false,
+};
+
+/// One datagram of a [`RecvBatch`].
+#[derive(Debug)]
+pub enum Received<'a> {
+    /// A datagram of at most `MAX_DATAGRAM` bytes, writable in place.
+    Datagram {
+        from: SocketAddr,
+        data: &'a mut [u8],
+    },
+    /// Longer than `MAX_DATAGRAM`: the buffer cut it.
+    TooLarge { from: SocketAddr },
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: `sockaddr_storage` is plain old data (integers and padding);
+    // all-zero bytes are a valid value of it (family AF_UNSPEC).
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_header() -> libc::mmsghdr {
+    // SAFETY: `mmsghdr` is plain old data (integers and raw pointers); all
+    // zero bytes are a valid value (null pointers, zero lengths). Building
+    // it field by field is not possible where libc adds private padding.
+    unsafe { std::mem::zeroed() }
+}
+
+fn empty_iovec() -> libc::iovec {
+    libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }
+}
+
+/// The errno of the last failed call, as `io::Error`; `EINTR` means retry.
+fn last_error() -> io::Error {
+    io::Error::last_os_error()
+}
+
+impl RecvBatch {
+    /// A batch of `capacity` datagrams (at least one), allocated now and
+    /// never again.
+    pub fn new(capacity: usize) -> RecvBatch {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        RecvBatch {
+            buffers: vec![0u8; capacity * RECV_SLOT].into_boxed_slice(),
+            addrs: vec![zeroed_storage(); capacity].into_boxed_slice(),
+            iovecs: vec![empty_iovec(); capacity].into_boxed_slice(),
+            headers: vec![zeroed_header(); capacity].into_boxed_slice(),
+            received: vec![EMPTY_SLOT; capacity].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.received.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == self.capacity()
+    }
+
+    /// Forgets the datagrams held; their slots are reused.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The next free slot's buffer, to receive one datagram into by other
+    /// means (then [`push`](Self::push) it); `None` when full.
+    pub fn spare(&mut self) -> Option<&mut [u8]> {
+        let start = self.len.checked_mul(RECV_SLOT)?;
+        self.buffers.get_mut(start..start + RECV_SLOT)
+    }
+
+    /// Records the datagram of `len` bytes from `from` that was received
+    /// into [`spare`](Self::spare); a `len` past `MAX_DATAGRAM` means it
+    /// was cut. Ignored when full.
+    pub fn push(&mut self, len: usize, from: SocketAddr) {
+        if let Some(slot) = self.received.get_mut(self.len) {
+            *slot = Slot {
+                from: Some(from),
+                len: len.min(RECV_SLOT),
+                truncated: len > MAX_DATAGRAM,
+            };
+            self.len += 1;
+        }
+    }
+
+    /// Receives what is queued on `fd`, up to the free slots, with one
+    /// `recvmmsg(2)` that does not wait; returns how many were added (0
+    /// when none was queued).
+    pub fn receive(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let first = self.len;
+        let free = self.capacity() - first;
+        if free == 0 {
+            return Ok(0);
+        }
+        let buffers = self.buffers.as_mut_ptr();
+        for i in first..self.capacity() {
+            let (Some(iov), Some(addr), Some(header)) = (
+                self.iovecs.get_mut(i),
+                self.addrs.get_mut(i),
+                self.headers.get_mut(i),
+            ) else {
+                return Ok(0);
+            };
+            // SAFETY: `i < capacity`, so `i * RECV_SLOT` is within
+            // `buffers`, which holds `capacity * RECV_SLOT` bytes.
+            iov.iov_base = unsafe { buffers.add(i * RECV_SLOT) }.cast();
+            iov.iov_len = RECV_SLOT;
+            *header = zeroed_header();
+            header.msg_hdr.msg_name = std::ptr::addr_of_mut!(*addr).cast();
+            header.msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        let got = loop {
+            // SAFETY: `fd` is an open socket for the call (BorrowedFd).
+            // Headers `first..capacity` each point at their own live
+            // `sockaddr_storage` (its size in `msg_namelen`) and at one
+            // iovec covering their own `RECV_SLOT` bytes of `buffers`; no
+            // two overlap, and all outlive the call, which does not block
+            // (MSG_DONTWAIT) and keeps no pointer afterwards. `free` fits
+            // in u32 as the capacity is clamped to it.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd.as_raw_fd(),
+                    self.headers.as_mut_ptr().add(first),
+                    free as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc as usize;
+            }
+            let e = last_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(e),
+            }
+        };
+        let mut added = 0;
+        for i in first..first + got.min(free) {
+            let (Some(header), Some(addr)) = (self.headers.get(i), self.addrs.get(i)) else {
+                break;
+            };
+            // SAFETY: the kernel wrote a socket address of `msg_namelen`
+            // bytes (at most the storage's size) into `addr`.
+            let from = unsafe { SockAddr::new(*addr, header.msg_hdr.msg_namelen) }.as_socket();
+            let Some(from) = from else {
+                // Not an IP address: impossible on a UDP socket, skipped.
+                continue;
+            };
+            let len = header.msg_len as usize;
+            let truncated = len > MAX_DATAGRAM || header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            if let Some(slot) = self.received.get_mut(self.len) {
+                *slot = Slot {
+                    from: Some(from),
+                    len: len.min(RECV_SLOT),
+                    truncated,
+                };
+                self.len += 1;
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// Datagram `i` of the batch (in arrival order).
+    pub fn get_mut(&mut self, i: usize) -> Option<Received<'_>> {
+        if i >= self.len {
+            return None;
+        }
+        let slot = *self.received.get(i)?;
+        let from = slot.from?;
+        if slot.truncated {
+            return Some(Received::TooLarge { from });
+        }
+        let start = i * RECV_SLOT;
+        let data = self.buffers.get_mut(start..start + slot.len)?;
+        Some(Received::Datagram { from, data })
+    }
+}
+
+/// Why a datagram was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unqueued {
+    #[error("the send batch is full")]
+    Full,
+    #[error("datagram longer than the protocol allows")]
+    TooLarge,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub sent: usize,
+    /// Refused by the kernel for a reason of their own (reported to the
+    /// caller's callback) and removed.
+    pub failed: usize,
+    /// The socket would block: the rest is still queued.
+    pub blocked: bool,
+}
+
+/// Datagrams waiting to be sent together, in order, each to its own
+/// address; fixed capacity, allocated once.
+pub struct SendBatch {
+    /// `capacity` slots of `MAX_DATAGRAM` bytes.
+    buffers: Box<[u8]>,
+    /// Length and destination of the queued slots; `start..end` are queued.
+    lens: Box<[usize]>,
+    addrs: Box<[SockAddr]>,
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::mmsghdr]>,
+    start: usize,
+    end: usize,
+}
+
+impl SendBatch {
+    /// A batch of `capacity` datagrams (at least one).
+    pub fn new(capacity: usize) -> SendBatch {
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
+        SendBatch {
+            buffers: vec![0u8; capacity * MAX_DATAGRAM].into_boxed_slice(),
+            lens: vec![0; capacity].into_boxed_slice(),
+            addrs: vec![unspecified; capacity].into_boxed_slice(),
+            iovecs: vec![empty_iovec(); capacity].into_boxed_slice(),
+            headers: vec![zeroed_header(); capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() == self.capacity()
+    }
+
+    /// Queues a copy of `data` for `to`, after those already queued.
+    pub fn push(&mut self, data: &[u8], to: SocketAddr) -> Result<(), Unqueued> {
+        if data.len() > MAX_DATAGRAM {
+            return Err(Unqueued::TooLarge);
+        }
+        if self.end == self.capacity() {
+            self.compact();
+        }
+        let i = self.end;
+        let start = i * MAX_DATAGRAM;
+        let (Some(buffer), Some(len), Some(addr)) = (
+            self.buffers.get_mut(start..start + data.len()),
+            self.lens.get_mut(i),
+            self.addrs.get_mut(i),
+        ) else {
+            return Err(Unqueued::Full);
+        };
+        buffer.copy_from_slice(data);
+        *len = data.len();
+        *addr = SockAddr::from(to);
+        self.end += 1;
+        Ok(())
+    }
+
+    /// The oldest queued datagram and its destination.
+    pub fn front(&self) -> Option<(&[u8], SocketAddr)> {
+        if self.is_empty() {
+            return None;
+        }
+        let len = *self.lens.get(self.start)?;
+        let to = self.addrs.get(self.start)?.as_socket()?;
+        let start = self.start * MAX_DATAGRAM;
+        Some((self.buffers.get(start..start + len)?, to))
+    }
+
+    /// Forgets the oldest queued datagram.
+    pub fn pop_front(&mut self) {
+        if !self.is_empty() {
+            self.start += 1;
+        }
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Moves the queued slots to the front, making room at the end.
+    fn compact(&mut self) {
+        if self.start == 0 {
+            return;
+        }
+        let (from, to) = (self.start * MAX_DATAGRAM, self.end * MAX_DATAGRAM);
+        self.buffers.copy_within(from..to, 0);
+        self.lens.copy_within(self.start..self.end, 0);
+        for i in 0..self.len() {
+            if let Some(addr) = self.addrs.get(self.start + i).cloned() {
+                if let Some(slot) = self.addrs.get_mut(i) {
+                    *slot = addr;
+                }
+            }
+        }
+        self.end -= self.start;
+        self.start = 0;
+    }
+
+    /// Sends what is queued with `sendmmsg(2)` calls that do not wait, in
+    /// order, until all is sent or the socket would block. A datagram the
+    /// kernel refuses for a reason of its own (say, an address it cannot
+    /// reach) goes to `failed` and is removed, so that it cannot hold up
+    /// the rest.
+    pub fn flush(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        mut failed: impl FnMut(SocketAddr, io::Error),
+    ) -> Flushed {
+        let mut outcome = Flushed::default();
+        let buffers = self.buffers.as_mut_ptr();
+        for i in self.start..self.end {
+            let (Some(iov), Some(header), Some(len), Some(addr)) = (
+                self.iovecs.get_mut(i),
+                self.headers.get_mut(i),
+                self.lens.get(i),
+                self.addrs.get(i),
+            ) else {
+                break;
+            };
+            // SAFETY: `i < capacity`, so `i * MAX_DATAGRAM` is within
+            // `buffers`, which holds `capacity * MAX_DATAGRAM` bytes.
+            iov.iov_base = unsafe { buffers.add(i * MAX_DATAGRAM) }.cast();
+            iov.iov_len = *len;
+            *header = zeroed_header();
+            // The kernel only reads the address of a message it sends.
+            header.msg_hdr.msg_name = addr.as_ptr().cast_mut().cast();
+            header.msg_hdr.msg_namelen = addr.len();
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+        }
+        while !self.is_empty() {
+            let queued = self.len();
+            // SAFETY: `fd` is an open socket for the call (BorrowedFd).
+            // Headers `start..end` were set up above, each pointing at its
+            // own live `SockAddr` (with its length) and at one iovec over
+            // its own `lens[i]` (at most `MAX_DATAGRAM`) bytes of
+            // `buffers`; none moved since, all outlive the call, which
+            // does not block (MSG_DONTWAIT) and keeps no pointer. `queued`
+            // fits in u32 as the capacity is clamped to it.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.headers.as_mut_ptr().add(self.start),
+                    queued as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if rc > 0 {
+                let sent = (rc as usize).min(queued);
+                outcome.sent += sent;
+                self.start += sent;
+                continue;
+            }
+            if rc == 0 {
+                // Nothing sent and no error: not a documented outcome; stop
+                // rather than spin, and leave the rest queued.
+                outcome.blocked = true;
+                break;
+            }
+            let e = last_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    outcome.blocked = true;
+                    break;
+                }
+                // The first queued datagram was refused (the kernel reports
+                // an error only for the first message of a call).
+                _ => {
+                    if let Some(to) = self.addrs.get(self.start).and_then(SockAddr::as_socket) {
+                        failed(to, e);
+                    }
+                    outcome.failed += 1;
+                    self.start += 1;
+                }
+            }
+        }
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+#[path = "udp_tests.rs"]
+mod tests;
