@@ -22,7 +22,7 @@ pub mod metrics;
 pub mod packet;
 pub mod routes;
 mod service;
-// Wired into the service by the following change.
+// The send half is wired by the following change.
 #[allow(dead_code)]
 mod udp;
 

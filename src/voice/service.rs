@@ -29,18 +29,20 @@ use crate::voice::bridge::{self, Backend, BridgeCmd};
 use crate::voice::config::VoiceConfig;
 use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
 use crate::voice::identity;
-use crate::voice::packet::{self, MAX_DATAGRAM};
+use crate::voice::packet;
+use crate::voice::udp::{self, Received, RecvBatch};
 
 /// Frames queued towards one backend before audio is dropped: a backend
 /// that stops reading must not grow the shard's memory.
 const BRIDGE_QUEUE: usize = 256;
 
-/// Datagrams the receive task handles before it yields. A receive on a
-/// socket with data ready completes at once, so under a flood the task
-/// would never give the cooperative executor back, and the shard's MQTT
-/// connections would starve (as `shard::conn` yields after each read).
-/// 32 datagrams are well under a millisecond of work, yet keep the cost of
-/// the yield per datagram small.
+/// Datagrams the receive task handles before it yields, and the most one
+/// `recvmmsg` takes. A receive on a socket with data ready completes at
+/// once, so under a flood the task would never give the cooperative
+/// executor back, and the shard's MQTT connections would starve (as
+/// `shard::conn` yields after each read). 32 datagrams are well under a
+/// millisecond of work, yet keep the cost of the yield and of the system
+/// call per datagram small.
 const RECEIVE_BATCH: usize = 32;
 
 /// Datagrams from other shards waiting for this shard's receive task.
@@ -311,15 +313,28 @@ impl VoiceService {
         }
     }
 
+    /// Parks on glommio's `recv_from` until a datagram arrives; when that
+    /// answered without waiting (a queue had built up), takes what else is
+    /// queued with one `recvmmsg`. After a wait the socket was empty a
+    /// moment ago, and a `recvmmsg` would mostly find nothing: the next
+    /// `recv_from` tries the socket before it parks anyway.
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut received = 0;
+        let mut batch = RecvBatch::new(RECEIVE_BATCH);
+        let mut since_yield = 0;
         loop {
-            if received == RECEIVE_BATCH {
-                received = 0;
-                futures_lite::future::yield_now().await;
-            }
-            let (n, from) = match udp.recv_from(&mut buf).await {
+            batch.clear();
+            let Some(first) = batch.spare() else {
+                continue;
+            };
+            let (received, waited) = {
+                let recv = udp.recv_from(first);
+                futures_lite::pin!(recv);
+                match futures_lite::future::poll_once(recv.as_mut()).await {
+                    Some(r) => (r, false),
+                    None => (recv.await, true),
+                }
+            };
+            let (n, from) = match received {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "UDP receive failed");
@@ -327,29 +342,51 @@ impl VoiceService {
                     continue;
                 }
             };
-            received += 1;
-            if n > MAX_DATAGRAM {
-                // Truncated by the buffer, which is one byte larger than any
-                // datagram the protocol allows.
-                self.gateway
-                    .borrow_mut()
-                    .counters_mut()
-                    .count_drop(packet::DropReason::TooLarge);
-                continue;
+            batch.push(n, from);
+            if waited {
+                since_yield = 0;
+            } else if let Err(e) = batch.receive(udp::fd_of(&udp)) {
+                tracing::warn!(error = %e, "UDP batch receive failed");
             }
-            let Some(datagram) = buf.get_mut(..n) else {
-                continue;
-            };
-            let owner = packet::conn_id(datagram).map_or(self.shard, |id| {
-                ShardId(packet::owner_of_conn_id(id, self.shards as u32) as u16)
-            });
-            if owner != self.shard {
-                let data = datagram.to_vec();
-                shard.send_service::<VoiceService>(owner, VoiceMsg::Datagram { from, data });
-                continue;
+            for i in 0..batch.len() {
+                match batch.get_mut(i) {
+                    Some(Received::Datagram { from, data }) => {
+                        self.received(&shard, from, data).await;
+                    }
+                    Some(Received::TooLarge { from }) => {
+                        tracing::trace!(%from, "datagram too large");
+                        // Cut by the buffer, which is one byte larger than
+                        // any datagram the protocol allows.
+                        self.gateway
+                            .borrow_mut()
+                            .counters_mut()
+                            .count_drop(packet::DropReason::TooLarge);
+                    }
+                    None => {}
+                }
             }
-            self.datagram(from, datagram).await;
+            // A socket with data ready answers at once, so under a flood
+            // the task would never give the executor back.
+            since_yield += batch.len();
+            if since_yield >= RECEIVE_BATCH {
+                since_yield = 0;
+                futures_lite::future::yield_now().await;
+            }
         }
+    }
+
+    /// A datagram from this shard's socket: handled here, or forwarded to
+    /// the shard that owns its conversation.
+    async fn received(&self, shard: &Shard, from: SocketAddr, datagram: &mut [u8]) {
+        let owner = packet::conn_id(datagram).map_or(self.shard, |id| {
+            ShardId(packet::owner_of_conn_id(id, self.shards as u32) as u16)
+        });
+        if owner != self.shard {
+            let data = datagram.to_vec();
+            shard.send_service::<VoiceService>(owner, VoiceMsg::Datagram { from, data });
+            return;
+        }
+        self.datagram(from, datagram).await;
     }
 
     async fn datagram(&self, from: SocketAddr, datagram: &mut [u8]) {

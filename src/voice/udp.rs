@@ -16,6 +16,13 @@ use socket2::SockAddr;
 
 use crate::voice::packet::MAX_DATAGRAM;
 
+/// The descriptor of glommio's socket, for the batched calls beside it.
+pub fn fd_of(socket: &glommio::net::UdpSocket) -> BorrowedFd<'_> {
+    // SAFETY: a glommio `UdpSocket` owns its descriptor and closes it only
+    // when dropped, so the descriptor stays open while `socket` is borrowed.
+    unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
+}
+
 /// A receive buffer: one byte more than any datagram the protocol allows,
 /// so that a longer datagram shows as cut.
 const RECV_SLOT: usize = MAX_DATAGRAM + 1;
@@ -103,14 +110,6 @@ impl RecvBatch {
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.len == self.capacity()
     }
 
     /// Forgets the datagrams held; their slots are reused.
