@@ -22,8 +22,6 @@ pub mod metrics;
 pub mod packet;
 pub mod routes;
 mod service;
-// The send half is wired by the following change.
-#[allow(dead_code)]
 mod udp;
 
 use std::net::SocketAddr;

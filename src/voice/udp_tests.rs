@@ -16,14 +16,13 @@ fn addr(s: &UdpSocket) -> SocketAddr {
     s.local_addr().expect("bound")
 }
 
+/// A datagram as received: its source, and its contents or `None` when
+/// too large.
+type Got = (SocketAddr, Option<Vec<u8>>);
+
 /// Receives until `want` datagrams or a bounded number of empty tries;
-/// returns what arrived as (source, contents or None when too large), and
-/// the size of each batch.
-fn receive_all(
-    batch: &mut RecvBatch,
-    socket: &UdpSocket,
-    want: usize,
-) -> (Vec<(SocketAddr, Option<Vec<u8>>)>, Vec<usize>) {
+/// returns what arrived and the size of each batch.
+fn receive_all(batch: &mut RecvBatch, socket: &UdpSocket, want: usize) -> (Vec<Got>, Vec<usize>) {
     let mut got = Vec::new();
     let mut sizes = Vec::new();
     let mut empty = 0;
