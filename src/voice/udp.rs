@@ -27,6 +27,10 @@ pub fn fd_of(socket: &glommio::net::UdpSocket) -> BorrowedFd<'_> {
 /// so that a longer datagram shows as cut.
 const RECV_SLOT: usize = MAX_DATAGRAM + 1;
 
+/// The size of a `sockaddr_storage` (128 bytes: the cast cannot truncate).
+const STORAGE_LEN: libc::socklen_t =
+    std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+
 /// Datagrams received together; each slot is reused by the next batch.
 pub struct RecvBatch {
     /// `capacity` slots of `RECV_SLOT` bytes.
@@ -162,8 +166,7 @@ impl RecvBatch {
             iov.iov_len = RECV_SLOT;
             *header = zeroed_header();
             header.msg_hdr.msg_name = std::ptr::addr_of_mut!(*addr).cast();
-            header.msg_hdr.msg_namelen =
-                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_namelen = STORAGE_LEN;
             header.msg_hdr.msg_iov = iov;
             header.msg_hdr.msg_iovlen = 1;
         }
@@ -194,34 +197,34 @@ impl RecvBatch {
                 _ => return Err(e),
             }
         };
-        let mut added = 0;
-        for i in first..first + got.min(free) {
-            let (Some(header), Some(addr)) = (self.headers.get(i), self.addrs.get(i)) else {
+        let added = got.min(free);
+        for i in first..first + added {
+            let (Some(header), Some(addr), Some(slot)) = (
+                self.headers.get(i),
+                self.addrs.get(i),
+                self.received.get_mut(i),
+            ) else {
                 break;
             };
+            let name_len = header.msg_hdr.msg_namelen.min(STORAGE_LEN);
             // SAFETY: the kernel wrote a socket address of `msg_namelen`
-            // bytes (at most the storage's size) into `addr`.
-            let from = unsafe { SockAddr::new(*addr, header.msg_hdr.msg_namelen) }.as_socket();
-            let Some(from) = from else {
-                // Not an IP address: impossible on a UDP socket, skipped.
-                continue;
-            };
+            // bytes into `addr`, and `name_len` is within the storage.
+            let from = unsafe { SockAddr::new(*addr, name_len) }.as_socket();
             let len = header.msg_len as usize;
-            let truncated = len > MAX_DATAGRAM || header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            if let Some(slot) = self.received.get_mut(self.len) {
-                *slot = Slot {
-                    from: Some(from),
-                    len: len.min(RECV_SLOT),
-                    truncated,
-                };
-                self.len += 1;
-                added += 1;
-            }
+            // A source that is not an IP address (impossible on a UDP
+            // socket) leaves `from` empty, and `get_mut` skips the slot.
+            *slot = Slot {
+                from,
+                len: len.min(RECV_SLOT),
+                truncated: len > MAX_DATAGRAM || header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            };
+            self.len += 1;
         }
         Ok(added)
     }
 
-    /// Datagram `i` of the batch (in arrival order).
+    /// Datagram `i` of the batch (in arrival order); `None` past the end
+    /// or for a slot to skip.
     pub fn get_mut(&mut self, i: usize) -> Option<Received<'_>> {
         if i >= self.len {
             return None;
