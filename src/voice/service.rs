@@ -30,7 +30,7 @@ use crate::voice::config::VoiceConfig;
 use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
 use crate::voice::identity;
 use crate::voice::packet;
-use crate::voice::udp::{self, Received, RecvBatch, SendBatch, Unqueued};
+use crate::voice::udp::{self, Received, RecvBatch, SendQueue};
 
 /// Frames queued towards one backend before audio is dropped: a backend
 /// that stops reading must not grow the shard's memory.
@@ -117,13 +117,8 @@ pub struct VoiceService {
     next_token: Cell<u64>,
     /// Counters of every shard, on shard 0.
     shard_counters: RefCell<Vec<VoiceCounters>>,
-    /// Datagrams to devices, queued by whichever task produced them and
-    /// sent together by `send_loop`.
-    sends: RefCell<SendBatch>,
-    /// `send_loop`, parked while `sends` is empty.
-    send_waker: RefCell<Option<Waker>>,
-    /// Tasks waiting for room in `sends`.
-    send_room: RefCell<Vec<Waker>>,
+    /// Datagrams to devices, sent together by the shard's send task.
+    sends: SendQueue,
     /// Datagrams forwarded by other shards, for the receive task.
     forwarded: std::cell::OnceCell<LocalSender<(SocketAddr, Vec<u8>)>>,
     /// Set by `start`: tasks spawned later need owned handles.
@@ -162,9 +157,7 @@ impl VoiceService {
             statuses: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             shard_counters: RefCell::new(vec![VoiceCounters::default(); shards]),
-            sends: RefCell::new(SendBatch::new(SEND_BATCH)),
-            send_waker: RefCell::new(None),
-            send_room: RefCell::new(Vec::new()),
+            sends: SendQueue::new(SEND_BATCH),
             forwarded: std::cell::OnceCell::new(),
             me: std::cell::OnceCell::new(),
             home: std::cell::OnceCell::new(),
@@ -300,102 +293,24 @@ impl VoiceService {
         }
     }
 
-    /// Queues a datagram for `send_loop`, waiting for room if the queue is
-    /// full (the kernel is pushing back), so that none is dropped unseen.
-    ///
-    /// The datagram does not go out before this returns: it waits for the
-    /// tasks already runnable on the shard (the receive loop's batch, other
-    /// conversations' bridges) to queue theirs, then leaves with them in one
-    /// `sendmmsg`. It never waits for I/O or a timer, only for that turn of
-    /// the executor, which is well under a millisecond; datagrams leave in
-    /// the order they were queued.
+    /// Queues a datagram to a device (see `SendQueue` for when it leaves),
+    /// waiting for room if the kernel is pushing back.
     async fn send_datagram(&self, datagram: &[u8], to: SocketAddr) {
         if self.udp().is_none() {
             return;
         }
-        loop {
-            let queued = self.sends.borrow_mut().push(datagram, to);
-            if let Some(w) = self.send_waker.borrow_mut().take() {
-                w.wake();
-            }
-            match queued {
-                Ok(()) => return,
-                Err(Unqueued::TooLarge) => {
-                    self.gateway.borrow_mut().counters_mut().audio_out_dropped += 1;
-                    return;
-                }
-                Err(Unqueued::Full) => self.send_room().await,
-            }
+        if self.sends.send(datagram, to).await.is_err() {
+            self.gateway.borrow_mut().counters_mut().audio_out_dropped += 1;
         }
     }
 
-    /// Until `sends` has room.
-    async fn send_room(&self) {
-        std::future::poll_fn(|cx| {
-            if !self.sends.borrow().is_full() {
-                return Poll::Ready(());
-            }
-            let mut waiting = self.send_room.borrow_mut();
-            // A task polled again before its wake-up (a bridge polls its
-            // reader whenever its writer wakes) is listed once.
-            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
-                waiting.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn wake_send_room(&self) {
-        for w in self.send_room.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-
-    /// Sends what `send_datagram` queued: everything queued in one turn of
-    /// the executor with one `sendmmsg`. Where the socket would block, the
-    /// oldest datagram goes through glommio's `send_to`, which waits for
-    /// the kernel, and the batch resumes after it: the order holds, and
-    /// nothing is dropped unseen. This task alone sends to devices.
+    /// The shard's only sender to devices.
     async fn send_loop(self: Rc<Self>, udp: Rc<UdpSocket>) {
-        let mut spill = vec![0u8; packet::MAX_DATAGRAM];
-        loop {
-            std::future::poll_fn(|cx| {
-                if !self.sends.borrow().is_empty() {
-                    return Poll::Ready(());
-                }
-                *self.send_waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
+        self.sends
+            .run(&udp, |dropped| {
+                self.gateway.borrow_mut().counters_mut().audio_out_dropped += dropped;
             })
             .await;
-            let flushed = self.sends.borrow_mut().flush(udp::fd_of(&udp), |to, e| {
-                tracing::debug!(%to, error = %e, "UDP send failed");
-            });
-            if flushed.failed > 0 {
-                self.gateway.borrow_mut().counters_mut().audio_out_dropped += flushed.failed as u64;
-            }
-            self.wake_send_room();
-            if !flushed.blocked {
-                continue;
-            }
-            let oldest = {
-                let sends = self.sends.borrow();
-                sends.front().and_then(|(data, to)| {
-                    let copy = spill.get_mut(..data.len())?;
-                    copy.copy_from_slice(data);
-                    Some((data.len(), to))
-                })
-            };
-            self.sends.borrow_mut().pop_front();
-            self.wake_send_room();
-            let Some((len, to)) = oldest else {
-                continue;
-            };
-            if let Err(e) = udp.send_to(spill.get(..len).unwrap_or_default(), to).await {
-                tracing::debug!(%to, error = %e, "UDP send failed");
-                self.gateway.borrow_mut().counters_mut().audio_out_dropped += 1;
-            }
-        }
     }
 
     // ----- UDP -------------------------------------------------------------------

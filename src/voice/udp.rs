@@ -5,12 +5,16 @@
 //! call or an io_uring operation. The voice service keeps it as the
 //! readiness source (a `recv_from` that parks the task on io_uring until a
 //! datagram arrives, and the fallback `send_to` when the kernel pushes
-//! back) and moves the bulk of the datagrams here, many per system call.
-//! Every `unsafe` of the voice path's batching lives in this module.
+//! back) and moves the bulk of the datagrams here, many per system call:
+//! [`RecvBatch`] and [`SendBatch`] wrap the calls, [`SendQueue`] gathers a
+//! shard's outgoing datagrams for one sending task. Every `unsafe` of the
+//! voice path's batching lives in this module.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::task::{Poll, Waker};
 
 use socket2::SockAddr;
 
@@ -456,6 +460,120 @@ impl SendBatch {
             self.end = 0;
         }
         outcome
+    }
+}
+
+/// A shard's datagrams to send, queued by whichever task produces them
+/// and sent by one task, [`run`](Self::run): everything queued in one turn
+/// of the executor leaves in one `sendmmsg`.
+///
+/// A datagram does not leave when queued: it waits for the tasks already
+/// runnable on the shard (a receive batch, other conversations' bridges) to
+/// queue theirs, since the sending task is woken by the first and runs
+/// after them. It never waits for I/O or a timer, only for that turn of
+/// the executor, which is well under a millisecond. Datagrams leave in the
+/// order they were queued.
+pub struct SendQueue {
+    batch: RefCell<SendBatch>,
+    /// The sending task, parked while the batch is empty.
+    sender: RefCell<Option<Waker>>,
+    /// Tasks waiting for room; each is listed once.
+    waiting: RefCell<Vec<Waker>>,
+}
+
+impl SendQueue {
+    /// A queue of at most `capacity` datagrams.
+    pub fn new(capacity: usize) -> SendQueue {
+        SendQueue {
+            batch: RefCell::new(SendBatch::new(capacity)),
+            sender: RefCell::new(None),
+            waiting: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Queues a copy of `data` for `to`, first waiting for room while the
+    /// queue is full (the kernel is pushing back), so that none is dropped
+    /// unseen; refuses only a datagram longer than the protocol allows.
+    pub async fn send(&self, data: &[u8], to: SocketAddr) -> Result<(), Unqueued> {
+        loop {
+            let queued = self.batch.borrow_mut().push(data, to);
+            if let Some(w) = self.sender.borrow_mut().take() {
+                w.wake();
+            }
+            match queued {
+                Err(Unqueued::Full) => self.room().await,
+                done => return done,
+            }
+        }
+    }
+
+    /// Until the batch has room.
+    async fn room(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.batch.borrow().is_full() {
+                return Poll::Ready(());
+            }
+            let mut waiting = self.waiting.borrow_mut();
+            // A task polled again before its wake-up (a bridge polls its
+            // reader whenever its writer wakes) is listed once.
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_waiting(&self) {
+        for w in self.waiting.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Sends what is queued, for ever, through `socket`; `dropped` counts
+    /// datagrams the kernel refused. Where the socket would block, the
+    /// oldest datagram goes through glommio's `send_to`, which waits for
+    /// the kernel, and batches resume after it: the order holds. Only one
+    /// task may run this.
+    pub async fn run(&self, socket: &glommio::net::UdpSocket, mut dropped: impl FnMut(u64)) {
+        let mut spill = vec![0u8; MAX_DATAGRAM];
+        loop {
+            std::future::poll_fn(|cx| {
+                if !self.batch.borrow().is_empty() {
+                    return Poll::Ready(());
+                }
+                *self.sender.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            let flushed = self.batch.borrow_mut().flush(fd_of(socket), |to, e| {
+                tracing::debug!(%to, error = %e, "UDP send failed");
+            });
+            if flushed.failed > 0 {
+                dropped(flushed.failed as u64);
+            }
+            self.wake_waiting();
+            if !flushed.blocked {
+                continue;
+            }
+            let oldest = {
+                let batch = self.batch.borrow();
+                batch.front().and_then(|(data, to)| {
+                    spill.get_mut(..data.len())?.copy_from_slice(data);
+                    Some((data.len(), to))
+                })
+            };
+            self.batch.borrow_mut().pop_front();
+            self.wake_waiting();
+            let Some((len, to)) = oldest else {
+                continue;
+            };
+            let data = spill.get(..len).unwrap_or_default();
+            if let Err(e) = socket.send_to(data, to).await {
+                tracing::debug!(%to, error = %e, "UDP send failed");
+                dropped(1);
+            }
+        }
     }
 }
 

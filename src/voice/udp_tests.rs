@@ -247,3 +247,63 @@ fn the_send_queue_is_bounded_and_keeps_its_order_across_pops() {
     );
     assert!(batch.is_empty());
 }
+
+#[test]
+fn the_send_queue_makes_producers_wait_for_room_and_loses_nothing() {
+    let receiver = bound();
+    let to = addr(&receiver);
+    glommio::LocalExecutor::default().run(async move {
+        let socket = glommio::net::UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
+        let from = socket.local_addr().expect("bound");
+        // Two slots for forty datagrams from two producers: each must wait
+        // for the sending task to make room.
+        let queue = std::rc::Rc::new(SendQueue::new(2));
+        let sender = {
+            let queue = queue.clone();
+            glommio::spawn_local(async move {
+                queue
+                    .run(&socket, |n| panic!("{n} datagrams dropped"))
+                    .await;
+            })
+        };
+        let producers: Vec<_> = (0..2u8)
+            .map(|p| {
+                let queue = queue.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..20u8 {
+                        queue.send(&[p, i], to).await.expect("queued");
+                    }
+                })
+            })
+            .collect();
+        for producer in producers {
+            producer.await;
+        }
+        let too_large = queue.send(&[0; MAX_DATAGRAM + 1], to).await;
+        assert_eq!(too_large, Err(Unqueued::TooLarge));
+        let mut batch = RecvBatch::new(64);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            futures_lite::future::yield_now().await;
+            batch.clear();
+            batch.receive(receiver.as_fd()).expect("recvmmsg");
+            for i in 0..batch.len() {
+                if let Some(Received::Datagram { from: source, data }) = batch.get_mut(i) {
+                    assert_eq!(source, from);
+                    got.push(data.to_vec());
+                }
+            }
+            if got.len() == 40 {
+                break;
+            }
+        }
+        drop(sender);
+        for p in 0..2u8 {
+            // Each producer's datagrams leave in the order it queued them.
+            let mine: Vec<_> = got.iter().filter(|d| d[0] == p).cloned().collect();
+            let want: Vec<_> = (0..20u8).map(|i| vec![p, i]).collect();
+            assert_eq!(mine, want);
+        }
+        assert_eq!(got.len(), 40);
+    });
+}
