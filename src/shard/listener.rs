@@ -71,7 +71,10 @@ async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     }
     let owner = owner_shard(&connect.client_id, shard.shards);
     if owner == shard.id || connect.client_id.is_empty() {
-        conn::run(shard, stream, connect, rbuf).await;
+        // A task of its own rather than awaited here: this task's future
+        // is sized for the CONNECT phase too (about 1 KiB against the
+        // driver's 560 B), and an idle connection would carry it for life.
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf)).detach();
         return;
     }
     match stream.into_moving() {
