@@ -190,6 +190,14 @@ fn write_outbox(
             Poll::Pending => break,
         }
     }
+    // A transport may hold bytes it took (TLS records) beyond the last
+    // write; with nothing more to write, this is where they go out. Pending
+    // registers the waker, which brings the driver back here.
+    if outbox.is_empty() {
+        if let Poll::Ready(Err(_)) = stream.poll_flush(cx) {
+            return Err(Event::Lost);
+        }
+    }
     if outbox.is_empty() && outbox.capacity() > 64 * 1024 {
         // A burst grew the buffer; don't keep it for an idle connection.
         *outbox = BytesMut::new();
