@@ -203,6 +203,10 @@ impl Server {
         self.output.lock().unwrap().clone()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits (bounded) for `needle` in the log.
     pub fn wait_log(&self, needle: &str) {
         let deadline = Instant::now() + WAIT;
@@ -369,6 +373,32 @@ pub fn tls_connect_with(
     client: Option<&str>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> std::io::Result<TlsClient> {
+    let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    handshake(client_config(pki, client, versions), tcp)
+}
+
+/// TLS over a socket already open (a PROXY header sent on it first).
+pub fn tls_over(pki: &Pki, tcp: TcpStream) -> TlsClient {
+    let config = client_config(pki, None, rustls::DEFAULT_VERSIONS);
+    handshake(config, tcp).expect("TLS handshake")
+}
+
+fn handshake(config: Arc<rustls::ClientConfig>, tcp: TcpStream) -> std::io::Result<TlsClient> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    tcp.set_read_timeout(Some(WAIT))?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
+
+fn client_config(
+    pki: &Pki,
+    client: Option<&str>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -391,15 +421,7 @@ pub fn tls_connect_with(
         }
         None => builder.with_no_client_auth(),
     };
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))?;
-    tcp.set_read_timeout(Some(WAIT))?;
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock)?;
-    }
-    Ok(stream)
+    Arc::new(config)
 }
 
 /// TLS, CONNECT, CONNACK 0.
