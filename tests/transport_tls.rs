@@ -264,3 +264,43 @@ fn tls_sessions_are_handed_to_the_owner_shard() {
     let want: Vec<String> = (0..8).map(|i| format!("from-{i}")).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn reload_swaps_certificates_without_dropping_live_connections() {
+    let old = Pki::new("tls-reload-old");
+    let new = Pki::new("tls-reload-new");
+    let toml = format!(
+        "[server]\nshards = 1\npin_cores = false\n[mqtt]\nlisten = \"127.0.0.1:0\"\n{}",
+        old.tls_section(0, "")
+    );
+    let config = shardmq::config::Config::from_toml(&toml).unwrap();
+    config.validate().unwrap();
+    let mut settings = config.shard_settings();
+    settings.tls = config.tls_listener().unwrap();
+    let server = shardmq::shard::Server::start(settings, Vec::new()).unwrap();
+    let port = server.tls_listen.unwrap().port();
+    let mut live = tls_mqtt(&old, port, None, "before-reload");
+
+    // A bad file: refused, the old certificate stays in force.
+    let mut broken = config.tls.clone();
+    broken.key_file = new.path("absent.key");
+    let error = server.reload_tls(&broken).unwrap_err().to_string();
+    assert!(error.contains("absent.key"), "{error}");
+    let _still_old = tls_mqtt(&old, port, None, "after-bad-reload");
+
+    // Good files: new connections get the new certificate.
+    let fresh = shardmq::config::Config::from_toml(&format!(
+        "[server]\nshards = 1\n{}",
+        new.tls_section(0, "")
+    ))
+    .unwrap();
+    server.reload_tls(&fresh.tls).unwrap();
+    assert!(
+        tls_connect(&old, port, None).is_err(),
+        "old CA still served"
+    );
+    let _new = tls_mqtt(&new, port, None, "after-reload");
+    // The connection made before is still served, on its own session.
+    live.write_all(&subscribe_packet(3, "reload/#")).unwrap();
+    assert_eq!(read_packet(&mut live).unwrap(), (0x90, vec![0, 3, 1]));
+}

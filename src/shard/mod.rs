@@ -62,6 +62,8 @@ pub struct Server {
     pub listen: Option<SocketAddr>,
     /// The TLS listener's address (port 0 resolved); `None` without it.
     pub tls_listen: Option<SocketAddr>,
+    /// The TLS listeners' configuration, shared with every shard.
+    tls_config: Option<crate::transport::ServerConfigHolder>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -86,6 +88,7 @@ impl Server {
         }
         let listen = settings.mqtt_listen;
         let tls_listen = settings.tls.as_ref().map(|t| t.listen);
+        let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -126,8 +129,24 @@ impl Server {
         Ok(Server {
             listen,
             tls_listen,
+            tls_config,
             handles,
         })
+    }
+
+    /// Reloads the TLS certificates and keys (the reload entry point for
+    /// SIGHUP): the files of `config` are read on the calling thread, and
+    /// only when all are good do new connections get them; otherwise the
+    /// configuration in force stays and the error says why. Connections
+    /// already established are not touched. `Ok` without a TLS listener.
+    pub fn reload_tls(
+        &self,
+        config: &crate::transport::TlsConfig,
+    ) -> Result<(), crate::transport::TlsError> {
+        match &self.tls_config {
+            Some(holder) => holder.reload(config),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the shards; they run until the process ends.
