@@ -228,3 +228,42 @@ fn v2_truncated_header_waits() {
     assert_eq!(parse(&bytes[..16]), Ok(None));
     assert_eq!(parse(&bytes[..5]), Ok(None));
 }
+
+/// The fuzz target's invariants, on random bytes and on valid headers
+/// with bytes changed.
+fn check_invariants(data: &[u8]) {
+    let result = parse(data);
+    if data.len() >= HEADER_MAX {
+        assert!(!matches!(result, Ok(None)));
+    }
+    if let Ok(Some(parsed)) = result {
+        assert!(parsed.consumed > 0 && parsed.consumed <= data.len());
+        assert_eq!(parse(&data[..parsed.consumed]), Ok(Some(parsed)));
+        for n in 0..parsed.consumed {
+            assert_eq!(parse(&data[..n]), Ok(None), "prefix of {n} bytes");
+        }
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn random_bytes_keep_the_invariants(data in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+        check_invariants(&data);
+    }
+
+    #[test]
+    fn mutated_headers_keep_the_invariants(
+        which in 0usize..3,
+        at in 0usize..64,
+        byte in proptest::num::u8::ANY,
+    ) {
+        let mut data = match which {
+            0 => b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n".to_vec(),
+            1 => v2(1, 0x11, &INET_BLOCK),
+            _ => v2(0, 0x21, &[0u8; 36]),
+        };
+        let at = at % data.len();
+        data[at] = byte;
+        check_invariants(&data);
+    }
+}
