@@ -130,3 +130,63 @@ fn header_comes_before_tls_on_the_tls_listener() {
     assert!(tls_connect(&pki, port, None).is_err());
     server.wait_metric("shardmq_proxy_header_rejections_total", 1);
 }
+
+#[test]
+fn the_proxied_address_moves_with_a_hand_off() {
+    let pki = Pki::new("proxy-handoff");
+    let port = free_port();
+    let toml = format!(
+        "[mqtt]\nproxy_protocol = true\n{}",
+        pki.tls_section(port, "proxy_protocol = true")
+    );
+    let server = Server::start(2, &toml, port);
+    let mut keep = Vec::new();
+    for i in 0..16u8 {
+        // Plain MQTT and TLS, each with its own proxied address.
+        let id = format!("moved-{i}");
+        let header = v2_header([192, 0, 2, 100 + i], 7000 + u16::from(i));
+        if i % 2 == 0 {
+            keep.push(Box::new(connect_after(&server, &header, &id)) as Box<dyn std::any::Any>);
+        } else {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            (&tcp).write_all(&header).unwrap();
+            let mut s = tls_over(&pki, tcp);
+            s.write_all(&connect_packet(&id)).unwrap();
+            let (h, body) = read_packet(&mut s).unwrap();
+            assert_eq!([h, 2, body[0], body[1]], CONNACK_OK);
+            keep.push(Box::new(s));
+        }
+        // Where the connection runs (its owner shard, after any hand-off),
+        // the address is still the proxied one.
+        let needle = format!(
+            "client_id={id} peer=Some(192.0.2.{}:{})",
+            100 + i,
+            7000 + u16::from(i)
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        while !server
+            .output()
+            .lines()
+            .any(|l| l.contains("connection runs") && l.contains(&needle))
+        {
+            assert!(std::time::Instant::now() < deadline, "no {needle:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    // With 16 ids on 2 shards, some were accepted on the shard that does
+    // not own them (all on their owner: one chance in 65,536).
+    let output = server.output();
+    let shard_of = |kind: &str, id: &str| {
+        output
+            .lines()
+            .find(|l| l.contains(kind) && l.contains(&format!("client_id={id} ")))
+            .and_then(|l| l.split("shard=").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string)
+    };
+    let moved = (0..16)
+        .map(|i| format!("moved-{i}"))
+        .filter(|id| shard_of("CONNECT received", id) != shard_of("connection runs", id))
+        .count();
+    assert!(moved > 0, "no hand-off among 16 connections");
+}

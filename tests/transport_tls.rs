@@ -233,9 +233,10 @@ fn tls_sessions_are_handed_to_the_owner_shard() {
         .write_all(&subscribe_packet(1, "handoff/#"))
         .unwrap();
     assert_eq!(read_packet(&mut subscriber).unwrap().0, 0x90);
-    // Eight ids spread over both shards; whichever shard accepts, the owner
-    // runs the session, so some of these cross with their TLS state.
-    let mut publishers: Vec<TlsClient> = (0..8)
+    // Sixteen ids spread over both shards; whichever shard accepts, the
+    // owner runs the session, so some of these cross with their TLS state
+    // (none crossing: one chance in 65,536).
+    let mut publishers: Vec<TlsClient> = (0..16)
         .map(|i| tls_mqtt(&pki, server.tls, None, &format!("handoff-pub-{i}")))
         .collect();
     for (i, publisher) in publishers.iter_mut().enumerate() {
@@ -251,7 +252,7 @@ fn tls_sessions_are_handed_to_the_owner_shard() {
         assert_eq!((header, body), (0x40, vec![0, 1]), "PUBACK for {i}");
     }
     let mut got = Vec::new();
-    while got.len() < 8 {
+    while got.len() < 16 {
         let (header, body) = read_packet(&mut subscriber).unwrap();
         assert_eq!(header & 0xf0, 0x30);
         let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
@@ -261,8 +262,23 @@ fn tls_sessions_are_handed_to_the_owner_shard() {
         subscriber.write_all(&[0x40, 2, pkid[0], pkid[1]]).unwrap();
     }
     got.sort();
-    let want: Vec<String> = (0..8).map(|i| format!("from-{i}")).collect();
+    let mut want: Vec<String> = (0..16).map(|i| format!("from-{i}")).collect();
+    want.sort();
     assert_eq!(got, want);
+    let output = server.output();
+    let shard_of = |kind: &str, id: &str| {
+        output
+            .lines()
+            .find(|l| l.contains(kind) && l.contains(&format!("client_id={id} ")))
+            .and_then(|l| l.split("shard=").nth(1))
+            .and_then(|rest| rest.split(' ').next())
+            .map(str::to_string)
+    };
+    let moved = (0..16)
+        .map(|i| format!("handoff-pub-{i}"))
+        .filter(|id| shard_of("CONNECT received", id) != shard_of("connection runs", id))
+        .count();
+    assert!(moved > 0, "no TLS session crossed shards");
 }
 
 #[test]

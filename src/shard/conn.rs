@@ -36,7 +36,9 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
 pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
-    let admitted = shard.admit(Box::new(connect), stream.peer_addr());
+    let peer = stream.peer_addr();
+    tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
+    let admitted = shard.admit(Box::new(connect), peer);
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {

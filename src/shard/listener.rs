@@ -233,6 +233,7 @@ async fn connect_phase(
         }
     }
     tracing::debug!(
+        shard = shard.id.0,
         client_id = %connect.client_id,
         peer = ?stream.peer_addr(),
         username = ?connect.username,
