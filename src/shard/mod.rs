@@ -22,7 +22,7 @@ mod service;
 mod settings;
 
 pub use service::{Service, ServiceFactory};
-pub use settings::Settings;
+pub use settings::{Settings, TlsListener};
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -75,6 +75,10 @@ pub enum StartError {
 pub struct Server {
     /// The MQTT listener's address (port 0 resolved); `None` without it.
     pub listen: Option<SocketAddr>,
+    /// The TLS listener's address (port 0 resolved); `None` without it.
+    pub tls_listen: Option<SocketAddr>,
+    /// The TLS listeners' configuration, shared with every shard.
+    tls_config: Option<crate::transport::ServerConfigHolder>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -88,6 +92,9 @@ impl Server {
         if let Some(addr) = settings.mqtt_listen {
             settings.mqtt_listen = Some(probe_listen(addr)?);
         }
+        if let Some(tls) = settings.tls.as_mut() {
+            tls.listen = probe_listen(tls.listen)?;
+        }
         if let Some(addr) = settings.http_listen {
             // Shard 0 binds it once running; a port held by another process
             // must fail the start, not just log from the shard.
@@ -95,6 +102,9 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
         let listen = settings.mqtt_listen;
+        let tls_listen = settings.tls.as_ref().map(|t| t.listen);
+        let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
+        let counters = Arc::new(crate::transport::Counters::default());
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -108,10 +118,11 @@ impl Server {
             let settings = settings.clone();
             let ready = ready_tx.clone();
             let services = services.clone();
+            let counters = counters.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
-                .spawn(move || run_shard(i, settings, endpoints, services, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, counters, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -131,7 +142,27 @@ impl Server {
                 }
             }
         }
-        Ok(Server { listen, handles })
+        Ok(Server {
+            listen,
+            tls_listen,
+            tls_config,
+            handles,
+        })
+    }
+
+    /// Reloads the TLS certificates and keys (the reload entry point for
+    /// SIGHUP): the files of `config` are read on the calling thread, and
+    /// only when all are good do new connections get them; otherwise the
+    /// configuration in force stays and the error says why. Connections
+    /// already established are not touched. `Ok` without a TLS listener.
+    pub fn reload_tls(
+        &self,
+        config: &crate::transport::TlsConfig,
+    ) -> Result<(), crate::transport::TlsError> {
+        match &self.tls_config {
+            Some(holder) => holder.reload(config),
+            None => Ok(()),
+        }
     }
 
     /// Waits for the shards; they run until the process ends.
@@ -203,6 +234,8 @@ pub struct Shard {
     /// Which service admitted each service connection, by `ConnId`: its
     /// place in `services` plus one; 0 for the broker's own connections.
     service_of: RefCell<Vec<u8>>,
+    /// What the transports refused, for every shard of the server.
+    pub(crate) transport: Arc<crate::transport::Counters>,
 }
 
 impl Shard {
@@ -372,6 +405,7 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
+    transport: Arc<crate::transport::Counters>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -390,6 +424,19 @@ async fn run_shard(
         },
         None => None,
     };
+    let tls_listener = match &settings.tls {
+        Some(tls) => match bind_listener(tls.listen) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind {
+                    addr: tls.listen,
+                    source,
+                }));
+                return;
+            }
+        },
+        None => None,
+    };
     let shard = Rc::new(Shard {
         id,
         shards,
@@ -403,6 +450,7 @@ async fn run_shard(
         congestion_waiters: RefCell::new(Vec::new()),
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
+        transport,
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
@@ -428,9 +476,16 @@ async fn run_shard(
         }
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
+    if let Some(tls_listener) = tls_listener {
+        tasks.push(glommio::spawn_local(listener::accept_loop(
+            shard.clone(),
+            tls_listener,
+            listener::Kind::Tls,
+        )));
+    }
     let _ = ready.send(Ok(()));
     match listener {
-        Some(listener) => listener::accept_loop(shard, listener).await,
+        Some(listener) => listener::accept_loop(shard, listener, listener::Kind::Mqtt).await,
         None => std::future::pending::<()>().await,
     }
     drop(tasks);
