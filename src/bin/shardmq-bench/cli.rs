@@ -45,6 +45,7 @@ Examples:
   shardmq-bench fanin --publishers 200 --rate 1000 --qos 2
   shardmq-bench latency --rate 10000 --pairs 10 --json lat.json
   shardmq-bench conns --count 15000 --server-pid $(pidof mosquitto)
+  shardmq-bench latency --rate 20000 --pairs 4000 --qos 1 --server-perf --server-pid $(pidof shardmq)
   shardmq-bench voice --devices 200 --backend-listen 127.0.0.1:8000
   taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
 
@@ -92,6 +93,13 @@ pub struct GlobalOpts {
     /// (CPU-seconds per million delivered messages) and its memory.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+
+    /// With --server-pid: also count the broker's system calls and
+    /// io_uring submissions over the measured window with `perf stat`
+    /// (needs perf and the right to trace the broker; skipped with a
+    /// warning otherwise).
+    #[arg(long, global = true)]
+    pub server_perf: bool,
 
     /// Also write the report as JSON to this file (`-` for stdout, which
     /// moves the table to stderr).

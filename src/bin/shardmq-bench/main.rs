@@ -23,6 +23,9 @@
 //! only [`control`]: phase signals one way, running totals the other; the
 //! [`doorbell`] carries the wake-ups.
 //!
+//! With `--server-perf`, [`perf`] counts the broker's system calls and
+//! io_uring submissions over the measured window.
+//!
 //! # Not the bottleneck
 //!
 //! One io_uring loop per core drives many sockets; a publisher appends a
@@ -43,6 +46,7 @@ mod idle;
 mod load;
 mod pacer;
 mod payload;
+mod perf;
 mod publisher;
 mod report;
 mod scenario;
