@@ -360,7 +360,8 @@ def kept_up(scenario, report):
     message (each wake-up finds more to do), so such a run is no figure of
     the steady state."""
     if scenario in FLEET_SCENARIOS:
-        offered = (dig(report, "config", "rate_per_publisher") or 0) * (dig(report, "config", "publishers") or 0)
+        rate = dig(report, "config", "rate_per_publisher") or 0
+        offered = rate * (dig(report, "config", "publishers") or 0)
         return offered > 0 and (delivered(report) or 0) >= 0.95 * offered
     if scenario in VOICE_SCENARIOS:
         return dig(report, "up", "window_lost") == 0 and dig(report, "down", "window_lost") == 0
@@ -676,8 +677,8 @@ def voice_table(run):
         "| lost up (window) | lost down (window) | RTT p50 | RTT p99 | cores: gateway / generator |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         f"| Node reference gateway (issue 9's figures, not measured here) | {VOICE_SHAPE_DEVICES} | — "
-        f"| {node_per:.3g} | {NODE_VOICE_CPU_S:g} | 1.00× | — | — | — | {NODE_VOICE_LOST_PCT:g}% (both ways) "
-        "| — | — | — | — |",
+        f"| {node_per:.3g} | {NODE_VOICE_CPU_S:g} | 1.00× | — | — | — "
+        f"| {NODE_VOICE_LOST_PCT:g}% (both ways) | — | — | — | — |",
         f"| shardmq before issue 9 (issue 9's figures) | {VOICE_SHAPE_DEVICES} | — | {before_per:.3g} "
         f"| {SHARDMQ_VOICE_CPU_S_BEFORE:g} | {fmt_ratio(SHARDMQ_VOICE_CPU_S_BEFORE / NODE_VOICE_CPU_S)} "
         "| — | — | — | none | none | — | — | — |",
