@@ -1260,6 +1260,8 @@ def chart(run, png_path):
         if log or (values and max(values) / min(values) > 40):
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}×"))
+            # A narrow range gets minor ticks labelled in scientific notation.
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if values:
                 goals = [g[3] for g in groups if g[3] is not None]
                 ax.set_ylim(min(values + goals + [1.0]) / 2, max(values + goals) * 2.5)
