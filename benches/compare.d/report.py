@@ -586,7 +586,7 @@ def fleet_table(run):
                 extra.append(
                     f"§ delivered {count(delivered(r))}/s of the "
                     f"{count(dig(r, 'config', 'rate_per_publisher') * dig(r, 'config', 'publishers'))}/s "
-                    "offered: it fell behind, so this is no steady state (and CPU per message reads low)"
+                    "offered: it fell behind, so this is no steady state"
                 )
                 rows[-1] = rows[-1].rsplit("| ", 1)[0] + f"| {cores} |"
             if i.get("unacked"):
