@@ -754,9 +754,11 @@ def targets9(run):
         s = run.report("shardmq", scenario)
         who, m = run.best_mosquitto(scenario, p99)
         r = ratio(p99(s), m)
+        gen = dig(s, "bench", "cores") if s else None
+        busy = f"; the generator used {gen:.2f} of its core" if gen is not None and gen >= SATURATED else ""
         rows.append(
             f"| {SHORT_NAMES[scenario]}: p99 latency ≤ mosquitto's | {fmt_us(p99(s))} vs {fmt_us(m)} "
-            f"({fmt_ratio(r)}{f', {BROKER_NAMES[who]}' if who else ''}) | {verdict_at_most(r, 1.0)} |"
+            f"({fmt_ratio(r)}{f', {BROKER_NAMES[who]}' if who else ''}){busy} | {verdict_at_most(r, 1.0)} |"
         )
     for scenario in FLEET_SCENARIOS:
         status, s = run.result("shardmq", scenario)
