@@ -8,7 +8,9 @@ A run directory holds meta.txt (key=value lines written by the script) and,
 per attempt at a scenario, <broker>.<scenario>.try<n>.status ("ok" or why
 not), .json (shardmq-bench --json, when ok) and .foreign (cores other
 people's processes used meanwhile, from cpuwatch.py). The tables show the
-best attempt of each scenario.
+best attempt of each scenario. <broker>.<scenario>.perf.* is the perf pass
+of a fleet, churn or voice scenario: only its system call and io_uring
+submission counts are used, since tracing slows the broker down.
 """
 
 import itertools
@@ -36,6 +38,11 @@ SCENARIO_NAMES = {
     "p2p-q2": "p2p 50 pairs, QoS 2, window 32",
     "latency": "latency, 10k msg/s over 10 pairs, QoS 0",
     "conns": "idle connections",
+    "fleet-q0": "fleet 4,000 → 4,000 at 5 msg/s each, QoS 0",
+    "fleet-q1": "fleet 4,000 → 4,000 at 5 msg/s each, QoS 1",
+    "churn": "connection churn, 100 clients",
+    "voice": "voice, 400 devices",
+    "voice-1000": "voice, 1,000 devices",
 }
 SHORT_NAMES = {
     "latency": "10k msg/s",
@@ -43,7 +50,26 @@ SHORT_NAMES = {
     "fanout-q0": "fan-out 1→100 QoS 0",
     "p2p-q1": "p2p QoS 1",
     "p2p-q2": "p2p QoS 2",
+    "fleet-q0": "fleet QoS 0",
+    "fleet-q1": "fleet QoS 1",
 }
+FLEET_SCENARIOS = ["fleet-q0", "fleet-q1"]
+VOICE_SCENARIOS = ["voice", "voice-1000"]
+# Scenarios whose headline figure is better when lower.
+LOWER_IS_BETTER = ("latency", "conns", "fleet-q0", "fleet-q1", "voice", "voice-1000")
+# The voice shape of issue 9: 400 devices streaming 100 frames each way,
+# and what the Node reference gateway (which cannot be installed here) and
+# shardmq spent on it then, as the issue's table states them.
+VOICE_SHAPE_DEVICES = 400
+VOICE_SHAPE_FRAMES = 100
+VOICE_SHAPE_DATAGRAMS = VOICE_SHAPE_DEVICES * VOICE_SHAPE_FRAMES * 2
+NODE_VOICE_CPU_S = 7.7
+NODE_VOICE_LOST_PCT = 1.1
+SHARDMQ_VOICE_CPU_S_BEFORE = 2.9
+# Issue 9's voice target: gateway CPU per datagram at most this share of Node's.
+VOICE_TARGET = 0.2
+# Issue 9's voice round-trip target.
+VOICE_RTT_P99_US = 20_000
 # A generator above this share of its core, with a broker below it, set the
 # pace itself.
 SATURATED = 0.9
@@ -142,10 +168,44 @@ class Run:
             return None, None
         if scenario == "latency":
             return min(runs, key=lambda br: p99(br[1]) if p99(br[1]) is not None else math.inf)
+        if scenario in FLEET_SCENARIOS:
+            # The steady one first (see `kept_up`), then the cheaper.
+            return min(
+                runs,
+                key=lambda br: (
+                    not kept_up(scenario, br[1]),
+                    cpu_per_million(br[1]) if cpu_per_million(br[1]) is not None else math.inf,
+                ),
+            )
+        if scenario == "churn":
+            return max(runs, key=lambda br: cycles(br[1]) or 0)
         return max(runs, key=lambda br: delivered(br[1]) or 0)
 
     def base(self, scenario):
         return self.reference(scenario)[1]
+
+    def best_mosquitto(self, scenario, metric):
+        """(broker, value) of the mosquitto run with the lower `metric`,
+        among those in a steady state if any was (see `kept_up`)."""
+        values = [(b, self.report(b, scenario)) for b in MOSQUITTOS]
+        values = [(b, metric(r), kept_up(scenario, r)) for b, r in values if r is not None]
+        values = [v for v in values if v[1] is not None]
+        if not values:
+            return None, None
+        b, v, _ = min(values, key=lambda bvk: (not bvk[2], bvk[1]))
+        return b, v
+
+    def perf(self, broker, scenario):
+        """The kernel_events of the perf pass, or None."""
+        base = os.path.join(self.path, f"{broker}.{scenario}.perf")
+        try:
+            with open(base + ".status", encoding="utf-8") as f:
+                if f.read().strip() != "ok":
+                    return None
+            with open(base + ".json", encoding="utf-8") as f:
+                return dig(json.load(f), "server", "kernel_events")
+        except (OSError, ValueError):
+            return None
 
 
 # --- figures -------------------------------------------------------------------
@@ -186,6 +246,53 @@ def p99(report):
 
 def rss_per_conn(report):
     return dig(report, "server", "rss_bytes_per_conn")
+
+
+def cycles(report):
+    return dig(report, "cycles_per_s")
+
+
+def cpu_per_cycle(report):
+    """Broker CPU ms per 1,000 churn cycles."""
+    if not dig(report, "cycles"):
+        return None
+    return dig(report, "server", "cpu_ms_per_thousand_cycles")
+
+
+def cycles_per_core(report):
+    """Churn cycles per second of broker CPU: the rate one busy broker core
+    would sustain, whether or not this run kept it busy."""
+    per_thousand = cpu_per_cycle(report)
+    return None if not per_thousand else 1e6 / per_thousand
+
+
+def voice_cpu(report):
+    """Gateway CPU µs per datagram (both directions)."""
+    packets = (dig(report, "up_sent_per_s") or 0) + (dig(report, "down_received_per_s") or 0)
+    if not packets:
+        return None
+    return dig(report, "server", "cpu_s_per_million_packets")
+
+
+def kernel_share(report):
+    """Share of the broker's CPU time spent in the kernel, or None."""
+    user, system = dig(report, "server", "user_s"), dig(report, "server", "system_s")
+    if user is None or system is None or user + system <= 0:
+        return None
+    return system / (user + system)
+
+
+def split_cell(per_unit, report):
+    """A per-unit CPU figure as user / kernel, with the kernel's share."""
+    share = kernel_share(report)
+    if per_unit is None or share is None:
+        return "—"
+    return f"{fmt_cpu(per_unit * (1 - share))} / {fmt_cpu(per_unit * share)} ({100 * share:.0f}% kernel)"
+
+
+def events_cell(events, key):
+    value = dig(events, key) if events else None
+    return "—" if value is None else f"{value:.2f}"
 
 
 def ratio(a, b):
@@ -237,16 +344,39 @@ def headline(scenario):
         return "p99", p99, fmt_us
     if scenario == "conns":
         return "RSS/connection", rss_per_conn, lambda v: f"{count(v)} B"
+    if scenario in FLEET_SCENARIOS:
+        return "broker CPU µs/msg", cpu_per_million, fmt_cpu
+    if scenario == "churn":
+        return "cycles/s", cycles, count
+    if scenario in VOICE_SCENARIOS:
+        return "gateway CPU µs/datagram", voice_cpu, fmt_cpu
     return "delivered/s", delivered, count
 
 
+def kept_up(scenario, report):
+    """Whether a fixed-load run was in a steady state: the fleet broker
+    delivered at least 95% of the offered rate, the voice gateway lost
+    nothing in the window. A broker that falls behind spends less per
+    message (each wake-up finds more to do), so such a run is no figure of
+    the steady state."""
+    if scenario in FLEET_SCENARIOS:
+        rate = dig(report, "config", "rate_per_publisher") or 0
+        offered = rate * (dig(report, "config", "publishers") or 0)
+        return offered > 0 and (delivered(report) or 0) >= 0.95 * offered
+    if scenario in VOICE_SCENARIOS:
+        return dig(report, "up", "window_lost") == 0 and dig(report, "down", "window_lost") == 0
+    return True
+
+
 def score(scenario, report):
-    """Higher is better: delivered/s, or less p99, or less RSS per connection."""
+    """Higher is better: a steady state first (see `kept_up`), then
+    delivered/s or cycles/s, or less p99, RSS per connection or CPU per
+    message."""
     _, metric, _ = headline(scenario)
     value = metric(report)
     if value is None:
-        return -math.inf
-    return value if scenario not in ("latency", "conns") else -value
+        return (False, -math.inf)
+    return (kept_up(scenario, report), -value if scenario in LOWER_IS_BETTER else value)
 
 
 # --- progress line ---------------------------------------------------------------
@@ -284,6 +414,21 @@ def summary(base, started):
         print(
             f"{head} {r.get('established', 0):,}/{r.get('requested', 0):,} connections, "
             f"RSS/conn {count(rss_per_conn(r))} B{took}"
+        )
+        return
+    if scenario == "churn":
+        print(
+            f"{head} cycles/s {count(cycles(r)):>8}  connect p99 "
+            f"{fmt_us(dig(r, 'connect_latency', 'p99_us')):>9}  CPU ms/1k cycles "
+            f"{fmt_cpu(cpu_per_cycle(r)):>6}  errors {sum((r.get('errors') or {}).values())}{took}"
+        )
+        return
+    if scenario in VOICE_SCENARIOS:
+        print(
+            f"{head} {dig(r, 'config', 'devices')} devices  CPU µs/datagram {fmt_cpu(voice_cpu(r)):>6}  "
+            f"lost up {dig(r, 'up', 'window_lost')} down {dig(r, 'down', 'window_lost')}  "
+            f"RTT p99 {fmt_us(dig(r, 'rtt', 'p99_us'))}  generator "
+            f"{dig(r, 'bench', 'cores') or 0:.2f} cores{took}"
         )
         return
     i = r.get("integrity") or {}
@@ -390,6 +535,295 @@ def conns_table(run):
                 + "."
             )
     return rows, notes
+
+
+def fleet_table(run):
+    """The fleet scenarios: CPU per message, where it goes, latency, loss."""
+    scenarios = [sc for sc in FLEET_SCENARIOS if sc in run.scenarios]
+    if not scenarios:
+        return [], []
+    rows = [
+        "| Scenario | Broker | delivered/s | broker CPU µs / msg | × mosquitto | × baseline router "
+        "| user / kernel µs / msg | syscalls / msg | io_uring submissions / msg | p50 | p99 | p99.9 "
+        "| lost | dup | cores: broker / generator |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    floor = run.report("baseline", "fleet-q0")
+    for scenario in scenarios:
+        ref, base = run.reference(scenario)
+        name = SCENARIO_NAMES[scenario]
+        for broker in run.brokers:
+            status, r = run.result(broker, scenario)
+            if status is None:
+                continue
+            if r is None:
+                rows.append(f"| {name} | {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 12)
+                continue
+            cpu = cpu_per_million(r)
+            gen_cores, broker_cores = dig(r, "bench", "cores"), dig(r, "server", "cores")
+            cores = " / ".join("—" if c is None else f"{c:.2f}" for c in (broker_cores, gen_cores))
+            if gen_cores is not None and gen_cores >= SATURATED:
+                cores += " †"
+            note = run.note(broker, scenario)
+            if note and note.startswith("‡"):
+                cores += " ‡"
+            events = run.perf(broker, scenario)
+            i = r.get("integrity") or {}
+            mark = " ◆" if broker == ref else ""
+            against_floor = ratio(cpu, cpu_per_million(floor)) if scenario == "fleet-q0" else None
+            rows.append(
+                f"| {name} | {BROKER_NAMES[broker]}{mark} | {count(delivered(r))} | {fmt_cpu(cpu)} "
+                f"| {fmt_ratio(ratio(cpu, cpu_per_million(base)))} | {fmt_ratio(against_floor)} "
+                f"| {split_cell(cpu, r)} | {events_cell(events, 'syscalls_per_message')} "
+                f"| {events_cell(events, 'io_uring_submissions_per_message')} "
+                f"| {fmt_us(latency(r, 'p50_us'))} | {fmt_us(p99(r))} | {fmt_us(latency(r, 'p999_us'))} "
+                f"| {loss(r)} | {count(i.get('duplicated'))} | {cores} |"
+            )
+            extra = [note] if note else []
+            if not kept_up(scenario, r):
+                cores += " §"
+                extra.append(
+                    f"§ delivered {count(delivered(r))}/s of the "
+                    f"{count(dig(r, 'config', 'rate_per_publisher') * dig(r, 'config', 'publishers'))}/s "
+                    "offered: it fell behind, so this is no steady state"
+                )
+                rows[-1] = rows[-1].rsplit("| ", 1)[0] + f"| {cores} |"
+            if i.get("unacked"):
+                extra.append(f"{i['unacked']:,} never acknowledged")
+            errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+            if errors:
+                extra.append("generator saw " + ", ".join(f"{k} ×{v}" for k, v in errors.items()))
+            if extra:
+                notes.append(f"- {name}, {BROKER_NAMES[broker]}: " + "; ".join(extra) + ".")
+    return rows, notes
+
+
+def churn_table(run):
+    if "churn" not in run.scenarios:
+        return [], []
+    rows = [
+        "| Broker | cycles/s | × mosquitto | connect p50 | connect p99 | cycle p99 "
+        "| broker CPU ms / 1,000 cycles | × mosquitto | cycles per broker core-second "
+        "| user / kernel ms / 1,000 cycles | syscalls / cycle | errors | cores: broker / generator |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    notes = []
+    base = run.base("churn")
+    for broker in run.brokers:
+        status, r = run.result(broker, "churn")
+        if status is None:
+            continue
+        if r is None:
+            rows.append(f"| {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 11)
+            continue
+        errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+        gen_cores, broker_cores = dig(r, "bench_cores"), dig(r, "server", "cores")
+        cores = " / ".join("—" if c is None else f"{c:.2f}" for c in (broker_cores, gen_cores))
+        if gen_cores is not None and broker_cores is not None and gen_cores >= SATURATED > broker_cores:
+            cores += " †"
+        note = run.note(broker, "churn")
+        if note and note.startswith("‡"):
+            cores += " ‡"
+        rows.append(
+            f"| {BROKER_NAMES[broker]} | {count(cycles(r))} | {fmt_ratio(ratio(cycles(r), cycles(base)))} "
+            f"| {fmt_us(dig(r, 'connect_latency', 'p50_us'))} | {fmt_us(dig(r, 'connect_latency', 'p99_us'))} "
+            f"| {fmt_us(dig(r, 'cycle_latency', 'p99_us'))} | {fmt_cpu(cpu_per_cycle(r))} "
+            f"| {fmt_ratio(ratio(cpu_per_cycle(r), cpu_per_cycle(base)))} | {count(cycles_per_core(r))} "
+            f"| {split_cell(cpu_per_cycle(r), r)} "
+            f"| {events_cell(run.perf(broker, 'churn'), 'syscalls_per_message')} "
+            f"| {count(sum(errors.values()))} | {cores} |"
+        )
+        extra = [note] if note else []
+        if errors:
+            extra.append("generator saw " + ", ".join(f"{k} ×{v}" for k, v in errors.items()))
+        if extra:
+            notes.append(f"- connection churn, {BROKER_NAMES[broker]}: " + "; ".join(extra) + ".")
+    return rows, notes
+
+
+def shape_cpu_s(report):
+    """Gateway CPU-seconds for issue 9's voice shape, from CPU per datagram."""
+    per = voice_cpu(report)
+    return None if per is None else per * VOICE_SHAPE_DATAGRAMS / 1e6
+
+
+def flow_loss(report, direction):
+    f = dig(report, direction) or {}
+    lost, expected = f.get("window_lost"), f.get("window_expected")
+    if lost is None:
+        return "—"
+    if lost and expected:
+        return f"{lost:,} of {expected:,} ({100 * lost / expected:.2g}%)"
+    return f"{lost:,} of {count(expected)}"
+
+
+def generator_paced(report):
+    """Whether the voice generator, not the gateway, set the pace."""
+    cores = dig(report, "bench", "cores")
+    return cores is not None and cores >= SATURATED
+
+
+def voice_table(run):
+    scenarios = [sc for sc in VOICE_SCENARIOS if sc in run.scenarios]
+    if not scenarios or "shardmq" not in run.brokers:
+        return [], []
+    node_per = NODE_VOICE_CPU_S * 1e6 / VOICE_SHAPE_DATAGRAMS
+    before_per = SHARDMQ_VOICE_CPU_S_BEFORE * 1e6 / VOICE_SHAPE_DATAGRAMS
+    rows = [
+        "| Gateway | devices in conversation | datagrams/s (up + down) | gateway CPU µs / datagram "
+        f"| CPU-s for {VOICE_SHAPE_DEVICES} devices × {VOICE_SHAPE_FRAMES} frames each way | × Node "
+        "| user / kernel µs / datagram | syscalls / datagram | io_uring submissions / datagram "
+        "| lost up (window) | lost down (window) | RTT p50 | RTT p99 | cores: gateway / generator |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        f"| Node reference gateway (issue 9's figures, not measured here) | {VOICE_SHAPE_DEVICES} | — "
+        f"| {node_per:.3g} | {NODE_VOICE_CPU_S:g} | 1.00× | — | — | — "
+        f"| {NODE_VOICE_LOST_PCT:g}% (both ways) | — | — | — | — |",
+        f"| shardmq before issue 9 (issue 9's figures) | {VOICE_SHAPE_DEVICES} | — | {before_per:.3g} "
+        f"| {SHARDMQ_VOICE_CPU_S_BEFORE:g} | {fmt_ratio(SHARDMQ_VOICE_CPU_S_BEFORE / NODE_VOICE_CPU_S)} "
+        "| — | — | — | none | none | — | — | — |",
+    ]
+    notes = []
+    for scenario in scenarios:
+        status, r = run.result("shardmq", scenario)
+        if status is None:
+            continue
+        name = f"shardmq, {SCENARIO_NAMES[scenario].split(', ', 1)[1]}"
+        if r is None:
+            rows.append(f"| {name} | **failed**: {cell(status)} |" + " |" * 12)
+            continue
+        per = voice_cpu(r)
+        events = run.perf("shardmq", scenario)
+        gen = dig(r, "bench", "cores")
+        cores = " / ".join(
+            "—" if c is None else f"{c:.2f}" for c in (dig(r, "server", "cores"), gen)
+        )
+        if generator_paced(r):
+            cores += " †"
+        note = run.note("shardmq", scenario)
+        if note and note.startswith("‡"):
+            cores += " ‡"
+        packets = (dig(r, "up_sent_per_s") or 0) + (dig(r, "down_received_per_s") or 0)
+        rows.append(
+            f"| {name} | {count(dig(r, 'in_conversation'))} of {count(dig(r, 'config', 'devices'))} "
+            f"| {count(packets)} | {fmt_cpu(per)} | {fmt_cpu(shape_cpu_s(r))} "
+            f"| {fmt_ratio(ratio(per, node_per))} | {split_cell(per, r)} "
+            f"| {events_cell(events, 'syscalls_per_message')} "
+            f"| {events_cell(events, 'io_uring_submissions_per_message')} "
+            f"| {flow_loss(r, 'up')} | {flow_loss(r, 'down')} "
+            f"| {fmt_us(dig(r, 'rtt', 'p50_us'))} | {fmt_us(dig(r, 'rtt', 'p99_us'))} | {cores} |"
+        )
+        extra = [note] if note else []
+        lag = dig(r, "send_lag", "p99_us")
+        if generator_paced(r):
+            extra.append(
+                f"† the generator used {gen:.2f} of its core: it, not the gateway, set the pace "
+                f"(send lag p99 {fmt_us(lag)})"
+            )
+        errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+        if errors:
+            extra.append("generator saw " + ", ".join(f"{k} ×{v}" for k, v in errors.items()))
+        if extra:
+            notes.append(f"- {name}: " + "; ".join(extra) + ".")
+    return rows, notes
+
+
+def targets9(run):
+    """Issue 9's targets, for shardmq (1 shard)."""
+    rows = ["| Target (issue 9) | Measured | Verdict |", "|---|---|---|"]
+    if "fleet-q0" in run.scenarios and "baseline" in run.brokers:
+        s, b = run.report("shardmq", "fleet-q0"), run.report("baseline", "fleet-q0")
+        r = ratio(cpu_per_million(s), cpu_per_million(b))
+        rows.append(
+            f"| fleet QoS 0: broker CPU per delivered message ≤ the baseline router's "
+            f"| {fmt_cpu(cpu_per_million(s))} vs {fmt_cpu(cpu_per_million(b))} µs ({fmt_ratio(r)}) "
+            f"| {verdict_at_most(r, 1.0)} |"
+        )
+    if "fleet-q1" in run.scenarios:
+        s = run.report("shardmq", "fleet-q1")
+        who, m = run.best_mosquitto("fleet-q1", cpu_per_million)
+        r = ratio(cpu_per_million(s), m)
+        rows.append(
+            f"| fleet QoS 1: broker CPU per delivered message ≤ 0.6× mosquitto's "
+            f"| {fmt_cpu(cpu_per_million(s))} vs {fmt_cpu(m)} µs ({fmt_ratio(r)}"
+            f"{f', {BROKER_NAMES[who]}' if who else ''}) | {verdict_at_most(r, 0.6)} |"
+        )
+    for scenario in FLEET_SCENARIOS:
+        if scenario not in run.scenarios:
+            continue
+        s = run.report("shardmq", scenario)
+        who, m = run.best_mosquitto(scenario, p99)
+        r = ratio(p99(s), m)
+        gen = dig(s, "bench", "cores") if s else None
+        busy = f"; the generator used {gen:.2f} of its core" if gen is not None and gen >= SATURATED else ""
+        rows.append(
+            f"| {SHORT_NAMES[scenario]}: p99 latency ≤ mosquitto's | {fmt_us(p99(s))} vs {fmt_us(m)} "
+            f"({fmt_ratio(r)}{f', {BROKER_NAMES[who]}' if who else ''}){busy} | {verdict_at_most(r, 1.0)} |"
+        )
+    for scenario in FLEET_SCENARIOS:
+        status, s = run.result("shardmq", scenario)
+        if status is None:
+            continue
+        what = f"{SHORT_NAMES[scenario]}: zero lost or duplicated"
+        if s is None:
+            rows.append(f"| {what} | {cell(status)} | no figure |")
+            continue
+        i = s.get("integrity") or {}
+        clean = i.get("lost") == 0 and i.get("duplicated") == 0
+        rows.append(
+            f"| {what} | lost {count(i.get('lost'))}, duplicated {count(i.get('duplicated'))} "
+            f"of {count(i.get('expected'))} | {'**PASS**' if clean else '**MISS**'} |"
+        )
+    if "conns" in run.scenarios:
+        s, m = run.report("shardmq", "conns"), run.base("conns")
+        r = ratio(rss_per_conn(s), rss_per_conn(m))
+        n = count(s.get("requested")) if s else "—"
+        rows.append(
+            f"| RSS per idle connection ≤ 0.8× mosquitto's (at {n}) "
+            f"| {count(rss_per_conn(s))} B vs {count(rss_per_conn(m))} B ({fmt_ratio(r)}) "
+            f"| {verdict_at_most(r, 0.8)} |"
+        )
+    if "churn" in run.scenarios:
+        s, m = run.report("shardmq", "churn"), run.base("churn")
+        rows.append(
+            f"| connection churn: cycles per second per core against mosquitto, stated "
+            f"| {count(cycles(s))} vs {count(cycles(m))} cycles/s ({fmt_ratio(ratio(cycles(s), cycles(m)))}); "
+            f"per broker core-second {count(cycles_per_core(s))} vs {count(cycles_per_core(m))} "
+            f"({fmt_ratio(ratio(cycles_per_core(s), cycles_per_core(m)))}) "
+            f"| {'stated' if s is not None and m is not None else 'no figure'} |"
+        )
+    if "voice" in run.scenarios and "shardmq" in run.brokers:
+        s = run.report("shardmq", "voice")
+        node_per = NODE_VOICE_CPU_S * 1e6 / VOICE_SHAPE_DATAGRAMS
+        r = ratio(voice_cpu(s), node_per)
+        paced = " (the generator set the pace)" if s is not None and generator_paced(s) else ""
+        rows.append(
+            f"| voice: gateway CPU per relayed datagram ≤ {VOICE_TARGET:g}× the Node reference gateway's "
+            f"(≤ {NODE_VOICE_CPU_S * VOICE_TARGET:.3g} CPU-s for {VOICE_SHAPE_DEVICES} devices × "
+            f"{VOICE_SHAPE_FRAMES} frames each way) "
+            f"| {fmt_cpu(voice_cpu(s))} vs {node_per:.3g} µs ({fmt_ratio(r)}; "
+            f"{fmt_cpu(shape_cpu_s(s))} CPU-s){paced} | {verdict_at_most(r, VOICE_TARGET)} |"
+        )
+    for scenario in VOICE_SCENARIOS:
+        if scenario not in run.scenarios or "shardmq" not in run.brokers:
+            continue
+        status, s = run.result("shardmq", scenario)
+        what = (
+            f"voice, {SCENARIO_NAMES[scenario].split(', ', 1)[1]}: zero loss and round-trip p99 "
+            f"< {fmt_us(VOICE_RTT_P99_US)}"
+        )
+        if s is None:
+            rows.append(f"| {what} | {cell(status or 'not run')} | no figure |")
+            continue
+        lost = (dig(s, "up", "window_lost") or 0) + (dig(s, "down", "window_lost") or 0)
+        rtt = dig(s, "rtt", "p99_us")
+        ok = lost == 0 and rtt is not None and rtt < VOICE_RTT_P99_US
+        paced = "; the generator set the pace" if generator_paced(s) else ""
+        rows.append(
+            f"| {what} | lost {count(lost)} in the window, RTT p99 {fmt_us(rtt)}{paced} "
+            f"| {'**PASS**' if ok else '**MISS**'} |"
+        )
+    return rows if len(rows) > 2 else []
 
 
 def verdict_at_least(value, target):
@@ -594,6 +1028,9 @@ def write(run_path, md_path, png_path):
     quick = m.get("quick") == "1"
     load_rows, load_notes = load_table(run)
     conn_rows, conn_notes = conns_table(run)
+    fleet_rows, fleet_notes = fleet_table(run)
+    churn_rows, churn_notes = churn_table(run)
+    voice_rows, voice_notes = voice_table(run)
     # The script runs from the repository root.
     rel_run = os.path.relpath(run_path)
 
@@ -633,23 +1070,98 @@ def write(run_path, md_path, png_path):
         "mosquitto runs twice, with its default (Nagle's algorithm, which coalesces its "
         "one-write-per-packet output) and with `set_tcp_nodelay true`, and every ratio is taken "
         "against the better of the two (◆: more delivered/s, or the lower p99 in the latency "
-        "scenario).",
-        "",
-        "## Throughput and latency",
-        "",
-        *load_rows,
-        "",
-        "Cores are CPU time over the window: 1.00 is one core busy. † the generator used ≥ 90% of "
-        "its core while the broker did not: the generator set the pace, and the broker may be able "
-        "to do more than shown.",
+        "scenario, or the lower CPU per message in the fleet).",
     ]
+    if fleet_rows:
+        out.append(
+            f"- Fleet: `shardmq-bench latency --rate {m.get('fleet_rate', '20000')} --pairs "
+            f"{m.get('fleet_pairs', '4000')}`: 4,000 publishers → 4,000 subscribers, one topic per pair, "
+            f"5 msg/s each (8,000 connections, 20,000 msg/s), 64 B, QoS 0, and QoS 1 with a window of 32; "
+            f"{m.get('fleet_warmup', '?')} s warm-up, {m.get('fleet_duration', '?')} s window. Broker CPU "
+            f"per delivered message is split into user and kernel time (utime and stime of "
+            f"`/proc/PID/stat`). System calls (`raw_syscalls:sys_enter`) and io_uring submissions "
+            f"(`io_uring:io_uring_submit_req`) per message come from a separate run of each scenario "
+            f"with `perf stat -p` on every thread of the broker over the window"
+            + (
+                f" ({m.get('perf_version') or 'perf'}), since tracing slows the broker down and its CPU "
+                "figures are not used"
+                if m.get("perf") == "1"
+                else "; this run had none (`--no-perf`, `--quick`, or perf missing)"
+            )
+            + ". The baseline router, QoS 0 only, is the floor of the QoS 0 fleet."
+        )
+    if churn_rows:
+        out.append(
+            f"- Connection churn: `shardmq-bench churn --clients 100`: 100 clients, each looping TCP "
+            f"connect, CONNECT (clean session, a new client id each time), CONNACK, DISCONNECT, the "
+            f"broker's close (at most 200 ms), close; cycles completed per second over a "
+            f"{m.get('duration', '?')} s window after {m.get('warmup', '?')} s; connect latency is TCP "
+            f"connect to CONNACK; broker CPU per 1,000 cycles."
+        )
+    if voice_rows:
+        out.append(
+            f"- Voice: shardmq's voice gateway (one shard on core 0) and `shardmq-bench voice` on core 1 "
+            f"playing both the devices and the chat backend: each device streams a 120 B frame every "
+            f"60 ms and gets it echoed (device → UDP → gateway → WebSocket → backend and back); "
+            f"{m.get('voice_ramp', '?')} s of hellos, {m.get('voice_warmup', '?')} s warm-up, "
+            f"{m.get('voice_duration', '?')} s window. Gateway CPU per relayed datagram counts both "
+            f"directions; the CPU-s column is that × {VOICE_SHAPE_DATAGRAMS:,}, the shape of issue 9's "
+            f"table ({VOICE_SHAPE_DEVICES} devices × {VOICE_SHAPE_FRAMES} frames each way), whose Node "
+            f"reference gateway figures are quoted: it cannot be installed here."
+        )
+    # A run of only some scenarios leaves out the sections of the others.
+    if len(load_rows) > 2:
+        out += [
+            "",
+            "## Throughput and latency",
+            "",
+            *load_rows,
+            "",
+            "Cores are CPU time over the window: 1.00 is one core busy. † the generator used ≥ 90% of "
+            "its core while the broker did not: the generator set the pace, and the broker may be able "
+            "to do more than shown.",
+        ]
     if load_notes:
         out += ["", *load_notes]
     if conn_rows:
         out += ["", f"## Idle connections ({count(int(m.get('conns', 0) or 0))})", "", *conn_rows]
         if conn_notes:
             out += ["", *conn_notes]
-    out += ["", "## Targets", "", *targets(run)]
+    if fleet_rows:
+        out += ["", "## Fleet shape", "", *fleet_rows, ""]
+        out.append(
+            "CPU per message is broker CPU time over the window divided by messages delivered in it "
+            "(s / 1M = µs / msg). × mosquitto is against the mosquitto run with the lower CPU per "
+            "message (◆), a steady one first. Syscalls and submissions: — without a perf pass. † the "
+            "generator used ≥ 90% of its core, so latency may be partly its own. § the broker delivered "
+            "less than 95% of the offered 20,000 msg/s: it fell behind, and a broker that falls behind "
+            "spends less per message (each wake-up finds more to do)."
+        )
+        if fleet_notes:
+            out += ["", *fleet_notes]
+    if churn_rows:
+        out += ["", "## Connection churn", "", *churn_rows, ""]
+        out.append(
+            "Cycles per broker core-second is 1,000 cycles over the broker CPU seconds they took: the rate one "
+            "busy broker core would sustain, when the run did not keep it busy. † the generator used "
+            "≥ 90% of its core while the broker did not: cycles/s is the generator's pace."
+        )
+        if churn_notes:
+            out += ["", *churn_notes]
+    if voice_rows:
+        out += ["", "## Voice gateway", "", *voice_rows, ""]
+        out.append(
+            "† the generator used ≥ 90% of its core: it, not the gateway, set the pace. Losses count "
+            "frames sent in the window that never arrived, per direction."
+        )
+        if voice_notes:
+            out += ["", *voice_notes]
+    t3 = targets(run)
+    if len(t3) > 2:
+        out += ["", "## Targets", "", *t3]
+    t9 = targets9(run)
+    if t9:
+        out += ["", "## Targets (issue 9)", "", *t9]
     ab = against_baseline(run)
     if ab:
         out += ["", "## Against the baseline router", "", *ab]
@@ -706,6 +1218,11 @@ def chart(run, png_path):
         for s in ("p2p-q0", "fanout-q0", "p2p-q1", "latency")
         if s in run.scenarios
     ]
+    right += [
+        (f"CPU / msg\n{SHORT_NAMES[s]}", s, cpu_per_million, {"fleet-q1": 0.6}.get(s))
+        for s in FLEET_SCENARIOS
+        if s in run.scenarios
+    ]
     if "latency" in run.scenarios:
         right.append(("p99 latency\nat 10k msg/s", "latency", p99, 1.0))
     if "conns" in run.scenarios:
@@ -745,6 +1262,8 @@ def chart(run, png_path):
         if log or (values and max(values) / min(values) > 40):
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}×"))
+            # A narrow range gets minor ticks labelled in scientific notation.
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             if values:
                 goals = [g[3] for g in groups if g[3] is not None]
                 ax.set_ylim(min(values + goals + [1.0]) / 2, max(values + goals) * 2.5)

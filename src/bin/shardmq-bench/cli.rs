@@ -45,6 +45,8 @@ Examples:
   shardmq-bench fanin --publishers 200 --rate 1000 --qos 2
   shardmq-bench latency --rate 10000 --pairs 10 --json lat.json
   shardmq-bench conns --count 15000 --server-pid $(pidof mosquitto)
+  shardmq-bench churn --clients 100 --duration 10s
+  shardmq-bench latency --rate 20000 --pairs 4000 --qos 1 --server-perf --server-pid $(pidof shardmq)
   shardmq-bench voice --devices 200 --backend-listen 127.0.0.1:8000
   taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
 
@@ -92,6 +94,13 @@ pub struct GlobalOpts {
     /// (CPU-seconds per million delivered messages) and its memory.
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+
+    /// With --server-pid: also count the broker's system calls and
+    /// io_uring submissions over the measured window with `perf stat`
+    /// (needs perf and the right to trace the broker; skipped with a
+    /// warning otherwise).
+    #[arg(long, global = true)]
+    pub server_perf: bool,
 
     /// Also write the report as JSON to this file (`-` for stdout, which
     /// moves the table to stderr).
@@ -168,6 +177,19 @@ pub enum Scenario {
         after_help = "Example:\n  shardmq-bench conns --count 15000 --hold 10s --server-pid $(pidof shardmq)"
     )]
     Conns(ConnsArgs),
+
+    /// Clients connecting and disconnecting in a loop; report cycles/s.
+    #[command(
+        long_about = "--clients clients each loop, for --warmup + --duration: TCP \
+                      connect, CONNECT (clean session, a new client id every time), \
+                      wait for CONNACK, DISCONNECT, wait for the broker to close \
+                      (at most 200 ms), close. Reports the cycles completed per second \
+                      in the window, connect latency (TCP connect to CONNACK) and, with \
+                      --server-pid, the broker's CPU per 1,000 cycles: what a fleet \
+                      reconnecting in a storm costs the broker.",
+        after_help = "Example:\n  shardmq-bench --server-pid $(pidof mosquitto) churn --clients 100 --duration 10s"
+    )]
+    Churn(ChurnArgs),
 
     /// Fixed offered total rate over --pairs pairs; latency percentiles.
     #[command(
@@ -315,6 +337,21 @@ pub struct ConnsArgs {
     /// How long to hold them once all are open.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub hold: Duration,
+}
+
+/// `churn` options.
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    /// Clients cycling at once, over all threads.
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
+    /// Measured window, after the warm-up.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Cycling before the measured window, not counted.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
 }
 
 /// `latency` options.

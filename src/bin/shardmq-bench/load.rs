@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use super::cli::GlobalOpts;
 use super::clock;
 use super::fleet::{sleep_until, Fleet, ProgressLine, POLL};
+use super::perf;
 use super::report::{BenchCpu, LoadConfig, LoadReport, Percentiles, ServerCpu};
 use super::scenario::{Load, Plan};
 use super::stats::{Integrity, ThreadStats};
-use super::sys;
+use super::sys::{self, CpuTimes};
 use super::worker::Timeline;
 use shardmq::mqtt::QoS;
 
@@ -28,7 +29,7 @@ pub const DRAIN_IDLE: Duration = Duration::from_millis(300);
 pub struct Snapshot {
     pub at: Instant,
     pub bench: Duration,
-    pub server: Option<Duration>,
+    pub server: Option<CpuTimes>,
 }
 
 impl Snapshot {
@@ -36,8 +37,13 @@ impl Snapshot {
         Snapshot {
             at: Instant::now(),
             bench: sys::self_cpu(),
-            server: server_pid.and_then(|pid| sys::process_cpu(pid).ok()),
+            server: server_pid.and_then(|pid| sys::process_cpu_times(pid).ok()),
         }
+    }
+
+    /// The broker's CPU time from `self` to `after`, when both were read.
+    pub fn server_spent(&self, after: &Snapshot) -> Option<CpuTimes> {
+        Some(after.server?.since(&self.server?))
     }
 }
 
@@ -60,6 +66,7 @@ pub fn run(global: &GlobalOpts, plan: &Plan) -> Result<LoadReport, String> {
     fleet.go(start);
     sleep_until(timeline.warm_end, &fleet, &mut progress, "warm-up");
     let before = Snapshot::take(global.server_pid);
+    let counting = perf::start_if_asked(global.server_perf, global.server_pid, load.duration);
     sleep_until(timeline.end, &fleet, &mut progress, "measure");
     let after = Snapshot::take(global.server_pid);
     let memory = global
@@ -70,8 +77,10 @@ pub fn run(global: &GlobalOpts, plan: &Plan) -> Result<LoadReport, String> {
     let stats = fleet.join();
     let mut report = assemble(global, plan, &load, &stats, &before, &after);
     report.drain_s = drain_s;
-    if let (Some(server), Some(memory)) = (report.server.as_mut(), memory) {
-        server.memory = memory;
+    let events = perf::finish(counting, report.delivered);
+    if let Some(server) = report.server.as_mut() {
+        server.memory = memory.unwrap_or_default();
+        server.kernel_events = events;
     }
     Ok(report)
 }
@@ -118,15 +127,18 @@ fn assemble(
     let wall_s = (after.at - before.at).as_secs_f64().max(1e-9);
     let delivered = stats.delivered_window;
     let bench_cpu_s = (after.bench - before.bench).as_secs_f64();
-    let server = match (global.server_pid, before.server, after.server) {
-        (Some(pid), Some(b), Some(a)) => {
-            let cpu_s = (a - b).as_secs_f64();
+    let server = match (global.server_pid, before.server_spent(after)) {
+        (Some(pid), Some(spent)) => {
+            let cpu_s = spent.total().as_secs_f64();
             Some(ServerCpu {
                 pid,
                 cpu_s,
+                user_s: spent.user.as_secs_f64(),
+                system_s: spent.system.as_secs_f64(),
                 cores: cpu_s / wall_s,
                 cpu_s_per_million_delivered: per_million(cpu_s, delivered),
                 memory: sys::Memory::default(),
+                kernel_events: None,
             })
         }
         _ => None,

@@ -23,6 +23,11 @@
 //! only [`control`]: phase signals one way, running totals the other; the
 //! [`doorbell`] carries the wake-ups.
 //!
+//! `churn` ([`churn`]) has no clients to set up: its executors run
+//! clients that connect and disconnect in a loop, on the same timeline.
+//! With `--server-perf`, [`perf`] counts the broker's system calls and
+//! io_uring submissions over the measured window.
+//!
 //! # Not the bottleneck
 //!
 //! One io_uring loop per core drives many sockets; a publisher appends a
@@ -32,6 +37,7 @@
 //! the per-message path allocates nothing. The bench reports its own CPU
 //! time per delivered message to show how much headroom it had.
 
+mod churn;
 mod cli;
 mod client;
 mod clock;
@@ -43,6 +49,7 @@ mod idle;
 mod load;
 mod pacer;
 mod payload;
+mod perf;
 mod publisher;
 mod report;
 mod scenario;
@@ -73,6 +80,7 @@ fn run(cli: Cli) -> ExitCode {
     let plan = Plan::new(&cli.scenario);
     check_open_files(match &cli.scenario {
         Scenario::Voice(args) => voice::descriptors(args),
+        Scenario::Churn(args) => args.clients as usize,
         _ => plan.connections(),
     });
     // Start the clock before any thread reads it.
@@ -91,6 +99,9 @@ fn run(cli: Cli) -> ExitCode {
         }
         Scenario::Voice(args) => {
             voice::run(global, args).map(|r| report::emit(&r, &r.table(), json))
+        }
+        Scenario::Churn(args) => {
+            churn::run(global, args).map(|r| report::emit(&r, &r.table(), json))
         }
         _ => load::run(global, &plan).map(|r| report::emit(&r, &r.table(), json)),
     };

@@ -9,6 +9,7 @@ use std::io::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::perf::KernelEvents;
 use super::stats::{Integrity, ProblemCounts};
 use super::sys::Memory;
 
@@ -74,9 +75,15 @@ pub struct BenchCpu {
 pub struct ServerCpu {
     pub pid: u32,
     pub cpu_s: f64,
+    /// Of `cpu_s`, in user space (utime) and in the kernel (stime).
+    pub user_s: f64,
+    pub system_s: f64,
     pub cores: f64,
     pub cpu_s_per_million_delivered: f64,
     pub memory: Memory,
+    /// With `--server-perf`: system calls and io_uring submissions, per
+    /// delivered message.
+    pub kernel_events: Option<KernelEvents>,
 }
 
 /// Report of `p2p`, `fanout`, `fanin` and `latency`.
@@ -258,6 +265,8 @@ impl LoadReport {
                     s.cpu_s_per_million_delivered, s.cores
                 ),
             );
+            cpu_split_row(&mut t, s.user_s, s.system_s);
+            kernel_event_rows(&mut t, s.kernel_events.as_ref(), "delivered");
             t.row(
                 "server RSS (MiB)",
                 format!(
@@ -270,6 +279,38 @@ impl LoadReport {
         stall_row(&mut t, self.executor_stalls);
         t.row("errors", self.errors.to_string());
         t.render()
+    }
+}
+
+/// The broker's CPU time in user space and in the kernel.
+pub(crate) fn cpu_split_row(table: &mut Table, user_s: f64, system_s: f64) {
+    let total = (user_s + system_s).max(1e-9);
+    table.row(
+        "server CPU user / kernel (s)",
+        format!(
+            "{user_s:.3} / {system_s:.3} ({:.0}% in the kernel)",
+            100.0 * system_s / total
+        ),
+    );
+}
+
+/// System calls and io_uring submissions per `unit`, when counted.
+pub(crate) fn kernel_event_rows(table: &mut Table, events: Option<&KernelEvents>, unit: &str) {
+    let Some(e) = events else {
+        return;
+    };
+    table.row(
+        &format!("server syscalls/{unit}"),
+        format!(
+            "{:.2} ({} in {:.1} s)",
+            e.syscalls_per_message, e.syscalls, e.counted_s
+        ),
+    );
+    if let (Some(n), Some(per)) = (e.io_uring_submissions, e.io_uring_submissions_per_message) {
+        table.row(
+            &format!("server io_uring submissions/{unit}"),
+            format!("{per:.2} ({n} in {:.1} s)", e.counted_s),
+        );
     }
 }
 

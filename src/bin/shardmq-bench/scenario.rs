@@ -111,6 +111,16 @@ impl Plan {
             }
             // Voice devices are not MQTT publishers or subscribers: the
             // scenario plans its own fleet (`voice`).
+            // Churning clients come and go: the scenario runs its own
+            // loop (`churn`).
+            Scenario::Churn(_) => Plan {
+                scenario: "churn",
+                publishers: Vec::new(),
+                subscribers: Vec::new(),
+                idle: Vec::new(),
+                deliveries_per_publish: 0,
+                load: None,
+            },
             Scenario::Voice(_) => Plan {
                 scenario: "voice",
                 publishers: Vec::new(),

@@ -22,9 +22,36 @@ fn timeval(tv: libc::timeval) -> Duration {
     Duration::from_secs(tv.tv_sec.max(0) as u64) + Duration::from_micros(tv.tv_usec.max(0) as u64)
 }
 
+/// CPU time of a process, in user space (utime) and in the kernel on its
+/// behalf (stime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTimes {
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// What was spent since `earlier`.
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
 /// CPU time (utime + stime, all threads) of process `pid`, from
 /// `/proc/PID/stat`, in clock ticks converted to a duration.
 pub fn process_cpu(pid: u32) -> io::Result<Duration> {
+    process_cpu_times(pid).map(|t| t.total())
+}
+
+/// utime and stime (all threads) of process `pid`, from `/proc/PID/stat`.
+pub fn process_cpu_times(pid: u32) -> io::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     parse_stat_cpu(&stat, clock_ticks_per_second())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat"))
@@ -43,13 +70,16 @@ fn clock_ticks_per_second() -> u64 {
 /// utime + stime from a `/proc/PID/stat` line. The command name (field 2)
 /// may hold spaces and parentheses, so fields are counted from the last
 /// `)`: after it come field 3 (state), ..., field 14 (utime), 15 (stime).
-fn parse_stat_cpu(stat: &str, ticks_per_s: u64) -> Option<Duration> {
-    let rest = &stat[stat.rfind(')')? + 1..];
+fn parse_stat_cpu(stat: &str, ticks_per_s: u64) -> Option<CpuTimes> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
     let mut fields = rest.split_whitespace().skip(14 - 3);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    let ticks = utime + stime;
-    Some(Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_s))
+    let time = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_s);
+    Some(CpuTimes {
+        user: time(utime),
+        system: time(stime),
+    })
 }
 
 /// Memory of a process, in KiB.
@@ -174,7 +204,10 @@ mod tests {
     #[test]
     fn stat_cpu_skips_odd_command_names() {
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 2 3";
-        assert_eq!(parse_stat_cpu(stat, 100), Some(Duration::from_secs(3)));
+        let times = parse_stat_cpu(stat, 100).unwrap();
+        assert_eq!(times.user, Duration::from_millis(2500));
+        assert_eq!(times.system, Duration::from_millis(500));
+        assert_eq!(times.total(), Duration::from_secs(3));
     }
 
     #[test]

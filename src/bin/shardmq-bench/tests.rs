@@ -7,7 +7,7 @@ use clap::Parser;
 
 use super::cli::{Cli, Scenario};
 use super::scenario::Plan;
-use super::{conns, load, voice};
+use super::{churn, conns, load, voice};
 use shardmq::config::Config;
 use shardmq::shard::Server;
 
@@ -81,6 +81,27 @@ fn scenarios_run_against_shardmq() {
 }
 
 #[test]
+fn churn_connects_and_disconnects_over_and_over() {
+    let port = broker();
+    let cli = cli(
+        port,
+        "--threads 2 churn --clients 5 --warmup 100ms --duration 400ms",
+    );
+    let Scenario::Churn(args) = &cli.scenario else {
+        unreachable!("parsed as churn");
+    };
+    let report = churn::run(&cli.global, args).expect("the run takes place");
+    assert_eq!(report.errors.total(), 0, "{}", report.errors);
+    // Every client completes cycles, a new client id each time: a broker
+    // that kept sessions or refused ids would fail them.
+    assert!(report.cycles > 5, "{report:?}");
+    assert!(report.cycles_total >= report.cycles);
+    assert!(report.connect_latency.samples > 0);
+    assert!(report.cycle_latency.samples > 0);
+    assert!(report.cycles_per_s > 0.0);
+}
+
+#[test]
 fn an_unreachable_broker_is_an_error_not_a_hang() {
     // A port nobody listens on: bind one, then close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -89,6 +110,13 @@ fn an_unreachable_broker_is_an_error_not_a_hang() {
         .port();
     let cli = cli(port, "p2p --pairs 2 --duration 100ms --warmup 0s");
     let error = load::run(&cli.global, &Plan::new(&cli.scenario)).unwrap_err();
+    assert!(error.contains("connect_error"), "{error}");
+
+    let cli = self::cli(port, "churn --clients 2 --warmup 0s --duration 100ms");
+    let Scenario::Churn(args) = &cli.scenario else {
+        unreachable!("parsed as churn");
+    };
+    let error = churn::run(&cli.global, args).unwrap_err();
     assert!(error.contains("connect_error"), "{error}");
 }
 

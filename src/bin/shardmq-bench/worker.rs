@@ -37,6 +37,12 @@ const KEEPALIVE_CHECK: Duration = Duration::from_secs(1);
 /// A busy executor still runs its timers (the pacer's) this often.
 const PREEMPT: Duration = Duration::from_millis(1);
 
+/// io_uring entries per ring: at fleet shape a thread has thousands of
+/// sockets with a poll armed, and at glommio's default depth every
+/// wake-up cancels one by walking a long hash chain (see `RING_DEPTH` in
+/// `voice::thread`).
+const RING_DEPTH: usize = 4096;
+
 /// What every thread of a run shares, read-only.
 #[derive(Debug)]
 pub struct Settings {
@@ -201,6 +207,7 @@ pub fn spawn(
     LocalExecutorBuilder::new(placement)
         .name(&format!("bench-{index}"))
         .preempt_timer(PREEMPT)
+        .ring_depth(RING_DEPTH)
         .spawn(move || run(setup))
         .map_err(|e| format!("cannot start executor thread {index}: {e}"))
 }

@@ -34,6 +34,7 @@ use super::cli::{GlobalOpts, VoiceArgs};
 use super::clock;
 use super::fleet::{self, sleep_until, Fleet, ProgressLine, POLL};
 use super::load::{per_million, Snapshot, DRAIN_IDLE, START_DELAY};
+use super::perf;
 use super::report::Percentiles;
 use super::sys;
 use report::{VoiceBenchCpu, VoiceConfig, VoiceReport, VoiceServerCpu};
@@ -105,6 +106,7 @@ pub fn run(global: &GlobalOpts, args: &VoiceArgs) -> Result<VoiceReport, String>
     sleep_until(start + clock::ns(args.ramp), &fleet, &mut progress, "hello");
     sleep_until(timeline.warm_end, &fleet, &mut progress, "warm-up");
     let before = Snapshot::take(global.server_pid);
+    let counting = perf::start_if_asked(global.server_perf, global.server_pid, args.duration);
     sleep_until(timeline.end, &fleet, &mut progress, "measure");
     let after = Snapshot::take(global.server_pid);
     let in_conversation = fleet.control.totals().conversations;
@@ -120,8 +122,11 @@ pub fn run(global: &GlobalOpts, args: &VoiceArgs) -> Result<VoiceReport, String>
     report.backend = backend_addr.to_string();
     report.in_conversation = in_conversation;
     report.drain_s = drain_s;
-    if let (Some(server), Some(memory)) = (report.server.as_mut(), memory) {
-        server.memory = memory;
+    let packets = stats.up_sent_window + stats.down_received_window;
+    let events = perf::finish(counting, packets);
+    if let Some(server) = report.server.as_mut() {
+        server.memory = memory.unwrap_or_default();
+        server.kernel_events = events;
     }
     Ok(report)
 }
@@ -172,15 +177,18 @@ fn assemble(
     let wall_s = (after.at - before.at).as_secs_f64().max(1e-9);
     let packets = stats.up_sent_window + stats.down_received_window;
     let bench_cpu_s = (after.bench - before.bench).as_secs_f64();
-    let server = match (global.server_pid, before.server, after.server) {
-        (Some(pid), Some(b), Some(a)) => {
-            let cpu_s = (a - b).as_secs_f64();
+    let server = match (global.server_pid, before.server_spent(after)) {
+        (Some(pid), Some(spent)) => {
+            let cpu_s = spent.total().as_secs_f64();
             Some(VoiceServerCpu {
                 pid,
                 cpu_s,
+                user_s: spent.user.as_secs_f64(),
+                system_s: spent.system.as_secs_f64(),
                 cores: cpu_s / wall_s,
                 cpu_s_per_million_packets: per_million(cpu_s, packets),
                 memory: sys::Memory::default(),
+                kernel_events: None,
             })
         }
         _ => None,

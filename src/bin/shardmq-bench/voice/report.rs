@@ -5,7 +5,10 @@
 use serde::Serialize;
 
 use super::tally::Flow;
-use crate::report::{latency_rows, mib, stall_row, thousands, Percentiles, Table};
+use crate::perf::KernelEvents;
+use crate::report::{
+    cpu_split_row, kernel_event_rows, latency_rows, mib, stall_row, thousands, Percentiles, Table,
+};
 use crate::stats::ProblemCounts;
 use crate::sys::Memory;
 
@@ -41,10 +44,16 @@ pub struct VoiceBenchCpu {
 pub struct VoiceServerCpu {
     pub pid: u32,
     pub cpu_s: f64,
+    /// Of `cpu_s`, in user space (utime) and in the kernel (stime).
+    pub user_s: f64,
+    pub system_s: f64,
     pub cores: f64,
     /// Per million datagrams, both directions.
     pub cpu_s_per_million_packets: f64,
     pub memory: Memory,
+    /// With `--server-perf`: system calls and io_uring submissions, per
+    /// datagram (both directions).
+    pub kernel_events: Option<KernelEvents>,
 }
 
 /// Report of `voice`.
@@ -173,6 +182,8 @@ impl VoiceReport {
                 "server CPU s/1M packets",
                 format!("{:.3} ({:.2} cores)", s.cpu_s_per_million_packets, s.cores),
             );
+            cpu_split_row(&mut t, s.user_s, s.system_s);
+            kernel_event_rows(&mut t, s.kernel_events.as_ref(), "packet");
             t.row(
                 "server RSS (MiB)",
                 format!(
