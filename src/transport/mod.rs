@@ -8,10 +8,11 @@
 //! its own (TLS records, WebSocket frames) reaches its owner shard like a
 //! plain TCP one.
 //!
-//! Plain TCP is the only transport today; TLS and WebSocket are variants of
-//! the same two enums.
+//! Plain TCP and WebSocket over TCP (`ws`) are the transports; TLS is a
+//! variant of the same two enums.
 
 mod tcp;
+pub mod ws;
 
 use std::io;
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 /// registered with this shard's io_uring.
 pub enum Stream {
     Tcp(tcp::Tcp),
+    /// Boxed: a plain TCP connection must not carry the framing state's size.
+    Ws(Box<ws::Ws<tcp::Tcp>>),
 }
 
 /// A stream between shards: the socket and the transport's state.
@@ -35,6 +38,7 @@ pub struct Moving {
 /// The part of a transport's state that is not the socket.
 enum MovingState {
     Tcp,
+    Ws(Box<ws::Framing>),
 }
 
 impl Stream {
@@ -43,11 +47,23 @@ impl Stream {
         Stream::Tcp(tcp::Tcp::accepted(stream))
     }
 
+    /// A TCP connection just accepted on a WebSocket listener, once its
+    /// upgrade request is answered; data frames are bounded by `max_frame`.
+    pub async fn websocket(
+        stream: glommio::net::TcpStream,
+        policy: &ws::Policy,
+        max_frame: usize,
+    ) -> Result<Stream, ws::UpgradeError> {
+        let ws = ws::upgrade(tcp::Tcp::accepted(stream), policy, max_frame).await?;
+        Ok(Stream::Ws(Box::new(ws)))
+    }
+
     /// Reads what the transport has for the peer's byte stream into `buf`;
     /// `Ok(0)` is the end of the stream.
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self {
             Stream::Tcp(s) => s.poll_read(cx, buf),
+            Stream::Ws(s) => s.poll_read(cx, buf),
         }
     }
 
@@ -55,6 +71,7 @@ impl Stream {
     pub fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self {
             Stream::Tcp(s) => s.poll_write(cx, buf),
+            Stream::Ws(s) => s.poll_write(cx, buf),
         }
     }
 
@@ -62,6 +79,7 @@ impl Stream {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
             Stream::Tcp(s) => s.peer_addr(),
+            Stream::Ws(s) => s.peer_addr(),
         }
     }
 
@@ -74,6 +92,13 @@ impl Stream {
                 fd: s.into_fd()?,
                 state: MovingState::Tcp,
             }),
+            Stream::Ws(s) => {
+                let (tcp, framing) = s.into_parts();
+                Ok(Moving {
+                    fd: tcp.into_fd()?,
+                    state: MovingState::Ws(Box::new(framing)),
+                })
+            }
         }
     }
 }
@@ -83,6 +108,10 @@ impl Moving {
     pub fn attach(self) -> Stream {
         match self.state {
             MovingState::Tcp => Stream::Tcp(tcp::Tcp::from_fd(self.fd)),
+            MovingState::Ws(framing) => Stream::Ws(Box::new(ws::Ws::from_parts(
+                tcp::Tcp::from_fd(self.fd),
+                *framing,
+            ))),
         }
     }
 }
@@ -114,6 +143,7 @@ impl AsyncWrite for Stream {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => s.poll_close(cx),
+            Stream::Ws(s) => s.poll_close(cx),
         }
     }
 }
