@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
 
 /// Why the configuration cannot be used. One line each, for the operator.
@@ -32,6 +33,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub voice: VoiceConfig,
+    pub websocket: WebsocketConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +194,20 @@ impl Config {
                 message: e.message,
             })?;
         }
+        if self.websocket.enabled {
+            if !self.mqtt.enabled {
+                return Err(ConfigError::Invalid {
+                    key: "websocket.enabled",
+                    message: "MQTT over WebSocket needs the built-in broker".to_string(),
+                });
+            }
+            self.websocket
+                .validate()
+                .map_err(|e| ConfigError::Invalid {
+                    key: e.key,
+                    message: e.message,
+                })?;
+        }
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "mqtt.connect_timeout_s",
@@ -238,6 +254,7 @@ impl Config {
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
             http_listen: self.http.listen_addr(),
+            websocket: self.websocket.settings().filter(|_| mqtt.enabled),
         }
     }
 }
@@ -262,6 +279,25 @@ mod tests {
         assert_eq!(c.mqtt.sys_interval_s, 1);
         assert!(Config::from_toml("[mqtt]\nmax_pakcet_size = 1\n").is_err());
         assert!(Config::from_toml("[server]\nshards = \"many\"\n").is_err());
+    }
+
+    #[test]
+    fn websocket_section_reaches_the_shard_settings() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.shard_settings().websocket.is_none());
+        let c = Config::from_toml(
+            "[websocket]\nenabled = true\nlisten = \"127.0.0.1:9001\"\npath = \"/ws\"\n\
+             allowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let ws = c.shard_settings().websocket.unwrap();
+        assert_eq!(ws.listen.port(), 9001);
+        assert_eq!(ws.policy.path, "/ws");
+        assert_eq!(ws.policy.allowed_origins, ["https://a.example"]);
+        assert!(Config::from_toml("[websocket]\nport = 1\n").is_err());
+        let c = Config::from_toml("[websocket]\nenabled = true\npath = \"mqtt\"\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -72,6 +72,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(listen) = server.ws_listen {
+        tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket");
+    }
     if let Some(listen) = server.listen {
         tracing::info!(%listen, shards, "shardmq serving MQTT");
     } else {

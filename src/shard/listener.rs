@@ -42,7 +42,9 @@ enum FirstPacket {
     Gone,
 }
 
-async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
+/// Reads the CONNECT of a new connection, whatever its transport, and runs
+/// or hands off the connection.
+pub(super) async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     let mut rbuf = BytesMut::new();
     let max = shard.settings.max_packet_size;
     let deadline = shard.settings.connect_timeout;

@@ -17,6 +17,9 @@ impl Handler for Metrics {
                 for service in &shard.services {
                     service.metrics(&mut text);
                 }
+                if shard.settings.websocket.is_some() {
+                    shard.ws_counters.render(&mut text);
+                }
                 Response::new(200, CONTENT_TYPE_PROMETHEUS, text.into_bytes())
             }
             ("GET" | "HEAD", None) => Response::error(503, "shutting down"),

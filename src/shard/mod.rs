@@ -20,6 +20,7 @@ pub mod mesh;
 mod metrics;
 mod service;
 mod settings;
+mod ws_listener;
 
 pub use service::{Service, ServiceFactory};
 pub use settings::Settings;
@@ -38,6 +39,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http::{Route, Router};
 use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ServiceEvent, ShardId};
+use crate::transport::ws;
 use mesh::{Endpoints, ShardMsg, STAGED_BATCHES_MAX};
 use service::{AnyService, Tagged};
 
@@ -60,6 +62,8 @@ pub enum StartError {
 pub struct Server {
     /// The MQTT listener's address (port 0 resolved); `None` without it.
     pub listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket listener's address, likewise.
+    pub ws_listen: Option<SocketAddr>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -73,6 +77,10 @@ impl Server {
         if let Some(addr) = settings.mqtt_listen {
             settings.mqtt_listen = Some(probe_listen(addr)?);
         }
+        if let Some(ws) = &mut settings.websocket {
+            ws.listen = probe_listen(ws.listen)?;
+        }
+        let ws_counters = Arc::new(ws::Counters::default());
         if let Some(addr) = settings.http_listen {
             // Shard 0 binds it once running; a port held by another process
             // must fail the start, not just log from the shard.
@@ -80,6 +88,7 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
         let listen = settings.mqtt_listen;
+        let ws_listen = settings.websocket.as_ref().map(|ws| ws.listen);
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -93,9 +102,10 @@ impl Server {
             let settings = settings.clone();
             let ready = ready_tx.clone();
             let services = services.clone();
+            let ws_counters = ws_counters.clone();
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
-                .spawn(move || run_shard(i, settings, endpoints, services, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, ws_counters, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -115,7 +125,11 @@ impl Server {
                 }
             }
         }
-        Ok(Server { listen, handles })
+        Ok(Server {
+            listen,
+            ws_listen,
+            handles,
+        })
     }
 
     /// Waits for the shards; they run until the process ends.
@@ -187,6 +201,8 @@ pub struct Shard {
     /// Which service admitted each service connection, by `ConnId`: its
     /// place in `services` plus one; 0 for the broker's own connections.
     service_of: RefCell<Vec<u8>>,
+    /// WebSocket upgrade outcomes, shared by every shard.
+    pub(crate) ws_counters: Arc<ws::Counters>,
 }
 
 impl Shard {
@@ -356,6 +372,7 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
+    ws_counters: Arc<ws::Counters>,
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -374,6 +391,19 @@ async fn run_shard(
         },
         None => None,
     };
+    let ws_listener = match &settings.websocket {
+        Some(ws) => match bind_listener(ws.listen) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind {
+                    addr: ws.listen,
+                    source,
+                }));
+                return;
+            }
+        },
+        None => None,
+    };
     let shard = Rc::new(Shard {
         id,
         shards,
@@ -387,6 +417,7 @@ async fn run_shard(
         congestion_waiters: RefCell::new(Vec::new()),
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
+        ws_counters,
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
@@ -412,6 +443,12 @@ async fn run_shard(
         }
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
+    if let Some(listener) = ws_listener {
+        tasks.push(glommio::spawn_local(ws_listener::accept_loop(
+            shard.clone(),
+            listener,
+        )));
+    }
     let _ = ready.send(Ok(()));
     match listener {
         Some(listener) => listener::accept_loop(shard, listener).await,

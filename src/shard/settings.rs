@@ -25,4 +25,6 @@ pub struct Settings {
     pub sys_interval: Option<Duration>,
     /// The HTTP listener of shard 0: services' routes and `/metrics`.
     pub http_listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket listener; `None` runs none.
+    pub websocket: Option<crate::transport::ws::config::WsSettings>,
 }
