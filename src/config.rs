@@ -201,6 +201,15 @@ impl Config {
                     message: "MQTT over WebSocket needs the built-in broker".to_string(),
                 });
             }
+            let ws = self.websocket.listen;
+            let clash = |other: SocketAddr| ws.port() != 0 && ws == other;
+            if clash(self.mqtt.listen) || self.http.listen_addr().is_some_and(clash) {
+                // SO_REUSEPORT would let the listeners share the port silently.
+                return Err(ConfigError::Invalid {
+                    key: "websocket.listen",
+                    message: format!("{ws} is already the MQTT or HTTP listener"),
+                });
+            }
             self.websocket
                 .validate()
                 .map_err(|e| ConfigError::Invalid {
@@ -297,6 +306,9 @@ mod tests {
         assert_eq!(ws.policy.allowed_origins, ["https://a.example"]);
         assert!(Config::from_toml("[websocket]\nport = 1\n").is_err());
         let c = Config::from_toml("[websocket]\nenabled = true\npath = \"mqtt\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c =
+            Config::from_toml("[websocket]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n").unwrap();
         assert!(c.validate().is_err());
     }
 

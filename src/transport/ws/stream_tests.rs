@@ -254,3 +254,11 @@ fn counters_render_every_reason() {
     assert!(text.contains("shardmq_ws_upgrade_failures_total{reason=\"timeout\"} 1\n"));
     assert!(text.contains("shardmq_ws_upgrade_failures_total{reason=\"path\"} 0\n"));
 }
+
+#[test]
+fn a_tcp_stream_does_not_carry_the_websocket_state() {
+    use crate::transport::{tcp::Tcp, Stream};
+    // The Ws variant is boxed: Stream stays the size of its TCP variant
+    // (plus nothing), whatever the framing state weighs.
+    assert_eq!(std::mem::size_of::<Stream>(), std::mem::size_of::<Tcp>());
+}
