@@ -32,6 +32,10 @@ pub use handshake::{Policy, Refusal};
 const WRITE_CHUNK: usize = 8 * 1024;
 /// Bytes asked of the inner stream per read during the upgrade.
 const UPGRADE_READ_CHUNK: usize = 2048;
+/// Reads of the inner stream per `poll_read` that may yield no payload
+/// (control frames, empty frames) before the task yields: a peer sending
+/// only pings must not keep a shard's other connections waiting.
+const EMPTY_READS_MAX: usize = 4;
 /// Control frames queued for the peer beyond which pongs are not queued:
 /// a peer pinging a connection that cannot write must not grow memory.
 const CONTROL_OUT_MAX: usize = 1024;
@@ -158,6 +162,7 @@ impl<S: Inner> Ws<S> {
     /// Reads the binary payload of the peer's frames into `buf`; `Ok(0)`
     /// after a close handshake, an error after a protocol error.
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut reads = 0;
         loop {
             let flushed = self.poll_flush_control(cx)?;
             match self.framing.end {
@@ -167,6 +172,11 @@ impl<S: Inner> Ws<S> {
                     return flushed.map(|()| Err(io::Error::new(io::ErrorKind::InvalidData, e)))
                 }
             }
+            if reads == EMPTY_READS_MAX {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
             let n = if self.framing.unread.is_empty() {
                 ready!(self.inner.poll_read(cx, buf))?
             } else {

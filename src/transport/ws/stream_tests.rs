@@ -110,6 +110,20 @@ fn reads_yield_the_payload_and_answer_pings() {
 }
 
 #[test]
+fn a_stream_of_pings_does_not_hold_the_task() {
+    // Cooperative scheduling: a read that finds only control frames yields
+    // after a few socket reads instead of reading for as long as the peer
+    // sends.
+    let pings: Vec<Vec<u8>> = (0..100)
+        .map(|_| client_frame(OP_PING, true, b"", MASK))
+        .collect();
+    let mut ws = ws(pings);
+    let mut buf = [0u8; 64];
+    assert!(ws.poll_read(&mut cx(), &mut buf).is_pending());
+    assert_eq!(ws.inner.incoming.len(), 100 - EMPTY_READS_MAX);
+}
+
+#[test]
 fn a_close_is_answered_with_the_same_code_and_ends_the_stream() {
     let mut input = client_frame(OP_BINARY, true, b"\xE0\x00", MASK);
     input.extend(client_frame(OP_CLOSE, true, &1000u16.to_be_bytes(), MASK));
