@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use futures_lite::AsyncWriteExt;
 
 use super::mesh::Handoff;
 use super::Shard;
@@ -56,7 +57,13 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, 
     loop {
         match poll_fn(|cx| driver.poll(cx, &mut stream)).await {
             Event::Readable => driver.process(),
-            Event::Closed => break,
+            Event::Closed => {
+                // One try, no wait: a WebSocket sends its close frame if the
+                // socket takes it now; TCP shuts its write side, as the drop
+                // below would anyway.
+                let _ = futures_lite::future::poll_once(stream.close()).await;
+                break;
+            }
             Event::Lost => {
                 driver.shard.broker.borrow_mut().connection_lost(conn);
                 break;

@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from clients import Client
@@ -80,7 +80,7 @@ class WsRaw(RawClient):
             message = self.ws.recv(timeout=remaining)
         except TimeoutError:
             raise TimeoutError("no packet from broker in time") from None
-        except ConnectionClosedError as exc:
+        except ConnectionClosed as exc:
             raise Closed(str(exc)) from None
         assert isinstance(message, bytes), f"text frame from the broker: {message!r}"
         self.frames.append(message)
@@ -278,3 +278,22 @@ def test_a_silent_socket_is_dropped_at_the_upgrade_deadline(ws_broker):
     with socket.create_connection((HOST, broker.ws_port), timeout=10) as s:
         assert read_until_closed(s) == b""
     assert broker.metric('shardmq_ws_upgrade_failures_total{reason="timeout"}') == 1
+
+
+def test_the_broker_closing_a_connection_sends_a_close_frame(ws_broker, clients):
+    # A takeover: the same client id over TCP closes the WebSocket
+    # connection, which gets a close frame (1000) rather than a bare FIN.
+    broker = ws_broker()
+    raw = WsRaw(broker.ws_url)
+    clients.append(raw)
+    raw.send(connect_packet("ws-taken-over"))
+    raw.expect(CONNACK)
+    tcp = RawClient(broker.host, broker.port)
+    clients.append(tcp)
+    tcp.send(connect_packet("ws-taken-over"))
+    tcp.expect(CONNACK)
+    with pytest.raises(Closed):
+        raw.recv(timeout=5)
+    close_rcvd = raw.ws.protocol.close_rcvd
+    assert close_rcvd is not None, "the socket was closed without a close frame"
+    assert close_rcvd.code == 1000

@@ -67,7 +67,8 @@ impl Inner for super::tcp::Tcp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
     Open,
-    /// The peer's close frame came; ours is queued.
+    /// A close frame came from the peer, or this side ends the
+    /// connection; ours is queued.
     Closed,
     /// The peer broke the protocol; our close frame is queued.
     Failed(FrameError),
@@ -277,7 +278,14 @@ impl<S: Inner> Ws<S> {
         }
     }
 
+    /// Ends the connection from this side: a close frame (1000) unless
+    /// one is already queued, then the inner stream's close.
     pub fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.framing.end == End::Open {
+            self.framing
+                .queue_control(&frame::server_close(Some(frame::CLOSE_NORMAL)));
+            self.framing.end = End::Closed;
+        }
         let _ = ready!(self.poll_flush_control(cx));
         self.inner.poll_close(cx)
     }

@@ -139,6 +139,31 @@ fn a_close_is_answered_with_the_same_code_and_ends_the_stream() {
 }
 
 #[test]
+fn closing_from_this_side_sends_a_close_frame_once() {
+    let mut ws = ws(Vec::new());
+    write_all(&mut ws, b"\xE0\x00");
+    assert!(matches!(ws.poll_close(&mut cx()), Poll::Ready(Ok(()))));
+    assert!(matches!(ws.poll_close(&mut cx()), Poll::Ready(Ok(()))));
+    assert_eq!(ws.inner.written, b"\x82\x02\xE0\x00\x88\x02\x03\xE8");
+    // After the peer's close, the reply is the only close frame.
+    let mut ws2 = ws_with_close();
+    assert!(matches!(ws2.poll_close(&mut cx()), Poll::Ready(Ok(()))));
+    assert_eq!(ws2.inner.written, [0x88, 0x02, 0x0F, 0xA0]);
+}
+
+fn ws_with_close() -> Ws<Mem> {
+    let mut ws = ws(vec![client_frame(
+        OP_CLOSE,
+        true,
+        &4000u16.to_be_bytes(),
+        MASK,
+    )]);
+    let mut buf = [0u8; 16];
+    let _ = ws.poll_read(&mut cx(), &mut buf);
+    ws
+}
+
+#[test]
 fn a_protocol_error_sends_its_close_code_then_fails() {
     // Unmasked: 1002.
     let mut ws1 = ws(vec![vec![0x82, 0x01, 0x00]]);
