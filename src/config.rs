@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::transport::ws::config::WebsocketConfig;
+pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
 
 /// Why the configuration cannot be used. One line each, for the operator.
@@ -34,6 +35,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub voice: VoiceConfig,
     pub websocket: WebsocketConfig,
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -85,6 +87,9 @@ pub struct MqttConfig {
     pub max_outbox_bytes: usize,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
+    /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
+    /// connection without a valid one is closed.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerConfig {
@@ -109,6 +114,7 @@ impl Default for MqttConfig {
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
             sys_interval_s: 10,
+            proxy_protocol: false,
         }
     }
 }
@@ -203,11 +209,14 @@ impl Config {
             }
             let ws = self.websocket.listen;
             let clash = |other: SocketAddr| ws.port() != 0 && ws == other;
-            if clash(self.mqtt.listen) || self.http.listen_addr().is_some_and(clash) {
+            if clash(self.mqtt.listen)
+                || self.http.listen_addr().is_some_and(clash)
+                || (self.tls.enabled() && clash(self.tls.listen))
+            {
                 // SO_REUSEPORT would let the listeners share the port silently.
                 return Err(ConfigError::Invalid {
                     key: "websocket.listen",
-                    message: format!("{ws} is already the MQTT or HTTP listener"),
+                    message: format!("{ws} is already the MQTT, TLS or HTTP listener"),
                 });
             }
             self.websocket
@@ -217,6 +226,15 @@ impl Config {
                     message: e.message,
                 })?;
         }
+        self.tls.validate().map_err(|e| match e {
+            crate::transport::TlsError::Invalid { key, message } => {
+                ConfigError::Invalid { key, message }
+            }
+            other => ConfigError::Invalid {
+                key: "tls",
+                message: other.to_string(),
+            },
+        })?;
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "mqtt.connect_timeout_s",
@@ -253,7 +271,9 @@ impl Config {
             pin_cores: self.server.pin_cores,
             mqtt_listen: mqtt.enabled.then_some(mqtt.listen),
             max_packet_size: mqtt.max_packet_size,
+            mqtt_proxy_protocol: mqtt.proxy_protocol,
             connect_timeout: self.connect_timeout(),
+            tls: None,
             limits: crate::mqtt::session::SessionLimits {
                 max_inflight: mqtt.max_inflight,
                 max_queued_messages: mqtt.max_queued_messages,
@@ -265,6 +285,26 @@ impl Config {
             http_listen: self.http.listen_addr(),
             websocket: self.websocket.settings().filter(|_| mqtt.enabled),
         }
+    }
+
+    /// The TLS listener's settings, its certificate files read: `None`
+    /// when no certificate is configured. Start-up fails on a bad file.
+    pub fn tls_listener(&self) -> Result<Option<crate::shard::TlsListener>, ConfigError> {
+        let tls = &self.tls;
+        if !tls.enabled() {
+            return Ok(None);
+        }
+        let config = crate::transport::tls_config::load(tls).map_err(|e| ConfigError::Invalid {
+            key: "tls",
+            message: e.to_string(),
+        })?;
+        Ok(Some(crate::shard::TlsListener {
+            listen: tls.listen,
+            config: crate::transport::ServerConfigHolder::new(config),
+            handshake_timeout: Duration::from_secs(tls.handshake_timeout_s),
+            proxy_protocol: tls.proxy_protocol,
+            use_identity_as_username: tls.use_identity_as_username,
+        }))
     }
 }
 

@@ -65,7 +65,16 @@ fn main() -> ExitCode {
             }
         }
     }
-    let server = match Server::start(config.shard_settings(), services) {
+    let mut settings = config.shard_settings();
+    settings.tls = match config.tls_listener() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let tls_listen = settings.tls.as_ref().map(|t| t.listen);
+    let server = match Server::start(settings, services) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shardmq: {e}");
@@ -74,6 +83,9 @@ fn main() -> ExitCode {
     };
     if let Some(listen) = server.ws_listen {
         tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket");
+    }
+    if let Some(listen) = tls_listen {
+        tracing::info!(%listen, "shardmq serving MQTT over TLS");
     }
     if let Some(listen) = server.listen {
         tracing::info!(%listen, shards, "shardmq serving MQTT");

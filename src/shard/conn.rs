@@ -37,7 +37,9 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
 pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
-    let admitted = shard.admit(Box::new(connect), stream.peer_addr());
+    let peer = stream.peer_addr();
+    tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
+    let admitted = shard.admit(Box::new(connect), peer);
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {
@@ -195,6 +197,14 @@ fn write_outbox(
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Err(Event::Lost),
             Poll::Ready(Ok(n)) => outbox.advance(n),
             Poll::Pending => break,
+        }
+    }
+    // A transport may hold bytes it took (TLS records) beyond the last
+    // write; with nothing more to write, this is where they go out. Pending
+    // registers the waker, which brings the driver back here.
+    if outbox.is_empty() {
+        if let Poll::Ready(Err(_)) = stream.poll_flush(cx) {
+            return Err(Event::Lost);
         }
     }
     if outbox.is_empty() && outbox.capacity() > 64 * 1024 {

@@ -1,34 +1,217 @@
-//! Accepting sockets: read the CONNECT under a deadline, then run the
-//! connection here or hand it to the shard that owns its client id.
+//! Accepting sockets: the PROXY header, the TLS handshake or the WebSocket
+//! upgrade where the listener asks for them, then the CONNECT under a
+//! deadline, then the connection runs here or is handed to the shard that
+//! owns its client id. Every listener's connections go through the same
+//! CONNECT phase.
+//!
+//! # Deadlines
+//! On the MQTT listener one deadline (`connect_timeout`) covers the PROXY
+//! header and the CONNECT. On the TLS listener `handshake_timeout` covers
+//! the PROXY header and the handshake, on the WebSocket listener
+//! `websocket.handshake_timeout_s` covers the upgrade, and `connect_timeout`
+//! starts after either.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
 use futures_lite::AsyncWriteExt;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 
 use super::mesh::{Handoff, ShardMsg};
 use super::{conn, Shard};
 use crate::mqtt::broker::owner_shard;
 use crate::mqtt::codec::{self, Connect, ConnectReturnCode, DecodeError, Packet};
-use crate::transport::Stream;
+use crate::transport::{proxy, HandshakeFailure, Stream};
 
 /// Bytes asked of the socket per read while waiting for CONNECT.
 const CONNECT_READ_CHUNK: usize = 1024;
+/// Bytes asked of the socket per read while waiting for a PROXY header:
+/// a v1 line, or a v2 header with a few TLVs, in one read.
+const PROXY_READ_CHUNK: usize = 512;
 
-pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Which listener a socket came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Mqtt,
+    Tls,
+    /// MQTT over WebSocket over TCP.
+    Ws,
+}
+
+pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Kind) {
     loop {
         match listener.accept().await {
-            Ok(stream) => {
-                glommio::spawn_local(handshake(shard.clone(), Stream::tcp(stream))).detach();
+            Ok(tcp) => {
+                glommio::spawn_local(admit(shard.clone(), tcp, kind)).detach();
             }
             Err(e) => {
                 // Out of descriptors and the like: back off instead of spinning.
                 tracing::warn!(shard = shard.id.0, error = %e, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Everything before the CONNECT, then the CONNECT phase.
+async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
+    let accepted = Instant::now();
+    let connect_timeout = shard.settings.connect_timeout;
+    let opened = match kind {
+        Kind::Mqtt => open_tcp(&shard, tcp).await.map(|(stream, early)| {
+            (
+                stream,
+                early,
+                connect_timeout.saturating_sub(accepted.elapsed()),
+            )
+        }),
+        Kind::Tls => open_tls(&shard, tcp)
+            .await
+            .map(|stream| (stream, BytesMut::new(), connect_timeout)),
+        Kind::Ws => open_ws(&shard, tcp)
+            .await
+            .map(|stream| (stream, BytesMut::new(), connect_timeout)),
+    };
+    if let Some((stream, early, deadline)) = opened {
+        connect_phase(shard, stream, early, deadline, kind).await;
+    }
+}
+
+/// A plain TCP stream, after its PROXY header if the listener wants one;
+/// with the bytes read past the header.
+async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut)> {
+    if !shard.settings.mqtt_proxy_protocol {
+        return Some((Stream::tcp(tcp), BytesMut::new()));
+    }
+    let header = glommio::timer::timeout(shard.settings.connect_timeout, async {
+        Ok(read_proxy_header(&mut tcp).await)
+    })
+    .await
+    .unwrap_or(Err(None));
+    let (peer, early) = proxy_outcome(shard, &tcp, header)?;
+    let mut stream = Stream::tcp(tcp);
+    if let Some(peer) = peer {
+        stream.set_proxied_peer(peer);
+    }
+    Some((stream, early))
+}
+
+/// A TLS stream with its handshake done, under the handshake deadline.
+async fn open_tls(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
+    let tls = shard.settings.tls.as_ref()?;
+    let socket_peer = tcp.peer_addr().ok();
+    let opened = glommio::timer::timeout(tls.handshake_timeout, async {
+        let (peer, early) = if tls.proxy_protocol {
+            let header = read_proxy_header(&mut tcp).await;
+            match proxy_outcome(shard, &tcp, header) {
+                Some(read) => read,
+                None => return Ok(Err(None)),
+            }
+        } else {
+            (None, BytesMut::new())
+        };
+        let mut stream = match Stream::tls(tcp, tls.config.current(), &early) {
+            Ok(stream) => stream,
+            Err(why) => return Ok(Err(Some(why))),
+        };
+        if let Some(peer) = peer {
+            stream.set_proxied_peer(peer);
+        }
+        Ok(match stream.handshake().await {
+            Ok(()) => Ok(stream),
+            Err(why) => Err(Some(why)),
+        })
+    })
+    .await
+    .unwrap_or(Err(Some(HandshakeFailure::Timeout)));
+    match opened {
+        Ok(stream) => {
+            shard.transport.tls_handshake_done();
+            Some(stream)
+        }
+        // Refused for its PROXY header: counted there.
+        Err(None) => None,
+        Err(Some(why)) => {
+            shard.transport.tls_handshake_failed(why);
+            tracing::debug!(peer = ?socket_peer, reason = why.label(), "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// A WebSocket stream with its upgrade answered, under the upgrade
+/// deadline.
+async fn open_ws(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
+    let ws = shard.settings.websocket.as_ref()?;
+    let max_frame = shard.settings.max_packet_size;
+    let upgraded = glommio::timer::timeout(ws.handshake_timeout, async {
+        Ok(Stream::websocket(tcp, &ws.policy, max_frame).await)
+    })
+    .await;
+    match upgraded {
+        Ok(Ok(stream)) => {
+            shard.transport.ws_upgraded();
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            shard.transport.ws_upgrade_failed(&e);
+            None
+        }
+        Err(_) => {
+            shard.transport.ws_upgrade_timed_out();
+            None
+        }
+    }
+}
+
+/// Counts and logs the outcome of reading a PROXY header; `None` closes the
+/// connection.
+fn proxy_outcome(
+    shard: &Shard,
+    tcp: &TcpStream,
+    header: Result<(Option<SocketAddr>, BytesMut), Option<proxy::ProxyError>>,
+) -> Option<(Option<SocketAddr>, BytesMut)> {
+    match header {
+        Ok(read) => {
+            shard.transport.proxy_header_accepted();
+            Some(read)
+        }
+        Err(error) => {
+            shard.transport.proxy_header_rejected();
+            let reason = match error {
+                Some(e) => e.to_string(),
+                None => "closed or timed out before a whole header".to_string(),
+            };
+            tracing::debug!(peer = ?tcp.peer_addr().ok(), %reason, "PROXY header refused");
+            None
+        }
+    }
+}
+
+/// Reads a PROXY protocol header: the client's address when it gives one,
+/// and the bytes read past it. `Err(None)`: the socket ended first.
+async fn read_proxy_header(
+    tcp: &mut TcpStream,
+) -> Result<(Option<SocketAddr>, BytesMut), Option<proxy::ProxyError>> {
+    let mut buf = BytesMut::new();
+    let mut chunk = vec![0u8; PROXY_READ_CHUNK];
+    loop {
+        if let Some(parsed) = proxy::parse(&buf).map_err(Some)? {
+            let _ = buf.split_to(parsed.consumed);
+            return Ok((parsed.header.source(), buf));
+        }
+        // `parse` decides within HEADER_MAX bytes; never read past it.
+        let room = proxy::HEADER_MAX.saturating_sub(buf.len()).min(chunk.len());
+        let Some(space) = chunk.get_mut(..room).filter(|s| !s.is_empty()) else {
+            return Err(None);
+        };
+        match tcp.read(space).await {
+            Ok(n) if n > 0 => buf.extend_from_slice(space.get(..n).ok_or(None)?),
+            _ => return Err(None),
         }
     }
 }
@@ -42,12 +225,14 @@ enum FirstPacket {
     Gone,
 }
 
-/// Reads the CONNECT of a new connection, whatever its transport, and runs
-/// or hands off the connection.
-pub(super) async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
-    let mut rbuf = BytesMut::new();
+async fn connect_phase(
+    shard: Rc<Shard>,
+    mut stream: Stream,
+    mut rbuf: BytesMut,
+    deadline: Duration,
+    kind: Kind,
+) {
     let max = shard.settings.max_packet_size;
-    let deadline = shard.settings.connect_timeout;
     let first = glommio::timer::timeout(deadline, async {
         Ok(read_first_packet(&mut stream, &mut rbuf, max).await)
     })
@@ -56,9 +241,7 @@ pub(super) async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     let mut connect = match first {
         FirstPacket::Connect(c) => *c,
         FirstPacket::Refuse(code) => {
-            let mut out = BytesMut::new();
-            codec::encode_connack(&mut out, false, code);
-            let _ = stream.write_all(&out).await;
+            refuse(&mut stream, code).await;
             shard.broker.borrow_mut().note_protocol_error();
             return;
         }
@@ -68,6 +251,29 @@ pub(super) async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
         }
         FirstPacket::Gone => return,
     };
+    let identity_as_username = kind == Kind::Tls
+        && shard
+            .settings
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.use_identity_as_username);
+    if identity_as_username {
+        match stream.identity() {
+            Some(identity) => connect.username = Some(identity),
+            None => {
+                // A verified certificate without a name to go by.
+                refuse(&mut stream, ConnectReturnCode::NotAuthorized).await;
+                return;
+            }
+        }
+    }
+    tracing::debug!(
+        shard = shard.id.0,
+        client_id = %connect.client_id,
+        peer = ?stream.peer_addr(),
+        username = ?connect.username,
+        "CONNECT received"
+    );
     if connect.client_id.is_empty() && connect.clean_session {
         connect.client_id = local_client_id(&shard);
     }
@@ -89,6 +295,16 @@ pub(super) async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }
         Err(e) => tracing::warn!(error = %e, "cannot hand off a connection"),
+    }
+}
+
+/// Answers a CONNECT with a refusing CONNACK, pushed out before the
+/// connection closes.
+async fn refuse(stream: &mut Stream, code: ConnectReturnCode) {
+    let mut out = BytesMut::new();
+    codec::encode_connack(&mut out, false, code);
+    if stream.write_all(&out).await.is_ok() {
+        let _ = stream.flush().await;
     }
 }
 

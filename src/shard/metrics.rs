@@ -1,5 +1,6 @@
 //! `/metrics` on the HTTP listener: the Prometheus text of every service of
-//! this shard (which collects its other shards' counters itself).
+//! this shard (which collects its other shards' counters itself), and the
+//! transports' counters (shared by all shards).
 
 use std::rc::Weak;
 
@@ -17,9 +18,7 @@ impl Handler for Metrics {
                 for service in &shard.services {
                     service.metrics(&mut text);
                 }
-                if shard.settings.websocket.is_some() {
-                    shard.ws_counters.render(&mut text);
-                }
+                shard.transport.render(&mut text);
                 Response::new(200, CONTENT_TYPE_PROMETHEUS, text.into_bytes())
             }
             ("GET" | "HEAD", None) => Response::error(503, "shutting down"),

@@ -103,7 +103,9 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         pin_cores: false,
         mqtt_listen: Some("127.0.0.1:0".parse().expect("address")),
         max_packet_size: 1 << 20,
+        mqtt_proxy_protocol: false,
         connect_timeout: Duration::from_secs(10),
+        tls: None,
         limits: crate::mqtt::session::SessionLimits {
             max_inflight: 32,
             max_queued_messages: 100,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::mqtt::session::SessionLimits;
+use crate::transport::ServerConfigHolder;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -18,8 +19,13 @@ pub struct Settings {
     /// Largest packet a client may send (not service connections, which
     /// set their own).
     pub max_packet_size: usize,
-    /// Time for a new socket to send its CONNECT.
+    /// Expect a PROXY protocol header before the CONNECT on `mqtt_listen`.
+    pub mqtt_proxy_protocol: bool,
+    /// Time for a new socket to send its CONNECT (after its TLS handshake
+    /// on the TLS listener).
     pub connect_timeout: Duration,
+    /// The MQTT-over-TLS listener.
+    pub tls: Option<TlsListener>,
     pub limits: SessionLimits,
     /// `$SYS` publication period; `None` publishes none.
     pub sys_interval: Option<Duration>,
@@ -27,4 +33,18 @@ pub struct Settings {
     pub http_listen: Option<SocketAddr>,
     /// The MQTT-over-WebSocket listener; `None` runs none.
     pub websocket: Option<crate::transport::ws::config::WsSettings>,
+}
+
+/// The TLS listener of every shard.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    /// The rustls configuration, swapped whole by a reload.
+    pub config: ServerConfigHolder,
+    /// Time for the PROXY header (if any) and the handshake; the CONNECT
+    /// deadline starts after it.
+    pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
+    /// The client certificate's identity replaces the CONNECT's user name.
+    pub use_identity_as_username: bool,
 }

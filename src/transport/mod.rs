@@ -8,11 +8,21 @@
 //! its own (TLS records, WebSocket frames) reaches its owner shard like a
 //! plain TCP one.
 //!
-//! Plain TCP and WebSocket over TCP (`ws`) are the transports; TLS is a
-//! variant of the same two enums.
+//! Plain TCP, TLS, and WebSocket over TCP (`ws`) are the transports.
+//! A PROXY protocol header ([`proxy`]) comes before any of them; the
+//! address it gives is the stream's [`Stream::peer_addr`] from then on,
+//! wherever the stream moves.
 
+pub mod counters;
+mod identity;
+pub mod proxy;
 mod tcp;
+mod tls;
+pub mod tls_config;
 pub mod ws;
+
+pub use counters::{Counters, HandshakeFailure};
+pub use tls_config::{ServerConfigHolder, TlsConfig, TlsError};
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,11 +37,14 @@ pub enum Stream {
     Tcp(tcp::Tcp),
     /// Boxed: a plain TCP connection must not carry the framing state's size.
     Ws(Box<ws::Ws<tcp::Tcp>>),
+    Tls(Box<tls::Tls>),
 }
 
 /// A stream between shards: the socket and the transport's state.
 pub struct Moving {
     fd: std::os::fd::OwnedFd,
+    /// The client's address from a PROXY header.
+    proxied: Option<SocketAddr>,
     state: MovingState,
 }
 
@@ -39,6 +52,9 @@ pub struct Moving {
 enum MovingState {
     Tcp,
     Ws(Box<ws::Framing>),
+    /// The whole session: keys, sequence numbers, and plaintext decrypted
+    /// but not yet read.
+    Tls(Box<rustls::ServerConnection>),
 }
 
 impl Stream {
@@ -58,12 +74,59 @@ impl Stream {
         Ok(Stream::Ws(Box::new(ws)))
     }
 
+    /// A TLS session, not yet handshaken, over a TCP connection just
+    /// accepted; `early` holds bytes already read from the socket (behind
+    /// a PROXY header), which are the start of the TLS stream.
+    pub fn tls(
+        stream: glommio::net::TcpStream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        early: &[u8],
+    ) -> Result<Stream, HandshakeFailure> {
+        tls::Tls::accept(tcp::Tcp::accepted(stream), config, early).map(Stream::Tls)
+    }
+
+    /// Completes a TLS handshake, pushing its last records out; a stream
+    /// with no handshake is ready at once.
+    pub async fn handshake(&mut self) -> Result<(), HandshakeFailure> {
+        match self {
+            Stream::Tcp(_) | Stream::Ws(_) => Ok(()),
+            Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_handshake(cx)).await,
+        }
+    }
+
+    /// The client is at `peer`, as a PROXY protocol header said.
+    pub fn set_proxied_peer(&mut self, peer: SocketAddr) {
+        match self {
+            Stream::Tcp(s) => s.set_proxied_peer(peer),
+            Stream::Ws(s) => s.inner_mut().set_proxied_peer(peer),
+            Stream::Tls(s) => s.tcp_mut().set_proxied_peer(peer),
+        }
+    }
+
+    fn proxied_peer(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.proxied_peer(),
+            Stream::Ws(s) => s.inner().proxied_peer(),
+            Stream::Tls(s) => s.tcp().proxied_peer(),
+        }
+    }
+
+    /// The identity of the client's verified certificate (its CN, else its
+    /// first DNS name); `None` for a transport without one.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            Stream::Tcp(_) | Stream::Ws(_) => None,
+            Stream::Tls(s) => s.identity(),
+        }
+    }
+
     /// Reads what the transport has for the peer's byte stream into `buf`;
     /// `Ok(0)` is the end of the stream.
     pub fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         match self {
             Stream::Tcp(s) => s.poll_read(cx, buf),
             Stream::Ws(s) => s.poll_read(cx, buf),
+            Stream::Tls(s) => s.poll_read(cx, buf),
         }
     }
 
@@ -72,6 +135,17 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.poll_write(cx, buf),
             Stream::Ws(s) => s.poll_write(cx, buf),
+            Stream::Tls(s) => s.poll_write(cx, buf),
+        }
+    }
+
+    /// Pushes what the transport still holds of earlier writes (TLS
+    /// records); the connection driver calls it when its outbox is empty.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Tcp(_) => Poll::Ready(Ok(())),
+            Stream::Ws(s) => s.poll_flush(cx),
+            Stream::Tls(s) => s.poll_flush(cx),
         }
     }
 
@@ -80,6 +154,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.peer_addr(),
             Stream::Ws(s) => s.peer_addr(),
+            Stream::Tls(s) => s.peer_addr(),
         }
     }
 
@@ -87,16 +162,27 @@ impl Stream {
     /// from the socket but not yet returned by `poll_read` must be inside
     /// the transport's state, never lost.
     pub fn into_moving(self) -> io::Result<Moving> {
+        let proxied = self.proxied_peer();
         match self {
             Stream::Tcp(s) => Ok(Moving {
                 fd: s.into_fd()?,
+                proxied,
                 state: MovingState::Tcp,
             }),
             Stream::Ws(s) => {
                 let (tcp, framing) = s.into_parts();
                 Ok(Moving {
                     fd: tcp.into_fd()?,
+                    proxied,
                     state: MovingState::Ws(Box::new(framing)),
+                })
+            }
+            Stream::Tls(s) => {
+                let (tcp, session) = s.into_parts();
+                Ok(Moving {
+                    fd: tcp.into_fd()?,
+                    proxied,
+                    state: MovingState::Tls(session),
                 })
             }
         }
@@ -106,12 +192,11 @@ impl Stream {
 impl Moving {
     /// Attaches the stream to the shard this is called on.
     pub fn attach(self) -> Stream {
+        let tcp = tcp::Tcp::from_fd(self.fd, self.proxied);
         match self.state {
-            MovingState::Tcp => Stream::Tcp(tcp::Tcp::from_fd(self.fd)),
-            MovingState::Ws(framing) => Stream::Ws(Box::new(ws::Ws::from_parts(
-                tcp::Tcp::from_fd(self.fd),
-                *framing,
-            ))),
+            MovingState::Tcp => Stream::Tcp(tcp),
+            MovingState::Ws(framing) => Stream::Ws(Box::new(ws::Ws::from_parts(tcp, *framing))),
+            MovingState::Tls(session) => Stream::Tls(tls::Tls::attach(tcp, session)),
         }
     }
 }
@@ -135,15 +220,15 @@ impl AsyncWrite for Stream {
         Stream::poll_write(self.get_mut(), cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Every transport writes through to its socket.
-        Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Stream::poll_flush(self.get_mut(), cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => s.poll_close(cx),
             Stream::Ws(s) => s.poll_close(cx),
+            Stream::Tls(s) => s.poll_close(cx),
         }
     }
 }

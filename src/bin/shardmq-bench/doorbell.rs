@@ -46,6 +46,11 @@ use super::sys;
 /// merely kept off its CPU that long is kicked too, which does no harm.
 const STALL: Duration = Duration::from_millis(30);
 
+/// Every executor is kicked this often whatever its heartbeat says: an
+/// executor can miss the completions of one ring (a timer, a socket) while
+/// its doorbell, on another, still answers.
+const KICK_EVERY: Duration = Duration::from_secs(1);
+
 /// Creates a doorbell: the main thread's end (non-blocking) and the
 /// executor's.
 pub fn pair() -> Result<(StdUnixStream, OwnedFd), String> {
@@ -59,11 +64,22 @@ pub fn pair() -> Result<(StdUnixStream, OwnedFd), String> {
 
 /// The main thread's side: the bells, and what it last saw of each
 /// executor's heartbeat.
-#[derive(Default)]
 pub struct Bells {
     bells: Vec<StdUnixStream>,
     seen: RefCell<Vec<(u64, Instant)>>,
     stalls: Cell<u64>,
+    last_kick: Cell<Instant>,
+}
+
+impl Default for Bells {
+    fn default() -> Bells {
+        Bells {
+            bells: Vec::new(),
+            seen: RefCell::default(),
+            stalls: Cell::new(0),
+            last_kick: Cell::new(Instant::now()),
+        }
+    }
 }
 
 impl Bells {
@@ -74,6 +90,10 @@ impl Bells {
 
     /// Rings every bell, and kicks executors that stopped answering.
     pub fn ring(&self, control: &Control) {
+        let kick_all = self.last_kick.get().elapsed() >= KICK_EVERY;
+        if kick_all {
+            self.last_kick.set(Instant::now());
+        }
         let mut seen = self.seen.borrow_mut();
         for (index, bell) in self.bells.iter().enumerate() {
             // A full socket has rings pending already: nothing is lost.
@@ -96,6 +116,10 @@ impl Bells {
                     sys::interrupt_thread(thread);
                 }
                 *since = Instant::now();
+            } else if kick_all && !control.thread_finished(index) {
+                if let Some((thread, _)) = control.thread_ids(index) {
+                    sys::interrupt_thread(thread);
+                }
             }
         }
     }

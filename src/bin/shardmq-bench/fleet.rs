@@ -15,6 +15,7 @@ use super::control::{Control, Totals};
 use super::doorbell::{self, Bells};
 use super::scenario::Plan;
 use super::stats::ThreadStats;
+use super::sys;
 use super::worker::{self, Settings, ThreadSetup};
 
 /// How often the main thread looks at the counters and rings the
@@ -86,6 +87,10 @@ impl<S: Send + 'static> Fleet<S> {
         threads: usize,
         mut spawn: impl FnMut(ThreadStart) -> Result<glommio::ExecutorJoinHandle<S>, String>,
     ) -> Result<Fleet<S>, String> {
+        // Here, not in `main`: a kick without the handler is ignored, and
+        // the tests run fleets without going through `main`.
+        sys::install_interrupt_handler()
+            .map_err(|e| format!("cannot install a signal handler: {e}"))?;
         let control = Arc::new(Control::new(threads));
         let mut fleet = Fleet {
             control: control.clone(),

@@ -75,9 +75,6 @@ fn run(cli: Cli) -> ExitCode {
         Scenario::Voice(args) => voice::descriptors(args),
         _ => plan.connections(),
     });
-    if let Err(e) = sys::install_interrupt_handler() {
-        eprintln!("shardmq-bench: warning: cannot install a signal handler: {e}");
-    }
     // Start the clock before any thread reads it.
     clock::now_ns();
     let global = &cli.global;

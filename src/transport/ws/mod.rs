@@ -21,7 +21,6 @@ pub mod handshake;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use frame::{Decoder, FrameError};
@@ -44,6 +43,8 @@ const CONTROL_OUT_MAX: usize = 1024;
 pub trait Inner {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+    /// Pushes what the stream still holds of earlier writes (TLS records).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn peer_addr(&self) -> Option<SocketAddr>;
 }
@@ -54,6 +55,9 @@ impl Inner for super::tcp::Tcp {
     }
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         super::tcp::Tcp::poll_write(self, cx, buf)
+    }
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         super::tcp::Tcp::poll_close(self, cx)
@@ -135,6 +139,23 @@ impl<S: Inner> Ws<S> {
 
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.inner.peer_addr()
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Pushes queued control frames (when no data frame is half written)
+    /// and whatever the inner stream holds of earlier writes.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.framing.at_frame_boundary() {
+            ready!(self.poll_flush_control(cx))?;
+        }
+        self.inner.poll_flush(cx)
     }
 
     /// Writes queued control frames if no data frame is half written.
@@ -351,17 +372,10 @@ async fn write_all<S: Inner>(inner: &mut S, mut bytes: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
-/// Upgrade outcomes of every shard, for `/metrics`. Shared atomics rather
-/// than mesh messages: they change once per connection attempt, never
-/// per packet.
-#[derive(Debug, Default)]
-pub struct Counters {
-    upgraded: AtomicU64,
-    failed: [AtomicU64; FAILURE_LABELS.len()],
-}
-
-/// The `reason` labels of `shardmq_ws_upgrade_failures_total`.
-const FAILURE_LABELS: [&str; 11] = [
+/// The `reason` labels of `shardmq_ws_upgrade_failures_total`: every
+/// [`UpgradeError::label`], and `timeout` for an upgrade the listener's
+/// deadline ended.
+pub const UPGRADE_FAILURE_LABELS: [&str; 11] = [
     "malformed",
     "method",
     "path",
@@ -375,51 +389,13 @@ const FAILURE_LABELS: [&str; 11] = [
     "timeout",
 ];
 
-impl Counters {
-    pub fn upgraded(&self) {
-        self.upgraded.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn failed(&self, error: &UpgradeError) {
-        let label = match error {
+impl UpgradeError {
+    /// The `reason` label this failure is counted under.
+    pub fn label(&self) -> &'static str {
+        match self {
             UpgradeError::Refused(r) => r.label(),
             UpgradeError::Closed => "closed",
             UpgradeError::Io(_) => "io",
-        };
-        self.count_failure(label);
-    }
-
-    pub fn timed_out(&self) {
-        self.count_failure("timeout");
-    }
-
-    fn count_failure(&self, label: &str) {
-        if let Some(i) = FAILURE_LABELS.iter().position(|l| *l == label) {
-            self.failed[i].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Appends the Prometheus text of the counters.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP shardmq_ws_upgrades_total WebSocket upgrades accepted.\n\
-             # TYPE shardmq_ws_upgrades_total counter\n\
-             shardmq_ws_upgrades_total {}",
-            self.upgraded.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP shardmq_ws_upgrade_failures_total WebSocket connections that did not complete the upgrade.\n\
-             # TYPE shardmq_ws_upgrade_failures_total counter"
-        );
-        for (label, count) in FAILURE_LABELS.iter().zip(&self.failed) {
-            let _ = writeln!(
-                out,
-                "shardmq_ws_upgrade_failures_total{{reason=\"{label}\"}} {}",
-                count.load(Ordering::Relaxed)
-            );
         }
     }
 }
