@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::AuthConfig;
 use crate::mqtt::session::SessionLimits;
 
 #[derive(Debug, Clone)]
@@ -25,4 +26,7 @@ pub struct Settings {
     pub sys_interval: Option<Duration>,
     /// The HTTP listener of shard 0: services' routes and `/metrics`.
     pub http_listen: Option<SocketAddr>,
+    /// Users, ACL and the failure budget; the files it names are read by
+    /// `shard::reload`, never by a shard.
+    pub auth: AuthConfig,
 }
