@@ -1,5 +1,6 @@
-//! `/metrics` on the HTTP listener: the Prometheus text of every service of
-//! this shard (which collects its other shards' counters itself).
+//! `/metrics` on the HTTP listener: the broker's counters summed over the
+//! shards, then the Prometheus text of every service of this shard (which
+//! collects its other shards' counters itself).
 
 use std::rc::Weak;
 
@@ -14,6 +15,7 @@ impl Handler for Metrics {
         let response = match (request.method.as_str(), self.0.upgrade()) {
             ("GET" | "HEAD", Some(shard)) => {
                 let mut text = String::new();
+                shard.broker.borrow().totals().write_metrics(&mut text);
                 for service in &shard.services {
                     service.metrics(&mut text);
                 }

@@ -81,6 +81,27 @@ impl World {
         Client { shard, conn }
     }
 
+    /// A client whose requests `acl` (an ACL file's text) decides, as
+    /// user `user`.
+    pub(super) fn connect_acl(&mut self, id: &str, user: Option<&str>, acl: &str) -> Client {
+        let file = crate::auth::AclFile::parse(acl).expect("a valid ACL");
+        let acl = crate::auth::ClientAcl::compile(&file, user, id, crate::auth::AclDefault::Deny);
+        let shard = usize::from(owner_shard(id, self.shards.len()).0);
+        let connect = Connect {
+            protocol_level: 4,
+            clean_session: true,
+            keep_alive_s: 0,
+            client_id: id.to_string(),
+            username: user.map(str::to_string),
+            password: None,
+            will: None,
+        };
+        let conn =
+            self.shards[shard].connect_with_acl(self.now, connect, Some(std::sync::Arc::new(acl)));
+        self.settle();
+        Client { shard, conn }
+    }
+
     pub(super) fn connect(&mut self, id: &str) -> Client {
         self.connect_with(id, true, 0, None)
     }
