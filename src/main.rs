@@ -121,6 +121,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = server.reloader.clone().watch_sighup(config.auth.clone()) {
+        tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
+    }
     if let Some(listen) = server.listen {
         tracing::info!(%listen, shards, "shardmq serving MQTT");
     } else {

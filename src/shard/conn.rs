@@ -8,6 +8,7 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use bytes::{Buf, BytesMut};
 
 use super::mesh::Handoff;
 use super::Shard;
+use crate::auth::ClientAcl;
 use crate::mqtt::broker::ConnId;
 use crate::mqtt::codec::{self, Connect};
 use crate::transport::Stream;
@@ -31,16 +33,25 @@ enum Event {
 /// Runs a connection handed over by another shard.
 pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
     let stream = handoff.stream.attach();
-    run(shard, stream, handoff.connect, handoff.unread).await;
+    run(shard, stream, handoff.connect, handoff.unread, handoff.acl).await;
 }
 
 /// Runs a connection whose CONNECT this shard owns, until it ends.
-pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
+pub(super) async fn run(
+    shard: Rc<Shard>,
+    mut stream: Stream,
+    connect: Connect,
+    rbuf: BytesMut,
+    acl: Option<Arc<ClientAcl>>,
+) {
     let admitted = shard.admit(Box::new(connect), stream.peer_addr());
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {
-            let conn = shard.broker.borrow_mut().connect(Instant::now(), *connect);
+            let conn = shard
+                .broker
+                .borrow_mut()
+                .connect_with_acl(Instant::now(), *connect, acl);
             (conn, shard.settings.max_packet_size)
         }
     };

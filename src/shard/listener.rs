@@ -69,12 +69,22 @@ async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     if connect.client_id.is_empty() && connect.clean_session {
         connect.client_id = local_client_id(&shard);
     }
+    let acl = match super::auth::authenticate(&shard, stream.peer_addr(), &connect) {
+        Ok(acl) => acl,
+        Err(code) => {
+            // A refusing CONNACK, then the connection closes [MQTT-3.2.2-5].
+            let mut out = BytesMut::new();
+            codec::encode_connack(&mut out, false, code);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    };
     let owner = owner_shard(&connect.client_id, shard.shards);
     if owner == shard.id || connect.client_id.is_empty() {
         // A task of its own rather than awaited here: this task's future
         // is sized for the CONNECT phase too (about 1 KiB against the
         // driver's 560 B), and an idle connection would carry it for life.
-        glommio::spawn_local(conn::run(shard, stream, connect, rbuf)).detach();
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl)).detach();
         return;
     }
     match stream.into_moving() {
@@ -83,6 +93,7 @@ async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
                 stream,
                 connect,
                 unread: rbuf,
+                acl,
             };
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }

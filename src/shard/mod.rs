@@ -14,10 +14,12 @@
 //! through [`Service`] (see `service`); the shell imports none of them.
 
 mod arena;
+mod auth;
 mod conn;
 mod listener;
 pub mod mesh;
 mod metrics;
+pub mod reload;
 mod service;
 mod settings;
 
@@ -54,12 +56,16 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {message}")]
     Executor { shard: usize, message: String },
+    #[error(transparent)]
+    Auth(#[from] reload::LoadError),
 }
 
 /// A running server: its shard threads and the address it listens on.
 pub struct Server {
     /// The MQTT listener's address (port 0 resolved); `None` without it.
     pub listen: Option<SocketAddr>,
+    /// Sends every shard what a reload read (`reload`).
+    pub reloader: reload::Reloader,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -80,6 +86,9 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
         let listen = settings.mqtt_listen;
+        let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
+        let (reloader, receivers) = reload::channels(shards);
+        let mut receivers = receivers.into_iter();
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -93,9 +102,10 @@ impl Server {
             let settings = settings.clone();
             let ready = ready_tx.clone();
             let services = services.clone();
+            let auth = (snapshot.clone(), receivers.next());
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
-                .spawn(move || run_shard(i, settings, endpoints, services, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, auth, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -115,7 +125,11 @@ impl Server {
                 }
             }
         }
-        Ok(Server { listen, handles })
+        Ok(Server {
+            listen,
+            reloader,
+            handles,
+        })
     }
 
     /// Waits for the shards; they run until the process ends.
@@ -187,9 +201,18 @@ pub struct Shard {
     /// Which service admitted each service connection, by `ConnId`: its
     /// place in `services` plus one; 0 for the broker's own connections.
     service_of: RefCell<Vec<u8>>,
+    /// Users and ACL for new connections (`auth`).
+    pub(crate) gate: RefCell<crate::auth::Gate>,
+    /// Reloads sent to this shard (`reload`).
+    reloads: Option<reload::ReloadReceiver>,
 }
 
 impl Shard {
+    /// Whether a service checks this CONNECT's credentials itself.
+    fn authenticates_itself(&self, connect: &crate::mqtt::codec::Connect) -> bool {
+        self.services.iter().any(|s| s.authenticates(connect))
+    }
+
     /// Wakes the connections the broker named, stages its remote batches,
     /// and gives the events of service connections to the service (whose
     /// answers may wake connections again).
@@ -356,6 +379,10 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
+    auth: (
+        Arc<crate::auth::AuthSnapshot>,
+        Option<reload::ReloadReceiver>,
+    ),
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -364,6 +391,7 @@ async fn run_shard(
         limits: settings.limits,
         sys_interval: settings.sys_interval,
     };
+    let settings_auth = settings.auth.clone();
     let listener = match settings.mqtt_listen {
         Some(addr) => match bind_listener(addr) {
             Ok(l) => Some(l),
@@ -387,6 +415,12 @@ async fn run_shard(
         congestion_waiters: RefCell::new(Vec::new()),
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
+        gate: RefCell::new(crate::auth::Gate::new(
+            auth.0,
+            settings_auth.budget(),
+            crate::auth::VerifyCache::new(settings_auth.verify_cache_max, rand::random()),
+        )),
+        reloads: auth.1,
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
@@ -503,6 +537,7 @@ async fn tick(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
+        reload::apply_pending(&shard);
         shard.broker.borrow_mut().tick(now);
         for service in &shard.services {
             service.tick(&shard, now);

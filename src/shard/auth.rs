@@ -1,0 +1,55 @@
+//! The check at CONNECT, on the shard that read the packet and before any
+//! hand-off: credentials against the shard's `auth::Gate`, the refusal
+//! counted, and the client's compiled ACL returned to travel with the
+//! connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Shard;
+use crate::auth::{ClientAcl, Verdict};
+use crate::mqtt::broker::AuthRefusal;
+use crate::mqtt::codec::{Connect, ConnectReturnCode};
+
+/// `Ok` with the client's ACL (`None`: no ACL), or the CONNACK code that
+/// refuses it: 4 for a wrong user name or password, 5 for a client not
+/// authorized (anonymous where that is off, or an address over its
+/// failure budget).
+pub(super) fn authenticate(
+    shard: &Shard,
+    peer: Option<std::net::SocketAddr>,
+    connect: &Connect,
+) -> Result<Option<Arc<ClientAcl>>, ConnectReturnCode> {
+    if shard.authenticates_itself(connect) {
+        // A service (the voice gateway) checks its devices' credentials.
+        return Ok(None);
+    }
+    let verdict = shard.gate.borrow_mut().check(
+        Instant::now(),
+        peer.map(|p| p.ip()),
+        connect.username.as_deref(),
+        connect.password.as_deref(),
+        &connect.client_id,
+    );
+    let (refusal, code) = match verdict {
+        Verdict::Accept(acl) => return Ok(acl),
+        Verdict::BadCredentials => (
+            AuthRefusal::BadCredentials,
+            ConnectReturnCode::BadUserNamePassword,
+        ),
+        Verdict::AnonymousRefused => (
+            AuthRefusal::AnonymousRefused,
+            ConnectReturnCode::NotAuthorized,
+        ),
+        Verdict::Throttled => (AuthRefusal::Throttled, ConnectReturnCode::NotAuthorized),
+    };
+    tracing::debug!(
+        ?peer,
+        client_id = %connect.client_id,
+        username = connect.username.as_deref().unwrap_or(""),
+        ?refusal,
+        "CONNECT refused"
+    );
+    shard.broker.borrow_mut().note_auth_refused(refusal);
+    Err(code)
+}
