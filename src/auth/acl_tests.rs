@@ -133,3 +133,49 @@ fn comments_and_blank_lines_are_skipped() {
     let file = AclFile::parse("# x\n   \n\t# indented\n").unwrap();
     assert_eq!(file, AclFile::default());
 }
+
+#[test]
+fn shipped_examples_parse_and_decide_as_documented() {
+    use crate::auth::{AclDefault, ClientAcl};
+    let meek = AclFile::parse(include_str!("../../examples/meekyolo-acl.conf")).unwrap();
+    let api = ClientAcl::compile(&meek, Some("api-server"), "api", AclDefault::Deny);
+    let node = ClientAcl::compile(&meek, Some("analysis-node-1"), "n1", AclDefault::Deny);
+    assert!(api.may_publish("/meek/tasks/t1/request"));
+    assert!(!node.may_publish("/meek/tasks/t1/request"));
+    assert!(node.may_subscribe("/meek/tasks/+/request"));
+    assert!(!api.may_subscribe("/meek/tasks/+/request"));
+    assert!(node.may_publish("/meek/nodes/n1/health"));
+    assert!(api.may_subscribe("/meek/tasks/+/result"));
+    assert!(!node.may_subscribe("#"));
+    let stranger = ClientAcl::compile(&meek, Some("guest"), "g", AclDefault::Deny);
+    assert!(!stranger.may_subscribe("/meek/system/nodes"));
+    // Every topic of the spec's §3 is in both roles, one way or the other.
+    for topic in [
+        "/meek/system/nodes",
+        "/meek/system/broadcast",
+        "/meek/system/config",
+        "/meek/nodes/x/status",
+        "/meek/nodes/x/health",
+        "/meek/nodes/x/resource",
+        "/meek/nodes/x/config",
+        "/meek/tasks/x/request",
+        "/meek/tasks/x/status",
+        "/meek/tasks/x/result",
+        "/meek/tasks/x/control",
+        "/meek/groups/x/tasks",
+        "/meek/groups/x/nodes",
+        "/meek/groups/x/status",
+    ] {
+        for acl in [&api, &node] {
+            assert!(acl.may_publish(topic) || acl.may_receive(topic), "{topic}");
+        }
+    }
+    let nosub = AclFile::parse(include_str!("../../examples/acl-nosubscribe.conf")).unwrap();
+    for user in [None, Some("anyone")] {
+        let acl = ClientAcl::compile(&nosub, user, "c", AclDefault::Deny);
+        assert!(!acl.may_subscribe("test/nosubscribe"));
+        assert!(!acl.may_publish("test/nosubscribe"));
+        assert!(acl.may_subscribe("test/#"));
+        assert!(acl.may_publish("test/other"));
+    }
+}
