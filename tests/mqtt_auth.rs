@@ -436,3 +436,27 @@ async fn refusals_are_counted_on_metrics() {
         "{body}"
     );
 }
+
+#[test]
+fn a_bad_file_at_start_is_a_one_line_error() {
+    if shardmq_only() {
+        return;
+    }
+    let dir = scratch("start");
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user a\ntopic raed x\n").unwrap();
+    let conf = dir.join("shardmq.toml");
+    std::fs::write(
+        &conf,
+        format!("[auth]\nacl_file = {:?}\n", acl.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--config"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2") && err.contains("\"raed\""), "{err}");
+}

@@ -201,6 +201,20 @@ impl ClientAcl {
     }
 }
 
+impl crate::mqtt::broker::Access for ClientAcl {
+    fn may_publish(&self, topic: &str) -> bool {
+        ClientAcl::may_publish(self, topic)
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        ClientAcl::may_subscribe(self, filter)
+    }
+
+    fn may_receive(&self, topic: &str) -> bool {
+        ClientAcl::may_receive(self, topic)
+    }
+}
+
 /// Whether every topic that `filter` matches is matched by `rule`.
 pub fn covers(rule: &str, filter: &str) -> bool {
     let mut rule_levels = rule.split('/');

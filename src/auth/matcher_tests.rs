@@ -174,3 +174,85 @@ fn compiled_acl_can_cross_threads() {
     fn send<T: Send + Sync>() {}
     send::<ClientAcl>();
 }
+
+mod differential {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::auth::acl::Rights;
+    use crate::mqtt::topic;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just(String::new()),
+            Just("$s".to_string()),
+        ]
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        let filter_level = prop_oneof![level(), Just("+".to_string())];
+        (prop::collection::vec(filter_level, 1..4), any::<bool>()).prop_map(|(mut levels, hash)| {
+            if hash {
+                levels.push("#".to_string());
+            }
+            levels.join("/")
+        })
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..5).prop_map(|l| l.join("/"))
+    }
+
+    fn access() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("read"),
+            Just("write"),
+            Just("readwrite"),
+            Just("deny"),
+            Just("subscribe"),
+            Just("receive"),
+        ]
+    }
+
+    proptest! {
+        /// The trie decides as a walk over every rule would.
+        #[test]
+        fn trie_agrees_with_every_rule_walked(
+            rules in prop::collection::vec((access(), filter()), 0..8),
+            topics in prop::collection::vec(name(), 1..8),
+        ) {
+            let text: String = rules.iter().map(|(a, f)| format!("topic {a} {f}\n")).collect();
+            let file = AclFile::parse(&text).unwrap();
+            let acl = ClientAcl::compile(&file, None, "c", AclDefault::Deny);
+            for t in &topics {
+                let mut want = Rights::default();
+                for rule in &file.anonymous.topics {
+                    if topic::matches(&rule.filter, t) {
+                        want.merge(rule.rights);
+                    }
+                }
+                let allowed = |bit: u8| want.deny & bit == 0 && want.allow & bit != 0;
+                prop_assert_eq!(acl.may_publish(t), allowed(4), "publish {} under {}", t, text);
+                prop_assert_eq!(acl.may_receive(t), allowed(2), "receive {} under {}", t, text);
+            }
+        }
+
+        /// A filter covered by a rule matches no topic the rule does not.
+        #[test]
+        fn covered_filters_match_only_within_the_rule(
+            rule in filter(),
+            sub in filter(),
+            topics in prop::collection::vec(name(), 1..16),
+        ) {
+            if covers(&rule, &sub) {
+                for t in &topics {
+                    if topic::matches(&sub, t) {
+                        prop_assert!(topic::matches(&rule, t), "{} covers {} but not {}", rule, sub, t);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Shard;
-use crate::auth::{ClientAcl, Verdict};
-use crate::mqtt::broker::AuthRefusal;
+use crate::auth::Verdict;
+use crate::mqtt::broker::{Access, AuthRefusal};
 use crate::mqtt::codec::{Connect, ConnectReturnCode};
 
 /// `Ok` with the client's ACL (`None`: no ACL), or the CONNACK code that
@@ -19,7 +19,7 @@ pub(super) fn authenticate(
     shard: &Shard,
     peer: Option<std::net::SocketAddr>,
     connect: &Connect,
-) -> Result<Option<Arc<ClientAcl>>, ConnectReturnCode> {
+) -> Result<Option<Arc<dyn Access>>, ConnectReturnCode> {
     if shard.authenticates_itself(connect) {
         // A service (the voice gateway) checks its devices' credentials.
         return Ok(None);
@@ -32,7 +32,7 @@ pub(super) fn authenticate(
         &connect.client_id,
     );
     let (refusal, code) = match verdict {
-        Verdict::Accept(acl) => return Ok(acl),
+        Verdict::Accept(acl) => return Ok(acl.map(|a| a as Arc<dyn Access>)),
         Verdict::BadCredentials => (
             AuthRefusal::BadCredentials,
             ConnectReturnCode::BadUserNamePassword,

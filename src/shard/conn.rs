@@ -16,8 +16,7 @@ use bytes::{Buf, BytesMut};
 
 use super::mesh::Handoff;
 use super::Shard;
-use crate::auth::ClientAcl;
-use crate::mqtt::broker::ConnId;
+use crate::mqtt::broker::{Access, ConnId};
 use crate::mqtt::codec::{self, Connect};
 use crate::transport::Stream;
 
@@ -42,7 +41,7 @@ pub(super) async fn run(
     mut stream: Stream,
     connect: Connect,
     rbuf: BytesMut,
-    acl: Option<Arc<ClientAcl>>,
+    acl: Option<Arc<dyn Access>>,
 ) {
     let admitted = shard.admit(Box::new(connect), stream.peer_addr());
     let (conn, max_packet) = match admitted {

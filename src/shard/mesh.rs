@@ -36,7 +36,7 @@ pub struct Handoff {
     pub connect: Connect,
     pub unread: BytesMut,
     /// The client's ACL, compiled where its CONNECT was authenticated.
-    pub acl: Option<std::sync::Arc<crate::auth::ClientAcl>>,
+    pub acl: Option<std::sync::Arc<dyn crate::mqtt::broker::Access>>,
 }
 
 /// The two ends a shard holds: `senders[j]` to shard j, `receivers[i]` from

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{owner_shard, Broker, Conn, ConnId, ServiceEvent, SessionId};
-use crate::auth::ClientAcl;
+use super::{owner_shard, Access, Broker, Conn, ConnId, ServiceEvent, SessionId};
 use crate::mqtt::codec::{self, Connect, ConnectReturnCode};
 use crate::mqtt::session::{Message, Session};
 
@@ -57,7 +56,7 @@ impl Broker {
         &mut self,
         now: Instant,
         connect: Connect,
-        acl: Option<Arc<ClientAcl>>,
+        acl: Option<Arc<dyn Access>>,
     ) -> ConnId {
         self.open(now, connect, false, acl)
     }
@@ -80,7 +79,7 @@ impl Broker {
         now: Instant,
         connect: Connect,
         service: bool,
-        acl: Option<Arc<ClientAcl>>,
+        acl: Option<Arc<dyn Access>>,
     ) -> ConnId {
         let conn = self.alloc_conn(now);
         if connect.client_id.is_empty() && !connect.clean_session {

@@ -57,7 +57,8 @@
 //! check: `routing::admit_publish` (a PUBLISH, before it is routed) and
 //! `subscribe::grant` (each filter, before a session holds it; a refusal is
 //! SUBACK 0x80). Both ask the session's compiled ACL (`crate::auth`), which
-//! the shell hands over with the CONNECT (`connect_with_acl`); delivery
+//! the shell hands over with the CONNECT (`connect_with_acl`, an
+//! [`Access`]); delivery
 //! asks it too (`routing::deliver_local`, and the retained messages of a
 //! new subscription), so a message the client may not receive is not
 //! delivered. The broker reads no file: the ACL arrives compiled. The state that persistence will record changes only
@@ -73,7 +74,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::auth::ClientAcl;
 use crate::mqtt::codec::{self, DecodeError, Packet};
 use crate::mqtt::index::SubscriptionIndex;
 use crate::mqtt::retained::RetainedStore;
@@ -114,6 +114,18 @@ pub fn owner_shard(client_id: &str, shards: usize) -> ShardId {
     }
     let shards = shards.max(1) as u64;
     ShardId((hash % shards) as u16)
+}
+
+/// What one client may do. The broker only asks; the rules are compiled
+/// above it (`crate::auth` at CONNECT) and handed over with the connect
+/// (`connect_with_acl`). `Send` because it travels with a hand-off.
+pub trait Access: Send + Sync + std::fmt::Debug {
+    /// May PUBLISH to `topic`.
+    fn may_publish(&self, topic: &str) -> bool;
+    /// May hold the (valid) filter `filter`.
+    fn may_subscribe(&self, filter: &str) -> bool;
+    /// May be delivered a message on `topic`.
+    fn may_receive(&self, topic: &str) -> bool;
 }
 
 /// Settings of the broker machine.
@@ -182,7 +194,7 @@ pub struct Broker {
     session_conn: Vec<Option<ConnId>>,
     /// The compiled ACL of each session's latest connection (`None`: no
     /// ACL); kept while the session is offline, for what it queues.
-    session_acl: Vec<Option<Arc<ClientAcl>>>,
+    session_acl: Vec<Option<Arc<dyn Access>>>,
     free_sessions: Vec<u32>,
     by_client_id: HashMap<String, SessionId>,
     index: SubscriptionIndex<SessionId>,
