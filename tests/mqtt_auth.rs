@@ -460,3 +460,95 @@ fn a_bad_file_at_start_is_a_one_line_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("\"raed\""), "{err}");
 }
+
+#[test]
+fn passwd_command_shares_its_file_with_mosquitto() {
+    if shardmq_only() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch("passwd");
+    let file = dir.join("passwd");
+    let passwd = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .arg("passwd")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let f = file.to_str().unwrap();
+    assert!(passwd(&["--stdin", f, "carol"], "carol-pw\n")
+        .status
+        .success());
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    mosquitto_passwd(&file, "dave", "dave-pw", false);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("carol:$7$10000$"), "{text}");
+    assert!(text.contains("\ndave:$7$101$"), "{text}");
+    assert!(passwd(&["-D", f, "dave"], "").status.success());
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("dave"));
+    let missing = passwd(&["-D", f, "dave"], "");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not in the file"));
+
+    // The real mosquitto broker accepts the hash shardmq wrote.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\npassword_file {f}\nallow_anonymous false\nuser root\n"),
+    )
+    .unwrap();
+    let mut mosquitto = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto must be installed (Debian package mosquitto)");
+    let publish = |password: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-u",
+                "carol",
+                "-P",
+                password,
+                "-t",
+                "t",
+                "-m",
+                "m",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !publish("carol-pw") {
+        assert!(Instant::now() < deadline, "mosquitto never accepted carol");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!publish("wrong"));
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+}

@@ -39,6 +39,8 @@ pub use config::AuthConfig;
 pub use matcher::{AclDefault, ClientAcl};
 pub use password::{PasswordFile, PasswordFileError, StoredHash};
 
+use password::{ITERATIONS_DEFAULT, SALT_LEN};
+
 /// The users and rules in force: what a reload replaces.
 #[derive(Debug, Clone, Default)]
 pub struct AuthSnapshot {
@@ -88,6 +90,10 @@ pub struct Gate {
     snapshot: Arc<AuthSnapshot>,
     cache: VerifyCache,
     budget: FailureBudget,
+    /// Checked for an unknown user, so that a wrong user name costs what a
+    /// wrong password does and timing does not tell which users exist.
+    /// Made at the first unknown user.
+    dummy: Option<StoredHash>,
 }
 
 impl Gate {
@@ -96,6 +102,7 @@ impl Gate {
             snapshot,
             cache,
             budget: FailureBudget::new(budget),
+            dummy: None,
         }
     }
 
@@ -172,7 +179,14 @@ impl Gate {
                 self.cache.insert(user, password);
                 Ok(())
             }
-            _ => Err(Verdict::BadCredentials),
+            Some(_) => Err(Verdict::BadCredentials),
+            None => {
+                let dummy = self.dummy.get_or_insert_with(|| {
+                    StoredHash::pbkdf2(b"", [0; SALT_LEN], ITERATIONS_DEFAULT)
+                });
+                let _ = dummy.verify(password);
+                Err(Verdict::BadCredentials)
+            }
         }
     }
 }
