@@ -552,3 +552,71 @@ fn passwd_command_shares_its_file_with_mosquitto() {
     let _ = mosquitto.kill();
     let _ = mosquitto.wait();
 }
+
+/// Real clients: rumqttc and mosquitto's command-line clients see the
+/// CONNACK codes and the refused SUBSCRIBE.
+#[tokio::test]
+async fn real_clients_see_the_refusals() {
+    if shardmq_only() {
+        return;
+    }
+    let dir = scratch("clients");
+    let passwd = users(&dir);
+    let acl = dir.join("acl");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/acl-nosubscribe.conf"),
+        &acl,
+    )
+    .unwrap();
+    let broker = Broker::start_with(2, &config(&passwd, Some(&acl), "failures_max = 0\n"));
+
+    use rumqttc::{ConnectReturnCode, ConnectionError};
+    for (user, code) in [
+        (Some(("api", "bad")), ConnectReturnCode::BadUserNamePassword),
+        (None, ConnectReturnCode::NotAuthorized),
+    ] {
+        let mut opts = options(&broker, "rumqttc-client");
+        if let Some((u, p)) = user {
+            opts.set_credentials(u, p);
+        }
+        let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 8);
+        match within(eventloop.poll()).await {
+            Err(ConnectionError::ConnectionRefused(got)) => assert_eq!(got, code),
+            other => panic!("expected a refused connection, got {other:?}"),
+        }
+    }
+
+    let port = broker.port().to_string();
+    let pub_status = |creds: &[&str]| {
+        Command::new("mosquitto_pub")
+            .args(["-p", &port, "-t", "t", "-m", "m"])
+            .args(creds)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    // mosquitto_pub exits with the CONNACK return code.
+    assert_eq!(pub_status(&["-u", "api", "-P", "bad"]), Some(4));
+    assert_eq!(pub_status(&[]), Some(5));
+    assert_eq!(pub_status(&["-u", "api", "-P", "api-pw"]), Some(0));
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port,
+            "-u",
+            "api",
+            "-P",
+            "api-pw",
+            "-t",
+            "test/nosubscribe",
+            "-C",
+            "1",
+        ])
+        .args(["-W", "5"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&sub.stderr).to_string() + &String::from_utf8_lossy(&sub.stdout);
+    assert!(said.contains("denied"), "{said}");
+}
