@@ -32,18 +32,27 @@ enum Event {
 /// Runs a connection handed over by another shard.
 pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
     let stream = handoff.stream.attach();
-    run(shard, stream, handoff.connect, handoff.unread, handoff.acl).await;
+    run(
+        shard,
+        stream,
+        Box::new(handoff.connect),
+        handoff.unread,
+        handoff.acl,
+    )
+    .await;
 }
 
-/// Runs a connection whose CONNECT this shard owns, until it ends.
+/// Runs a connection whose CONNECT this shard owns, until it ends. The
+/// CONNECT comes boxed: the task keeps its arguments' room for life, and a
+/// pointer is smaller than the packet.
 pub(super) async fn run(
     shard: Rc<Shard>,
     mut stream: Stream,
-    connect: Connect,
+    connect: Box<Connect>,
     rbuf: BytesMut,
     acl: Option<Arc<dyn Access>>,
 ) {
-    let admitted = shard.admit(Box::new(connect), stream.peer_addr());
+    let admitted = shard.admit(connect, stream.peer_addr());
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {

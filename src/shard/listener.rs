@@ -52,7 +52,7 @@ async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
     .await
     .unwrap_or(FirstPacket::Gone);
     let mut connect = match first {
-        FirstPacket::Connect(c) => *c,
+        FirstPacket::Connect(c) => c,
         FirstPacket::Refuse(code) => {
             let mut out = BytesMut::new();
             codec::encode_connack(&mut out, false, code);
@@ -91,7 +91,7 @@ async fn handshake(shard: Rc<Shard>, mut stream: Stream) {
         Ok(stream) => {
             let handoff = Handoff {
                 stream,
-                connect,
+                connect: *connect,
                 unread: rbuf,
                 acl,
             };
