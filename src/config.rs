@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::config::AuthConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
@@ -36,6 +37,7 @@ pub struct Config {
     pub voice: VoiceConfig,
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +237,10 @@ impl Config {
                 message: other.to_string(),
             },
         })?;
+        self.auth.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        })?;
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "mqtt.connect_timeout_s",
@@ -284,6 +290,7 @@ impl Config {
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
             http_listen: self.http.listen_addr(),
             websocket: self.websocket.settings().filter(|_| mqtt.enabled),
+            auth: self.auth.clone(),
         }
     }
 
@@ -327,6 +334,7 @@ mod tests {
         assert_eq!(c.shard_count(), 3);
         assert_eq!(c.mqtt.sys_interval_s, 1);
         assert!(Config::from_toml("[mqtt]\nmax_pakcet_size = 1\n").is_err());
+        assert!(Config::from_toml("[auth]\npasword_file = \"x\"\n").is_err());
         assert!(Config::from_toml("[server]\nshards = \"many\"\n").is_err());
     }
 
@@ -349,6 +357,21 @@ mod tests {
         assert!(c.validate().is_err());
         let c =
             Config::from_toml("[websocket]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn auth_section_and_its_anonymous_default() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.auth.anonymous_allowed(), "no password file: anonymous");
+        let c =
+            Config::from_toml("[auth]\npassword_file = \"/p\"\nacl_default = \"allow\"\n").unwrap();
+        assert!(!c.auth.anonymous_allowed(), "a password file: no anonymous");
+        assert_eq!(c.auth.acl_default, crate::auth::AclDefault::Allow);
+        let c =
+            Config::from_toml("[auth]\npassword_file = \"/p\"\nallow_anonymous = true\n").unwrap();
+        assert!(c.auth.anonymous_allowed());
+        let c = Config::from_toml("[auth]\nfailure_table_max = 0\n").unwrap();
         assert!(c.validate().is_err());
     }
 

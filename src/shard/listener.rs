@@ -239,7 +239,7 @@ async fn connect_phase(
     .await
     .unwrap_or(FirstPacket::Gone);
     let mut connect = match first {
-        FirstPacket::Connect(c) => *c,
+        FirstPacket::Connect(c) => c,
         FirstPacket::Refuse(code) => {
             refuse(&mut stream, code).await;
             shard.broker.borrow_mut().note_protocol_error();
@@ -257,6 +257,8 @@ async fn connect_phase(
             .tls
             .as_ref()
             .is_some_and(|t| t.use_identity_as_username);
+    // With the identity as user name, the certificate is the credential.
+    let certified = identity_as_username;
     if identity_as_username {
         match stream.identity() {
             Some(identity) => connect.username = Some(identity),
@@ -277,20 +279,29 @@ async fn connect_phase(
     if connect.client_id.is_empty() && connect.clean_session {
         connect.client_id = local_client_id(&shard);
     }
+    let acl = match super::auth::authenticate(&shard, stream.peer_addr(), &connect, certified) {
+        Ok(acl) => acl,
+        Err(code) => {
+            // A refusing CONNACK, then the connection closes [MQTT-3.2.2-5].
+            refuse(&mut stream, code).await;
+            return;
+        }
+    };
     let owner = owner_shard(&connect.client_id, shard.shards);
     if owner == shard.id || connect.client_id.is_empty() {
         // A task of its own rather than awaited here: this task's future
         // is sized for the CONNECT phase too (about 1 KiB against the
         // driver's 560 B), and an idle connection would carry it for life.
-        glommio::spawn_local(conn::run(shard, stream, connect, rbuf)).detach();
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl)).detach();
         return;
     }
     match stream.into_moving() {
         Ok(stream) => {
             let handoff = Handoff {
                 stream,
-                connect,
+                connect: *connect,
                 unread: rbuf,
+                acl,
             };
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }

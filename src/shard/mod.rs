@@ -14,10 +14,12 @@
 //! through [`Service`] (see `service`); the shell imports none of them.
 
 mod arena;
+mod auth;
 mod conn;
 mod listener;
 pub mod mesh;
 mod metrics;
+pub mod reload;
 mod service;
 mod settings;
 
@@ -69,6 +71,8 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {message}")]
     Executor { shard: usize, message: String },
+    #[error(transparent)]
+    Auth(#[from] reload::LoadError),
 }
 
 /// A running server: its shard threads and the address it listens on.
@@ -81,6 +85,8 @@ pub struct Server {
     pub tls_listen: Option<SocketAddr>,
     /// The TLS listeners' configuration, shared with every shard.
     tls_config: Option<crate::transport::ServerConfigHolder>,
+    /// Sends every shard what a reload read (`reload`).
+    pub reloader: reload::Reloader,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -111,6 +117,9 @@ impl Server {
         let tls_listen = settings.tls.as_ref().map(|t| t.listen);
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
+        let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
+        let (reloader, receivers) = reload::channels(shards);
+        let mut receivers = receivers.into_iter();
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -125,10 +134,11 @@ impl Server {
             let ready = ready_tx.clone();
             let services = services.clone();
             let counters = counters.clone();
+            let auth = (snapshot.clone(), receivers.next());
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
-                .spawn(move || run_shard(i, settings, endpoints, services, counters, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, counters, auth, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -153,6 +163,7 @@ impl Server {
             ws_listen,
             tls_listen,
             tls_config,
+            reloader,
             handles,
         })
     }
@@ -243,9 +254,18 @@ pub struct Shard {
     service_of: RefCell<Vec<u8>>,
     /// What the transports refused, for every shard of the server.
     pub(crate) transport: Arc<crate::transport::Counters>,
+    /// Users and ACL for new connections (`auth`).
+    pub(crate) gate: RefCell<crate::auth::Gate>,
+    /// Reloads sent to this shard (`reload`).
+    reloads: Option<reload::ReloadReceiver>,
 }
 
 impl Shard {
+    /// Whether a service checks this CONNECT's credentials itself.
+    fn authenticates_itself(&self, connect: &crate::mqtt::codec::Connect) -> bool {
+        self.services.iter().any(|s| s.authenticates(connect))
+    }
+
     /// Wakes the connections the broker named, stages its remote batches,
     /// and gives the events of service connections to the service (whose
     /// answers may wake connections again).
@@ -413,6 +433,10 @@ async fn run_shard(
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
     transport: Arc<crate::transport::Counters>,
+    auth: (
+        Arc<crate::auth::AuthSnapshot>,
+        Option<reload::ReloadReceiver>,
+    ),
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -421,6 +445,7 @@ async fn run_shard(
         limits: settings.limits,
         sys_interval: settings.sys_interval,
     };
+    let settings_auth = settings.auth.clone();
     let listener = match settings.mqtt_listen {
         Some(addr) => match bind_listener(addr) {
             Ok(l) => Some(l),
@@ -471,6 +496,12 @@ async fn run_shard(
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
         transport,
+        gate: RefCell::new(crate::auth::Gate::new(
+            auth.0,
+            settings_auth.budget(),
+            crate::auth::VerifyCache::new(settings_auth.verify_cache_max, rand::random()),
+        )),
+        reloads: auth.1,
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
@@ -601,6 +632,7 @@ async fn tick(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
+        reload::apply_pending(&shard);
         shard.broker.borrow_mut().tick(now);
         for service in &shard.services {
             service.tick(&shard, now);

@@ -115,6 +115,7 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         sys_interval: None,
         http_listen: None,
         websocket: None,
+        auth: crate::auth::AuthConfig::default(),
     };
     let server = Server::start(settings, services).expect("shards start");
     server.listen.expect("listening")

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from clients import Client
+from clients import Client, ConnectRefused
 from conftest import HOST
 from mqtt_raw import (
     CONNACK,
@@ -297,3 +297,32 @@ def test_the_broker_closing_a_connection_sends_a_close_frame(ws_broker, clients)
     close_rcvd = raw.ws.protocol.close_rcvd
     assert close_rcvd is not None, "the socket was closed without a close frame"
     assert close_rcvd.code == 1000
+
+
+# mosquitto_passwd's `$7$` line for alice / secret.
+ALICE = "alice:$7$101$fWcz3ZIazCmPS96M$QPQuO7fiu8nvrmAL9nv1R49JEJcNJxksYWR2PcI17zBd01C1zxcCPfhN/FsNiqsdYmpd7z8oqADYMyRW/vxwNA=="
+
+
+def test_websocket_connections_meet_the_password_file_and_acl(ws_broker, clients, tmp_path):
+    # The same CONNECT check as TCP: CONNACK 4 for a wrong password
+    # [MQTT-3.2.2-5], and the user's ACL afterwards.
+    (tmp_path / "passwd").write_text(ALICE + "\n")
+    (tmp_path / "acl").write_text("user alice\ntopic readwrite alice/#\n")
+    broker = ws_broker(
+        f'[auth]\npassword_file = "{tmp_path / "passwd"}"\nacl_file = "{tmp_path / "acl"}"\n'
+    )
+    bad = WsClient(broker, "ws-bad")
+    clients.append(bad)
+    bad._mqttc.username_pw_set("alice", "wrong")
+    with pytest.raises(ConnectRefused, match="[Bb]ad user name or password|4"):
+        bad.connect()
+    anon = WsClient(broker, "ws-anon")
+    clients.append(anon)
+    with pytest.raises(ConnectRefused):
+        anon.connect()
+    good = WsClient(broker, "ws-alice")
+    clients.append(good)
+    good._mqttc.username_pw_set("alice", "secret")
+    good.connect()
+    assert good.subscribe([("alice/#", 1)]) == [1]
+    assert good.subscribe([("bob/#", 1)]) == [0x80]
