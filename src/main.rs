@@ -136,7 +136,11 @@ fn main() -> ExitCode {
     if let Some(listen) = tls_listen {
         tracing::info!(%listen, "shardmq serving MQTT over TLS");
     }
-    if let Err(e) = server.reloader.clone().watch_sighup(config.auth.clone()) {
+    if let Err(e) = server
+        .reloader
+        .clone()
+        .watch_sighup(config.auth.clone(), config.tls.clone())
+    {
         tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
     }
     if let Some(listen) = server.listen {

@@ -416,3 +416,61 @@ fn a_certificate_identity_needs_no_password_and_gets_its_acl() {
     );
     assert_eq!(rc, 0, "the certificate's identity replaces the user name");
 }
+
+#[test]
+fn sighup_reloads_the_certificate_files_and_keeps_them_on_a_bad_one() {
+    let old = Pki::new("tls-sighup-old");
+    let new = Pki::new("tls-sighup-new");
+    // The files the server is configured with; replaced under it.
+    let served = temp_dir("tls-sighup-served");
+    let serve = |from: &Pki| {
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::copy(from.dir.join(file), served.join(file)).unwrap();
+        }
+    };
+    serve(&old);
+    let port = free_port();
+    let path = |file: &str| served.join(file).display().to_string();
+    let toml = format!(
+        "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         ca_file = \"{}\"\n",
+        path("server.pem"),
+        path("server.key"),
+        path("ca.pem"),
+    );
+    let server = Server::start(1, &toml, port);
+    let mut live = tls_mqtt(&old, port, None, "before-sighup");
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // A key that is not PEM: one warning, the old certificate stays.
+    std::fs::write(served.join("server.key"), "not a key\n").unwrap();
+    hup();
+    server.wait_log("TLS reload refused");
+    let _still_old = tls_mqtt(&old, port, None, "after-bad-sighup");
+
+    // The new files: new connections get the new certificate.
+    serve(&new);
+    hup();
+    server.wait_log("TLS certificates reloaded");
+    assert!(
+        tls_connect(&old, port, None).is_err(),
+        "old certificate still served"
+    );
+    let _new = tls_mqtt(&new, port, None, "after-sighup");
+    // The connection made before the reloads is still served.
+    live.write_all(&subscribe_packet(4, "sighup/#")).unwrap();
+    assert_eq!(read_packet(&mut live).unwrap(), (0x90, vec![0, 4, 1]));
+    let warnings = server
+        .output()
+        .lines()
+        .filter(|l| l.contains("TLS reload refused"))
+        .count();
+    assert_eq!(warnings, 1, "one warning line per bad reload");
+    let _ = std::fs::remove_dir_all(&served);
+}

@@ -118,7 +118,7 @@ impl Server {
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
         let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
-        let (reloader, receivers) = reload::channels(shards);
+        let (reloader, receivers) = reload::channels(shards, tls_config.clone());
         let mut receivers = receivers.into_iter();
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

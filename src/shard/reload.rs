@@ -2,21 +2,24 @@
 //! signal, reads the files again and, when they parse, sends each shard the
 //! new immutable snapshot through its own bounded channel. A file that does
 //! not parse leaves every shard on the snapshot it has, with one warning
-//! saying why.
+//! saying why. The same signal reloads the TLS certificates and keys.
 //!
 //! # Ownership
 //! 1. Shards share nothing mutable: each gets its own `Arc` of the snapshot
 //!    through its own channel and takes it on its next tick.
-//! 2. What is reloaded is a [`Reload`] variant, so other reloadable state
-//!    (TLS certificates) is one more variant, not another mechanism.
-//! 3. Connections keep what they started with (their compiled ACL); new
-//!    connections see the new snapshot.
+//! 2. What a shard takes is a [`Reload`] variant, so other per-shard state
+//!    is one more variant, not another mechanism. The TLS configuration is
+//!    not per shard: its `ServerConfigHolder` is already shared by every
+//!    shard (read once per accept), so the reload thread swaps it in place.
+//! 3. Connections keep what they started with (their compiled ACL, their
+//!    TLS session); new connections see the new files.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use crate::auth::{AclFile, AuthConfig, AuthSnapshot, PasswordFile};
+use crate::transport::{ServerConfigHolder, TlsConfig};
 
 /// What a reload gives a shard.
 #[derive(Debug, Clone)]
@@ -88,19 +91,24 @@ fn read(path: &Path) -> Result<String, LoadError> {
     })
 }
 
-/// The sending ends, one per shard.
+/// The sending ends, one per shard, and the TLS listener's configuration.
 #[derive(Debug, Clone)]
 pub struct Reloader {
     senders: Vec<SyncSender<Reload>>,
+    /// `None` without a TLS listener.
+    tls: Option<ServerConfigHolder>,
 }
 
 /// A shard's receiving end.
 pub(crate) type ReloadReceiver = Receiver<Reload>;
 
 /// Channels for `shards` shards: the sender side and one receiver each.
-pub(crate) fn channels(shards: usize) -> (Reloader, Vec<ReloadReceiver>) {
+pub(crate) fn channels(
+    shards: usize,
+    tls: Option<ServerConfigHolder>,
+) -> (Reloader, Vec<ReloadReceiver>) {
     let (senders, receivers) = (0..shards).map(|_| mpsc::sync_channel(PENDING_MAX)).unzip();
-    (Reloader { senders }, receivers)
+    (Reloader { senders, tls }, receivers)
 }
 
 impl Reloader {
@@ -130,15 +138,35 @@ impl Reloader {
         }
     }
 
-    /// Starts the thread that reloads on every SIGHUP. Registering the
-    /// handler also keeps SIGHUP from ending the process.
-    pub fn watch_sighup(self, auth: AuthConfig) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Reads the certificate, key and CA files of `config` again and
+    /// swaps them in for new TLS connections, or keeps the configuration in
+    /// force and logs why. Nothing to do without a TLS listener.
+    pub fn reload_tls(&self, config: &TlsConfig) {
+        let Some(holder) = &self.tls else { return };
+        match holder.reload(config) {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "TLS reload refused; the previous certificates stay"
+            ),
+        }
+    }
+
+    /// Starts the thread that reloads on every SIGHUP: users and ACL, then
+    /// the TLS files. Registering the handler also keeps SIGHUP from ending
+    /// the process.
+    pub fn watch_sighup(
+        self,
+        auth: AuthConfig,
+        tls: TlsConfig,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
         std::thread::Builder::new()
             .name("reload".to_string())
             .spawn(move || {
                 for _ in signals.forever() {
                     self.reload_auth(&auth);
+                    self.reload_tls(&tls);
                 }
             })
     }
@@ -183,7 +211,7 @@ mod tests {
 
     #[test]
     fn every_shard_gets_the_reload_and_a_full_channel_does_not_block() {
-        let (reloader, receivers) = channels(2);
+        let (reloader, receivers) = channels(2, None);
         let reload = Reload::Auth(Arc::new(AuthSnapshot::open()));
         for _ in 0..PENDING_MAX + 2 {
             reloader.send(&reload);
