@@ -209,17 +209,25 @@ impl Config {
                     message: "MQTT over WebSocket needs the built-in broker".to_string(),
                 });
             }
-            let ws = self.websocket.listen;
-            let clash = |other: SocketAddr| ws.port() != 0 && ws == other;
-            if clash(self.mqtt.listen)
-                || self.http.listen_addr().is_some_and(clash)
-                || (self.tls.enabled() && clash(self.tls.listen))
-            {
+            let wss = self.tls.enabled() && self.websocket.wss;
+            let mut taken = vec![self.mqtt.listen];
+            taken.extend(self.http.listen_addr());
+            if self.tls.enabled() {
+                taken.push(self.tls.listen);
+            }
+            let mut ours = vec![("websocket.listen", self.websocket.listen)];
+            if wss {
+                ours.push(("websocket.tls_listen", self.websocket.tls_listen));
+            }
+            for (i, &(key, addr)) in ours.iter().enumerate() {
+                let others = taken.iter().chain(ours.iter().take(i).map(|(_, a)| a));
                 // SO_REUSEPORT would let the listeners share the port silently.
-                return Err(ConfigError::Invalid {
-                    key: "websocket.listen",
-                    message: format!("{ws} is already the MQTT, TLS or HTTP listener"),
-                });
+                if addr.port() != 0 && others.into_iter().any(|&other| other == addr) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("{addr} is already another listener"),
+                    });
+                }
             }
             self.websocket
                 .validate()
@@ -289,7 +297,10 @@ impl Config {
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
             http_listen: self.http.listen_addr(),
-            websocket: self.websocket.settings().filter(|_| mqtt.enabled),
+            websocket: self
+                .websocket
+                .settings(self.tls.enabled())
+                .filter(|_| mqtt.enabled),
             auth: self.auth.clone(),
         }
     }

@@ -133,6 +133,9 @@ fn main() -> ExitCode {
     if let Some(listen) = server.ws_listen {
         tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket");
     }
+    if let Some(listen) = server.wss_listen {
+        tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket over TLS");
+    }
     if let Some(listen) = tls_listen {
         tracing::info!(%listen, "shardmq serving MQTT over TLS");
     }

@@ -1,4 +1,4 @@
-//! Accepting sockets: the PROXY header, the TLS handshake or the WebSocket
+//! Accepting sockets: the PROXY header, the TLS handshake and the WebSocket
 //! upgrade where the listener asks for them, then the CONNECT under a
 //! deadline, then the connection runs here or is handed to the shard that
 //! owns its client id. Every listener's connections go through the same
@@ -8,8 +8,9 @@
 //! On the MQTT listener one deadline (`connect_timeout`) covers the PROXY
 //! header and the CONNECT. On the TLS listener `handshake_timeout` covers
 //! the PROXY header and the handshake, on the WebSocket listener
-//! `websocket.handshake_timeout_s` covers the upgrade, and `connect_timeout`
-//! starts after either.
+//! `websocket.handshake_timeout_s` covers the upgrade; on the `wss` listener
+//! the TLS handshake has its deadline, then the upgrade its own. The
+//! `connect_timeout` starts after them.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -39,6 +40,9 @@ pub(super) enum Kind {
     Tls,
     /// MQTT over WebSocket over TCP.
     Ws,
+    /// MQTT over WebSocket over TLS: the TLS listener's certificate and
+    /// handshake, then the WebSocket upgrade.
+    Wss,
 }
 
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Kind) {
@@ -68,10 +72,13 @@ async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
                 connect_timeout.saturating_sub(accepted.elapsed()),
             )
         }),
-        Kind::Tls => open_tls(&shard, tcp)
+        Kind::Tls => open_tls(&shard, tcp, true)
             .await
             .map(|stream| (stream, BytesMut::new(), connect_timeout)),
         Kind::Ws => open_ws(&shard, tcp)
+            .await
+            .map(|stream| (stream, BytesMut::new(), connect_timeout)),
+        Kind::Wss => open_wss(&shard, tcp)
             .await
             .map(|stream| (stream, BytesMut::new(), connect_timeout)),
     };
@@ -99,12 +106,14 @@ async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut
     Some((stream, early))
 }
 
-/// A TLS stream with its handshake done, under the handshake deadline.
-async fn open_tls(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
+/// A TLS stream with its handshake done, under the handshake deadline;
+/// `proxy_listener`: this listener reads a PROXY header if `[tls]` says so
+/// (the TLS listener does, `wss` does not).
+async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy_listener: bool) -> Option<Stream> {
     let tls = shard.settings.tls.as_ref()?;
     let socket_peer = tcp.peer_addr().ok();
     let opened = glommio::timer::timeout(tls.handshake_timeout, async {
-        let (peer, early) = if tls.proxy_protocol {
+        let (peer, early) = if proxy_listener && tls.proxy_protocol {
             let header = read_proxy_header(&mut tcp).await;
             match proxy_outcome(shard, &tcp, header) {
                 Some(read) => read,
@@ -147,10 +156,25 @@ async fn open_tls(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
 async fn open_ws(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
     let ws = shard.settings.websocket.as_ref()?;
     let max_frame = shard.settings.max_packet_size;
-    let upgraded = glommio::timer::timeout(ws.handshake_timeout, async {
-        Ok(Stream::websocket(tcp, &ws.policy, max_frame).await)
-    })
-    .await;
+    upgraded(shard, ws, Stream::websocket(tcp, &ws.policy, max_frame)).await
+}
+
+/// A `wss` stream: the TLS handshake under its deadline, then the
+/// upgrade under the upgrade deadline.
+async fn open_wss(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
+    let ws = shard.settings.websocket.as_ref()?;
+    let max_frame = shard.settings.max_packet_size;
+    let tls = open_tls(shard, tcp, false).await?;
+    upgraded(shard, ws, tls.websocket_over_tls(&ws.policy, max_frame)).await
+}
+
+/// Runs an upgrade under its deadline, counting the outcome.
+async fn upgraded(
+    shard: &Shard,
+    ws: &crate::transport::ws::config::WsSettings,
+    upgrade: impl std::future::Future<Output = Result<Stream, crate::transport::ws::UpgradeError>>,
+) -> Option<Stream> {
+    let upgraded = glommio::timer::timeout(ws.handshake_timeout, async { Ok(upgrade.await) }).await;
     match upgraded {
         Ok(Ok(stream)) => {
             shard.transport.ws_upgraded();
@@ -251,7 +275,7 @@ async fn connect_phase(
         }
         FirstPacket::Gone => return,
     };
-    let identity_as_username = kind == Kind::Tls
+    let identity_as_username = matches!(kind, Kind::Tls | Kind::Wss)
         && shard
             .settings
             .tls

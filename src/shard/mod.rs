@@ -81,6 +81,8 @@ pub struct Server {
     pub listen: Option<SocketAddr>,
     /// The MQTT-over-WebSocket listener's address, likewise.
     pub ws_listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket-over-TLS (`wss`) listener's address.
+    pub wss_listen: Option<SocketAddr>,
     /// The TLS listener's address (port 0 resolved); `None` without it.
     pub tls_listen: Option<SocketAddr>,
     /// The TLS listeners' configuration, shared with every shard.
@@ -102,6 +104,9 @@ impl Server {
         }
         if let Some(ws) = &mut settings.websocket {
             ws.listen = probe_listen(ws.listen)?;
+            if let Some(addr) = ws.tls_listen {
+                ws.tls_listen = Some(probe_listen(addr)?);
+            }
         }
         if let Some(tls) = settings.tls.as_mut() {
             tls.listen = probe_listen(tls.listen)?;
@@ -114,6 +119,7 @@ impl Server {
         }
         let listen = settings.mqtt_listen;
         let ws_listen = settings.websocket.as_ref().map(|ws| ws.listen);
+        let wss_listen = settings.websocket.as_ref().and_then(|ws| ws.tls_listen);
         let tls_listen = settings.tls.as_ref().map(|t| t.listen);
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
@@ -161,6 +167,7 @@ impl Server {
         Ok(Server {
             listen,
             ws_listen,
+            wss_listen,
             tls_listen,
             tls_config,
             reloader,
@@ -469,6 +476,16 @@ async fn run_shard(
         },
         None => None,
     };
+    let wss_listener = match settings.websocket.as_ref().and_then(|ws| ws.tls_listen) {
+        Some(addr) => match bind_listener(addr) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind { addr, source }));
+                return;
+            }
+        },
+        None => None,
+    };
     let tls_listener = match &settings.tls {
         Some(tls) => match bind_listener(tls.listen) {
             Ok(l) => Some(l),
@@ -532,6 +549,13 @@ async fn run_shard(
             shard.clone(),
             ws_listener,
             listener::Kind::Ws,
+        )));
+    }
+    if let Some(wss_listener) = wss_listener {
+        tasks.push(glommio::spawn_local(listener::accept_loop(
+            shard.clone(),
+            wss_listener,
+            listener::Kind::Wss,
         )));
     }
     if let Some(tls_listener) = tls_listener {

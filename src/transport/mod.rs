@@ -8,7 +8,8 @@
 //! its own (TLS records, WebSocket frames) reaches its owner shard like a
 //! plain TCP one.
 //!
-//! Plain TCP, TLS, and WebSocket over TCP (`ws`) are the transports.
+//! Plain TCP, TLS, WebSocket over TCP (`ws`) and WebSocket over TLS (`wss`)
+//! are the transports.
 //! A PROXY protocol header ([`proxy`]) comes before any of them; the
 //! address it gives is the stream's [`Stream::peer_addr`] from then on,
 //! wherever the stream moves.
@@ -38,6 +39,8 @@ pub enum Stream {
     /// Boxed: a plain TCP connection must not carry the framing state's size.
     Ws(Box<ws::Ws<tcp::Tcp>>),
     Tls(Box<tls::Tls>),
+    /// WebSocket over TLS: the TLS session inside the framing's box.
+    Wss(Box<ws::Ws<tls::Tls>>),
 }
 
 /// A stream between shards: the socket and the transport's state.
@@ -55,6 +58,13 @@ enum MovingState {
     /// The whole session: keys, sequence numbers, and plaintext decrypted
     /// but not yet read.
     Tls(Box<rustls::ServerConnection>),
+    Wss(Box<WssState>),
+}
+
+/// A `wss` connection's state apart from the socket.
+struct WssState {
+    session: rustls::ServerConnection,
+    framing: ws::Framing,
 }
 
 impl Stream {
@@ -74,6 +84,22 @@ impl Stream {
         Ok(Stream::Ws(Box::new(ws)))
     }
 
+    /// A TLS stream, its handshake done, once its WebSocket upgrade request
+    /// is answered (`wss`); data frames are bounded by `max_frame`.
+    pub async fn websocket_over_tls(
+        self,
+        policy: &ws::Policy,
+        max_frame: usize,
+    ) -> Result<Stream, ws::UpgradeError> {
+        match self {
+            Stream::Tls(tls) => {
+                let ws = ws::upgrade(*tls, policy, max_frame).await?;
+                Ok(Stream::Wss(Box::new(ws)))
+            }
+            _ => Err(ws::UpgradeError::Io(io::ErrorKind::InvalidInput.into())),
+        }
+    }
+
     /// A TLS session, not yet handshaken, over a TCP connection just
     /// accepted; `early` holds bytes already read from the socket (behind
     /// a PROXY header), which are the start of the TLS stream.
@@ -89,7 +115,8 @@ impl Stream {
     /// with no handshake is ready at once.
     pub async fn handshake(&mut self) -> Result<(), HandshakeFailure> {
         match self {
-            Stream::Tcp(_) | Stream::Ws(_) => Ok(()),
+            // A wss stream is made from a handshaken TLS one.
+            Stream::Tcp(_) | Stream::Ws(_) | Stream::Wss(_) => Ok(()),
             Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_handshake(cx)).await,
         }
     }
@@ -100,6 +127,7 @@ impl Stream {
             Stream::Tcp(s) => s.set_proxied_peer(peer),
             Stream::Ws(s) => s.inner_mut().set_proxied_peer(peer),
             Stream::Tls(s) => s.tcp_mut().set_proxied_peer(peer),
+            Stream::Wss(s) => s.inner_mut().tcp_mut().set_proxied_peer(peer),
         }
     }
 
@@ -108,6 +136,7 @@ impl Stream {
             Stream::Tcp(s) => s.proxied_peer(),
             Stream::Ws(s) => s.inner().proxied_peer(),
             Stream::Tls(s) => s.tcp().proxied_peer(),
+            Stream::Wss(s) => s.inner().tcp().proxied_peer(),
         }
     }
 
@@ -117,6 +146,7 @@ impl Stream {
         match self {
             Stream::Tcp(_) | Stream::Ws(_) => None,
             Stream::Tls(s) => s.identity(),
+            Stream::Wss(s) => s.inner().identity(),
         }
     }
 
@@ -127,6 +157,7 @@ impl Stream {
             Stream::Tcp(s) => s.poll_read(cx, buf),
             Stream::Ws(s) => s.poll_read(cx, buf),
             Stream::Tls(s) => s.poll_read(cx, buf),
+            Stream::Wss(s) => s.poll_read(cx, buf),
         }
     }
 
@@ -136,6 +167,7 @@ impl Stream {
             Stream::Tcp(s) => s.poll_write(cx, buf),
             Stream::Ws(s) => s.poll_write(cx, buf),
             Stream::Tls(s) => s.poll_write(cx, buf),
+            Stream::Wss(s) => s.poll_write(cx, buf),
         }
     }
 
@@ -146,6 +178,7 @@ impl Stream {
             Stream::Tcp(_) => Poll::Ready(Ok(())),
             Stream::Ws(s) => s.poll_flush(cx),
             Stream::Tls(s) => s.poll_flush(cx),
+            Stream::Wss(s) => s.poll_flush(cx),
         }
     }
 
@@ -155,6 +188,7 @@ impl Stream {
             Stream::Tcp(s) => s.peer_addr(),
             Stream::Ws(s) => s.peer_addr(),
             Stream::Tls(s) => s.peer_addr(),
+            Stream::Wss(s) => s.peer_addr(),
         }
     }
 
@@ -185,6 +219,18 @@ impl Stream {
                     state: MovingState::Tls(session),
                 })
             }
+            Stream::Wss(s) => {
+                let (tls, framing) = s.into_parts();
+                let (tcp, session) = Box::new(tls).into_parts();
+                Ok(Moving {
+                    fd: tcp.into_fd()?,
+                    proxied,
+                    state: MovingState::Wss(Box::new(WssState {
+                        session: *session,
+                        framing,
+                    })),
+                })
+            }
         }
     }
 }
@@ -197,6 +243,11 @@ impl Moving {
             MovingState::Tcp => Stream::Tcp(tcp),
             MovingState::Ws(framing) => Stream::Ws(Box::new(ws::Ws::from_parts(tcp, *framing))),
             MovingState::Tls(session) => Stream::Tls(tls::Tls::attach(tcp, session)),
+            MovingState::Wss(state) => {
+                let WssState { session, framing } = *state;
+                let tls = *tls::Tls::attach(tcp, Box::new(session));
+                Stream::Wss(Box::new(ws::Ws::from_parts(tls, framing)))
+            }
         }
     }
 }
@@ -229,6 +280,7 @@ impl AsyncWrite for Stream {
             Stream::Tcp(s) => s.poll_close(cx),
             Stream::Ws(s) => s.poll_close(cx),
             Stream::Tls(s) => s.poll_close(cx),
+            Stream::Wss(s) => s.poll_close(cx),
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Off by default, as in mosquitto, whose WebSocket listener is always
 //! explicit: a second open port is the operator's choice. `enabled = true`
-//! alone gives what EMQX serves by default, `ws://0.0.0.0:8083/mqtt`.
+//! alone gives what EMQX serves by default, `ws://0.0.0.0:8083/mqtt`, and
+//! `wss://0.0.0.0:8084/mqtt` too once `[tls]` has a certificate (the same
+//! certificate, client certificate policy and handshake deadline).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,7 +17,13 @@ use super::handshake::Policy;
 #[serde(deny_unknown_fields, default)]
 pub struct WebsocketConfig {
     pub enabled: bool,
+    /// The `ws://` listener.
     pub listen: SocketAddr,
+    /// The `wss://` listener: WebSocket over TLS, run when `enabled`, `wss`
+    /// and `[tls]` has a certificate.
+    pub tls_listen: SocketAddr,
+    /// `false` keeps `wss://` off even with a `[tls]` certificate.
+    pub wss: bool,
     /// The request path clients upgrade on; others get 404.
     pub path: String,
     /// `Origin` values accepted (e.g. `"https://app.example.com"`); empty
@@ -32,6 +40,8 @@ impl Default for WebsocketConfig {
         WebsocketConfig {
             enabled: false,
             listen: SocketAddr::from(([0, 0, 0, 0], 8083)),
+            tls_listen: SocketAddr::from(([0, 0, 0, 0], 8084)),
+            wss: true,
             path: "/mqtt".to_string(),
             allowed_origins: Vec::new(),
             handshake_timeout_s: 10,
@@ -50,6 +60,8 @@ pub struct Invalid {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsSettings {
     pub listen: SocketAddr,
+    /// The `wss` listener; `None` runs none.
+    pub tls_listen: Option<SocketAddr>,
     pub policy: Policy,
     pub handshake_timeout: Duration,
 }
@@ -72,9 +84,11 @@ impl WebsocketConfig {
     }
 
     /// The shard's settings; `None` when the listener is off.
-    pub fn settings(&self) -> Option<WsSettings> {
+    /// `tls_configured`: `[tls]` has a certificate, which `wss` serves.
+    pub fn settings(&self, tls_configured: bool) -> Option<WsSettings> {
         self.enabled.then(|| WsSettings {
             listen: self.listen,
+            tls_listen: (self.wss && tls_configured).then_some(self.tls_listen),
             policy: Policy {
                 path: self.path.clone(),
                 allowed_origins: self.allowed_origins.clone(),
@@ -94,8 +108,21 @@ mod tests {
         assert!(!c.enabled);
         assert_eq!(c.listen.port(), 8083);
         assert_eq!(c.path, "/mqtt");
-        assert!(c.settings().is_none());
+        assert!(c.settings(true).is_none());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn wss_runs_on_8084_only_with_a_certificate() {
+        let c = WebsocketConfig {
+            enabled: true,
+            ..WebsocketConfig::default()
+        };
+        assert_eq!(c.settings(false).unwrap().tls_listen, None);
+        let wss = c.settings(true).unwrap().tls_listen.unwrap();
+        assert_eq!(wss.port(), 8084);
+        let c = WebsocketConfig { wss: false, ..c };
+        assert_eq!(c.settings(true).unwrap().tls_listen, None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! MQTT over WebSocket (RFC 6455, MQTT 3.1.1 §6), server side, over any
-//! inner byte stream (TCP now; TLS for `wss` wraps the same way).
+//! inner byte stream: TCP for `ws`, a TLS session for `wss`.
 //!
 //! After the upgrade ([`upgrade`], [`handshake`]) a [`Ws`] reads frames
 //! and yields their binary payload as one byte stream, and writes each
