@@ -8,8 +8,9 @@
 //! On the MQTT listener one deadline (`connect_timeout`) covers the PROXY
 //! header and the CONNECT. On the TLS listener `handshake_timeout` covers
 //! the PROXY header and the handshake, on the WebSocket listener
-//! `websocket.handshake_timeout_s` covers the upgrade; on the `wss` listener
-//! the TLS handshake has its deadline, then the upgrade its own. The
+//! `websocket.handshake_timeout_s` covers the PROXY header, then again the
+//! upgrade; on the `wss` listener the TLS deadline covers the PROXY header
+//! and the handshake, then the upgrade has its own. The
 //! `connect_timeout` starts after them.
 
 use std::net::SocketAddr;
@@ -72,9 +73,16 @@ async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
                 connect_timeout.saturating_sub(accepted.elapsed()),
             )
         }),
-        Kind::Tls => open_tls(&shard, tcp, true)
-            .await
-            .map(|stream| (stream, BytesMut::new(), connect_timeout)),
+        Kind::Tls => {
+            let proxy = shard
+                .settings
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.proxy_protocol);
+            open_tls(&shard, tcp, proxy)
+                .await
+                .map(|stream| (stream, BytesMut::new(), connect_timeout))
+        }
         Kind::Ws => open_ws(&shard, tcp)
             .await
             .map(|stream| (stream, BytesMut::new(), connect_timeout)),
@@ -93,12 +101,7 @@ async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut
     if !shard.settings.mqtt_proxy_protocol {
         return Some((Stream::tcp(tcp), BytesMut::new()));
     }
-    let header = glommio::timer::timeout(shard.settings.connect_timeout, async {
-        Ok(read_proxy_header(&mut tcp).await)
-    })
-    .await
-    .unwrap_or(Err(None));
-    let (peer, early) = proxy_outcome(shard, &tcp, header)?;
+    let (peer, early) = proxy_header(shard, &mut tcp, shard.settings.connect_timeout).await?;
     let mut stream = Stream::tcp(tcp);
     if let Some(peer) = peer {
         stream.set_proxied_peer(peer);
@@ -106,14 +109,26 @@ async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut
     Some((stream, early))
 }
 
-/// A TLS stream with its handshake done, under the handshake deadline;
-/// `proxy_listener`: this listener reads a PROXY header if `[tls]` says so
-/// (the TLS listener does, `wss` does not).
-async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy_listener: bool) -> Option<Stream> {
+/// Reads a PROXY header within `deadline`, counted; `None` closes the
+/// connection.
+async fn proxy_header(
+    shard: &Shard,
+    tcp: &mut TcpStream,
+    deadline: Duration,
+) -> Option<(Option<SocketAddr>, BytesMut)> {
+    let header = glommio::timer::timeout(deadline, async { Ok(read_proxy_header(tcp).await) })
+        .await
+        .unwrap_or(Err(None));
+    proxy_outcome(shard, tcp, header)
+}
+
+/// A TLS stream with its handshake done, after a PROXY header when `proxy`
+/// says the listener expects one, both under the handshake deadline.
+async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy: bool) -> Option<Stream> {
     let tls = shard.settings.tls.as_ref()?;
     let socket_peer = tcp.peer_addr().ok();
     let opened = glommio::timer::timeout(tls.handshake_timeout, async {
-        let (peer, early) = if proxy_listener && tls.proxy_protocol {
+        let (peer, early) = if proxy {
             let header = read_proxy_header(&mut tcp).await;
             match proxy_outcome(shard, &tcp, header) {
                 Some(read) => read,
@@ -152,19 +167,25 @@ async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy_listener: bool) -> Op
 }
 
 /// A WebSocket stream with its upgrade answered, under the upgrade
-/// deadline.
-async fn open_ws(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
+/// deadline; a PROXY header first when the listener expects one, under a
+/// deadline of the same length.
+async fn open_ws(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
     let ws = shard.settings.websocket.as_ref()?;
     let max_frame = shard.settings.max_packet_size;
-    upgraded(shard, ws, Stream::websocket(tcp, &ws.policy, max_frame)).await
+    let (peer, early) = match ws.proxy_protocol {
+        true => proxy_header(shard, &mut tcp, ws.handshake_timeout).await?,
+        false => (None, BytesMut::new()),
+    };
+    let upgrade = Stream::websocket(tcp, peer, &early, &ws.policy, max_frame);
+    upgraded(shard, ws, upgrade).await
 }
 
-/// A `wss` stream: the TLS handshake under its deadline, then the
-/// upgrade under the upgrade deadline.
+/// A `wss` stream: the PROXY header (if expected) and the TLS handshake
+/// under the TLS deadline, then the upgrade under the upgrade deadline.
 async fn open_wss(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
     let ws = shard.settings.websocket.as_ref()?;
     let max_frame = shard.settings.max_packet_size;
-    let tls = open_tls(shard, tcp, false).await?;
+    let tls = open_tls(shard, tcp, ws.proxy_protocol).await?;
     upgraded(shard, ws, tls.websocket_over_tls(&ws.policy, max_frame)).await
 }
 

@@ -75,12 +75,20 @@ impl Stream {
 
     /// A TCP connection just accepted on a WebSocket listener, once its
     /// upgrade request is answered; data frames are bounded by `max_frame`.
+    /// `proxied` and `early`: the client's address and the bytes read past
+    /// a PROXY header, which are the start of the upgrade request.
     pub async fn websocket(
         stream: glommio::net::TcpStream,
+        proxied: Option<SocketAddr>,
+        early: &[u8],
         policy: &ws::Policy,
         max_frame: usize,
     ) -> Result<Stream, ws::UpgradeError> {
-        let ws = ws::upgrade(tcp::Tcp::accepted(stream), policy, max_frame).await?;
+        let mut tcp = tcp::Tcp::accepted(stream);
+        if let Some(peer) = proxied {
+            tcp.set_proxied_peer(peer);
+        }
+        let ws = ws::upgrade(tcp, early.to_vec(), policy, max_frame).await?;
         Ok(Stream::Ws(Box::new(ws)))
     }
 
@@ -93,7 +101,7 @@ impl Stream {
     ) -> Result<Stream, ws::UpgradeError> {
         match self {
             Stream::Tls(tls) => {
-                let ws = ws::upgrade(*tls, policy, max_frame).await?;
+                let ws = ws::upgrade(*tls, Vec::new(), policy, max_frame).await?;
                 Ok(Stream::Wss(Box::new(ws)))
             }
             _ => Err(ws::UpgradeError::Io(io::ErrorKind::InvalidInput.into())),

@@ -12,7 +12,7 @@ import socket
 import time
 
 import pytest
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from clients import Client, ConnectRefused
@@ -34,8 +34,8 @@ from ws_support import WS_PATH, WsBroker, WsClient
 def ws_broker(request, tmp_path):
     made: list[WsBroker] = []
 
-    def start(websocket: str = "") -> WsBroker:
-        broker = WsBroker(tmp_path, websocket)
+    def start(websocket: str = "", kind: type[WsBroker] = WsBroker) -> WsBroker:
+        broker = kind(tmp_path, websocket)
         made.append(broker)
         request.node._brokers = getattr(request.node, "_brokers", []) + [broker]
         return broker
@@ -326,3 +326,42 @@ def test_websocket_connections_meet_the_password_file_and_acl(ws_broker, clients
     good.connect()
     assert good.subscribe([("alice/#", 1)]) == [1]
     assert good.subscribe([("bob/#", 1)]) == [0x80]
+
+
+class DebugWsBroker(WsBroker):
+    """A WsBroker logging at debug, where the CONNECT's peer is shown."""
+
+    def _command(self, workdir, config):
+        return super()._command(workdir, config) + ["--log", "shardmq=debug"]
+
+
+def test_proxy_headers_on_the_websocket_listener(ws_broker):
+    broker = ws_broker("proxy_protocol = true\n", DebugWsBroker)
+    # The start-up probe of the port (one connection, closed) sent no
+    # header either: wait until it is counted.
+    rejections = "shardmq_proxy_header_rejections_total"
+    deadline = time.monotonic() + 5
+    while broker.metric(rejections) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.metric(rejections) == 1
+    # A v1 header, then the upgrade and an MQTT session behind it: the
+    # header's source is the client's address from then on.
+    sock = socket.create_connection((HOST, broker.ws_port), timeout=5)
+    sock.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 8083\r\n")
+    raw = WsRaw(broker.ws_url, sock=sock)
+    raw.send(connect_packet("ws-proxied"))
+    assert raw.expect(CONNACK).body == b"\x00\x00"
+    deadline = time.monotonic() + 5
+    while "203.0.113.7:40000" not in broker.log_tail(400) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "203.0.113.7:40000" in broker.log_tail(400)
+    raw.close()
+    # Without a header on such a listener: closed, and counted.
+    with pytest.raises((InvalidHandshake, ConnectionClosed, OSError, TimeoutError)):
+        open_ws(broker.ws_url, subprotocols=["mqtt"])
+    assert broker.metric("shardmq_proxy_headers_total") == 1
+    deadline = time.monotonic() + 5
+    while broker.metric(rejections) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert broker.metric(rejections) == 2
+    assert broker.metric("shardmq_ws_upgrades_total") == 1

@@ -33,6 +33,8 @@ pub struct WebsocketConfig {
     /// Time a new socket has to complete the upgrade; the CONNECT deadline
     /// (`mqtt.connect_timeout_s`) starts after it.
     pub handshake_timeout_s: u64,
+    /// Expect a PROXY protocol header (v1 or v2) first, on `ws` and `wss`.
+    pub proxy_protocol: bool,
 }
 
 impl Default for WebsocketConfig {
@@ -45,6 +47,7 @@ impl Default for WebsocketConfig {
             path: "/mqtt".to_string(),
             allowed_origins: Vec::new(),
             handshake_timeout_s: 10,
+            proxy_protocol: false,
         }
     }
 }
@@ -64,6 +67,7 @@ pub struct WsSettings {
     pub tls_listen: Option<SocketAddr>,
     pub policy: Policy,
     pub handshake_timeout: Duration,
+    pub proxy_protocol: bool,
 }
 
 impl WebsocketConfig {
@@ -94,6 +98,7 @@ impl WebsocketConfig {
                 allowed_origins: self.allowed_origins.clone(),
             },
             handshake_timeout: Duration::from_secs(self.handshake_timeout_s),
+            proxy_protocol: self.proxy_protocol,
         })
     }
 }

@@ -324,17 +324,19 @@ pub enum UpgradeError {
 }
 
 /// Reads the upgrade request from `inner` and answers it; data frames of
-/// at most `max_frame` bytes are accepted afterwards. The caller bounds
-/// the time it takes.
+/// at most `max_frame` bytes are accepted afterwards. `early` is the start
+/// of the request, read from the socket already (behind a PROXY header).
+/// The caller bounds the time it takes.
 pub async fn upgrade<S: Inner>(
     mut inner: S,
+    early: Vec<u8>,
     policy: &Policy,
     max_frame: usize,
 ) -> Result<Ws<S>, UpgradeError> {
     let peer = inner
         .peer_addr()
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut request = Vec::new();
+    let mut request = early;
     let mut chunk = vec![0u8; UPGRADE_READ_CHUNK];
     loop {
         match handshake::respond(&request, peer, policy) {
