@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::auth::config::AuthConfig;
+pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
 
@@ -33,7 +35,9 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub voice: VoiceConfig,
+    pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +202,40 @@ impl Config {
                 message: e.message,
             })?;
         }
+        if self.websocket.enabled {
+            if !self.mqtt.enabled {
+                return Err(ConfigError::Invalid {
+                    key: "websocket.enabled",
+                    message: "MQTT over WebSocket needs the built-in broker".to_string(),
+                });
+            }
+            let wss = self.tls.enabled() && self.websocket.wss;
+            let mut taken = vec![self.mqtt.listen];
+            taken.extend(self.http.listen_addr());
+            if self.tls.enabled() {
+                taken.push(self.tls.listen);
+            }
+            let mut ours = vec![("websocket.listen", self.websocket.listen)];
+            if wss {
+                ours.push(("websocket.tls_listen", self.websocket.tls_listen));
+            }
+            for (i, &(key, addr)) in ours.iter().enumerate() {
+                let others = taken.iter().chain(ours.iter().take(i).map(|(_, a)| a));
+                // SO_REUSEPORT would let the listeners share the port silently.
+                if addr.port() != 0 && others.into_iter().any(|&other| other == addr) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("{addr} is already another listener"),
+                    });
+                }
+            }
+            self.websocket
+                .validate()
+                .map_err(|e| ConfigError::Invalid {
+                    key: e.key,
+                    message: e.message,
+                })?;
+        }
         self.tls.validate().map_err(|e| match e {
             crate::transport::TlsError::Invalid { key, message } => {
                 ConfigError::Invalid { key, message }
@@ -206,6 +244,10 @@ impl Config {
                 key: "tls",
                 message: other.to_string(),
             },
+        })?;
+        self.auth.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
         })?;
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
@@ -255,6 +297,11 @@ impl Config {
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
             http_listen: self.http.listen_addr(),
+            websocket: self
+                .websocket
+                .settings(self.tls.enabled())
+                .filter(|_| mqtt.enabled),
+            auth: self.auth.clone(),
         }
     }
 
@@ -298,7 +345,45 @@ mod tests {
         assert_eq!(c.shard_count(), 3);
         assert_eq!(c.mqtt.sys_interval_s, 1);
         assert!(Config::from_toml("[mqtt]\nmax_pakcet_size = 1\n").is_err());
+        assert!(Config::from_toml("[auth]\npasword_file = \"x\"\n").is_err());
         assert!(Config::from_toml("[server]\nshards = \"many\"\n").is_err());
+    }
+
+    #[test]
+    fn websocket_section_reaches_the_shard_settings() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.shard_settings().websocket.is_none());
+        let c = Config::from_toml(
+            "[websocket]\nenabled = true\nlisten = \"127.0.0.1:9001\"\npath = \"/ws\"\n\
+             allowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let ws = c.shard_settings().websocket.unwrap();
+        assert_eq!(ws.listen.port(), 9001);
+        assert_eq!(ws.policy.path, "/ws");
+        assert_eq!(ws.policy.allowed_origins, ["https://a.example"]);
+        assert!(Config::from_toml("[websocket]\nport = 1\n").is_err());
+        let c = Config::from_toml("[websocket]\nenabled = true\npath = \"mqtt\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c =
+            Config::from_toml("[websocket]\nenabled = true\nlisten = \"0.0.0.0:1883\"\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn auth_section_and_its_anonymous_default() {
+        let c = Config::from_toml("").unwrap();
+        assert!(c.auth.anonymous_allowed(), "no password file: anonymous");
+        let c =
+            Config::from_toml("[auth]\npassword_file = \"/p\"\nacl_default = \"allow\"\n").unwrap();
+        assert!(!c.auth.anonymous_allowed(), "a password file: no anonymous");
+        assert_eq!(c.auth.acl_default, crate::auth::AclDefault::Allow);
+        let c =
+            Config::from_toml("[auth]\npassword_file = \"/p\"\nallow_anonymous = true\n").unwrap();
+        assert!(c.auth.anonymous_allowed());
+        let c = Config::from_toml("[auth]\nfailure_table_max = 0\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

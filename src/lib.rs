@@ -2,6 +2,7 @@
 //! data plane. See `README.md` for operation and `DESIGN.md` for the
 //! architecture.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod mqtt;

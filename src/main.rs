@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use shardmq::config::{Config, Shards};
 use shardmq::shard::Server;
+
+mod passwd;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,10 +32,57 @@ struct Cli {
     /// such as `shardmq=debug` [default: info].
     #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Adds a user to a password file, or changes its password (asked
+    /// twice, not echoed); the file is created with mode 0600. The format
+    /// is mosquitto's: `mosquitto_passwd` and shardmq read each other's.
+    Passwd {
+        /// The password file.
+        file: PathBuf,
+        /// The user name.
+        user: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        stdin: bool,
+        /// Delete the user instead.
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// PBKDF2-SHA512 iterations of the new hash.
+        #[arg(long, value_name = "N", default_value_t = passwd::DEFAULT_ITERATIONS)]
+        iterations: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd {
+        file,
+        user,
+        stdin,
+        delete,
+        iterations,
+    }) = &cli.command
+    {
+        let command = passwd::Passwd {
+            file: file.clone(),
+            user: user.clone(),
+            delete: *delete,
+            stdin: *stdin,
+            iterations: *iterations,
+        };
+        return match command.run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardmq passwd: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -81,8 +130,21 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(listen) = server.ws_listen {
+        tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket");
+    }
+    if let Some(listen) = server.wss_listen {
+        tracing::info!(%listen, path = %config.websocket.path, "serving MQTT over WebSocket over TLS");
+    }
     if let Some(listen) = tls_listen {
         tracing::info!(%listen, "shardmq serving MQTT over TLS");
+    }
+    if let Err(e) = server
+        .reloader
+        .clone()
+        .watch_sighup(config.auth.clone(), config.tls.clone())
+    {
+        tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
     }
     if let Some(listen) = server.listen {
         tracing::info!(%listen, shards, "shardmq serving MQTT");

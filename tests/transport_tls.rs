@@ -1,7 +1,8 @@
 //! MQTT over TLS, as mosquitto's clients and a rustls client meet it:
 //! round trips, client certificates required, refused handshakes counted
-//! by reason, the handshake deadline, and hand-off of TLS sessions between
-//! shards.
+//! by reason, the handshake deadline, hand-off of TLS sessions between
+//! shards, and users and ACL over TLS (the certificate's identity as the
+//! user name).
 
 mod transport_support;
 
@@ -319,4 +320,156 @@ fn reload_swaps_certificates_without_dropping_live_connections() {
     // The connection made before is still served, on its own session.
     live.write_all(&subscribe_packet(3, "reload/#")).unwrap();
     assert_eq!(read_packet(&mut live).unwrap(), (0x90, vec![0, 3, 1]));
+}
+
+/// mosquitto_passwd's `$7$` line for alice / secret.
+const ALICE: &str = "alice:$7$101$fWcz3ZIazCmPS96M$QPQuO7fiu8nvrmAL9nv1R49JEJcNJxksYWR2PcI17zBd01C1zxcCPfhN/FsNiqsdYmpd7z8oqADYMyRW/vxwNA==";
+
+/// A CONNECT with a user name and password.
+fn connect_with(id: &str, user: &str, password: &str) -> Vec<u8> {
+    fn put(body: &mut Vec<u8>, s: &[u8]) {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s);
+    }
+    let mut body = Vec::new();
+    put(&mut body, b"MQTT");
+    body.extend_from_slice(&[4, 0xc2, 0, 60]);
+    for field in [id, user, password] {
+        put(&mut body, field.as_bytes());
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
+}
+
+fn auth_files(pki: &Pki) -> String {
+    std::fs::write(pki.dir.join("passwd"), format!("{ALICE}\n")).unwrap();
+    std::fs::write(
+        pki.dir.join("acl"),
+        "user device-1\ntopic readwrite devices/1/#\nuser alice\ntopic read alice/#\n",
+    )
+    .unwrap();
+    format!(
+        "[auth]\npassword_file = \"{}\"\nacl_file = \"{}\"\n",
+        pki.path("passwd"),
+        pki.path("acl")
+    )
+}
+
+/// The CONNACK's return code after a TLS handshake and `connect`.
+fn tls_connack(pki: &Pki, port: u16, client: Option<&str>, connect: &[u8]) -> (TlsClient, u8) {
+    let mut s = tls_connect(pki, port, client).expect("TLS handshake");
+    s.write_all(connect).unwrap();
+    let (header, body) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!(header, 0x20);
+    (s, body[1])
+}
+
+#[test]
+fn tls_connections_meet_the_password_file() {
+    // [MQTT-3.1.4-2]/[MQTT-3.2.2-5]: the server may refuse a CONNECT with a
+    // non-zero return code, then closes.
+    let pki = Pki::new("tls-auth");
+    let port = free_port();
+    let toml = format!("{}{}", pki.tls_section(port, ""), auth_files(&pki));
+    let server = Server::start(1, &toml, port);
+    let (_ok, rc) = tls_connack(&pki, port, None, &connect_with("a1", "alice", "secret"));
+    assert_eq!(rc, 0, "good password");
+    let (mut bad, rc) = tls_connack(&pki, port, None, &connect_with("a2", "alice", "wrong"));
+    assert_eq!(rc, 4, "wrong password: bad user name or password");
+    assert!(closed_within_wait(&mut bad));
+    let (_, rc) = tls_connack(&pki, port, None, &connect_packet("anon"));
+    assert_eq!(rc, 5, "anonymous with a password file: not authorized");
+    assert!(server.metric("shardmq_auth_bad_credentials_total") >= 1);
+}
+
+#[test]
+fn a_certificate_identity_needs_no_password_and_gets_its_acl() {
+    let pki = Pki::new("tls-auth-identity");
+    let port = free_port();
+    let toml = format!(
+        "{}{}",
+        pki.tls_section(
+            port,
+            "client_certs = \"required\"\nuse_identity_as_username = true"
+        ),
+        auth_files(&pki)
+    );
+    let _server = Server::start(1, &toml, port);
+    // device-1 is in no password file, and sends no credentials: the
+    // certificate (CN device-1) is the credential, as in mosquitto.
+    let (mut device, rc) = tls_connack(&pki, port, Some("client"), &connect_packet("dev"));
+    assert_eq!(rc, 0, "certified identity refused");
+    // Its ACL is device-1's, whatever the CONNECT said [MQTT-3.8.4-3].
+    device
+        .write_all(&subscribe_packet(1, "devices/1/#"))
+        .unwrap();
+    assert_eq!(read_packet(&mut device).unwrap(), (0x90, vec![0, 1, 1]));
+    device.write_all(&subscribe_packet(2, "alice/#")).unwrap();
+    assert_eq!(read_packet(&mut device).unwrap(), (0x90, vec![0, 2, 0x80]));
+    // A password sent along changes nothing: it is not checked.
+    let (_, rc) = tls_connack(
+        &pki,
+        port,
+        Some("client"),
+        &connect_with("dev2", "alice", "wrong"),
+    );
+    assert_eq!(rc, 0, "the certificate's identity replaces the user name");
+}
+
+#[test]
+fn sighup_reloads_the_certificate_files_and_keeps_them_on_a_bad_one() {
+    let old = Pki::new("tls-sighup-old");
+    let new = Pki::new("tls-sighup-new");
+    // The files the server is configured with; replaced under it.
+    let served = temp_dir("tls-sighup-served");
+    let serve = |from: &Pki| {
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::copy(from.dir.join(file), served.join(file)).unwrap();
+        }
+    };
+    serve(&old);
+    let port = free_port();
+    let path = |file: &str| served.join(file).display().to_string();
+    let toml = format!(
+        "[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         ca_file = \"{}\"\n",
+        path("server.pem"),
+        path("server.key"),
+        path("ca.pem"),
+    );
+    let server = Server::start(1, &toml, port);
+    let mut live = tls_mqtt(&old, port, None, "before-sighup");
+    let hup = || {
+        let pid = libc::pid_t::try_from(server.pid()).unwrap();
+        // SAFETY: kill(2) with a valid signal number; the pid is the child
+        // this test started, still running.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    };
+
+    // A key that is not PEM: one warning, the old certificate stays.
+    std::fs::write(served.join("server.key"), "not a key\n").unwrap();
+    hup();
+    server.wait_log("TLS reload refused");
+    let _still_old = tls_mqtt(&old, port, None, "after-bad-sighup");
+
+    // The new files: new connections get the new certificate.
+    serve(&new);
+    hup();
+    server.wait_log("TLS certificates reloaded");
+    assert!(
+        tls_connect(&old, port, None).is_err(),
+        "old certificate still served"
+    );
+    let _new = tls_mqtt(&new, port, None, "after-sighup");
+    // The connection made before the reloads is still served.
+    live.write_all(&subscribe_packet(4, "sighup/#")).unwrap();
+    assert_eq!(read_packet(&mut live).unwrap(), (0x90, vec![0, 4, 1]));
+    let warnings = server
+        .output()
+        .lines()
+        .filter(|l| l.contains("TLS reload refused"))
+        .count();
+    assert_eq!(warnings, 1, "one warning line per bad reload");
+    let _ = std::fs::remove_dir_all(&served);
 }

@@ -8,14 +8,16 @@
 
 use std::future::poll_fn;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
+use futures_lite::AsyncWriteExt;
 
 use super::mesh::Handoff;
 use super::Shard;
-use crate::mqtt::broker::ConnId;
+use crate::mqtt::broker::{Access, ConnId};
 use crate::mqtt::codec::{self, Connect};
 use crate::transport::Stream;
 
@@ -31,18 +33,36 @@ enum Event {
 /// Runs a connection handed over by another shard.
 pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
     let stream = handoff.stream.attach();
-    run(shard, stream, handoff.connect, handoff.unread).await;
+    run(
+        shard,
+        stream,
+        Box::new(handoff.connect),
+        handoff.unread,
+        handoff.acl,
+    )
+    .await;
 }
 
-/// Runs a connection whose CONNECT this shard owns, until it ends.
-pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, rbuf: BytesMut) {
+/// Runs a connection whose CONNECT this shard owns, until it ends. The
+/// CONNECT comes boxed: the task keeps its arguments' room for life, and a
+/// pointer is smaller than the packet.
+pub(super) async fn run(
+    shard: Rc<Shard>,
+    mut stream: Stream,
+    connect: Box<Connect>,
+    rbuf: BytesMut,
+    acl: Option<Arc<dyn Access>>,
+) {
     let peer = stream.peer_addr();
     tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
-    let admitted = shard.admit(Box::new(connect), peer);
+    let admitted = shard.admit(connect, peer);
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
         Err(connect) => {
-            let conn = shard.broker.borrow_mut().connect(Instant::now(), *connect);
+            let conn = shard
+                .broker
+                .borrow_mut()
+                .connect_with_acl(Instant::now(), *connect, acl);
             (conn, shard.settings.max_packet_size)
         }
     };
@@ -58,7 +78,13 @@ pub(super) async fn run(shard: Rc<Shard>, mut stream: Stream, connect: Connect, 
     loop {
         match poll_fn(|cx| driver.poll(cx, &mut stream)).await {
             Event::Readable => driver.process(),
-            Event::Closed => break,
+            Event::Closed => {
+                // One try, no wait: a WebSocket sends its close frame if the
+                // socket takes it now; TCP shuts its write side, as the drop
+                // below would anyway.
+                let _ = futures_lite::future::poll_once(stream.close()).await;
+                break;
+            }
             Event::Lost => {
                 driver.shard.broker.borrow_mut().connection_lost(conn);
                 break;

@@ -1,11 +1,17 @@
-//! Accepting sockets: the PROXY header and the TLS handshake where the
-//! listener asks for them, then the CONNECT under a deadline, then the
-//! connection runs here or is handed to the shard that owns its client id.
+//! Accepting sockets: the PROXY header, the TLS handshake and the WebSocket
+//! upgrade where the listener asks for them, then the CONNECT under a
+//! deadline, then the connection runs here or is handed to the shard that
+//! owns its client id. Every listener's connections go through the same
+//! CONNECT phase.
 //!
 //! # Deadlines
 //! On the MQTT listener one deadline (`connect_timeout`) covers the PROXY
 //! header and the CONNECT. On the TLS listener `handshake_timeout` covers
-//! the PROXY header and the handshake, and `connect_timeout` starts after.
+//! the PROXY header and the handshake, on the WebSocket listener
+//! `websocket.handshake_timeout_s` covers the PROXY header, then again the
+//! upgrade; on the `wss` listener the TLS deadline covers the PROXY header
+//! and the handshake, then the upgrade has its own. The
+//! `connect_timeout` starts after them.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -33,6 +39,11 @@ const PROXY_READ_CHUNK: usize = 512;
 pub(super) enum Kind {
     Mqtt,
     Tls,
+    /// MQTT over WebSocket over TCP.
+    Ws,
+    /// MQTT over WebSocket over TLS: the TLS listener's certificate and
+    /// handshake, then the WebSocket upgrade.
+    Wss,
 }
 
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Kind) {
@@ -62,7 +73,20 @@ async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
                 connect_timeout.saturating_sub(accepted.elapsed()),
             )
         }),
-        Kind::Tls => open_tls(&shard, tcp)
+        Kind::Tls => {
+            let proxy = shard
+                .settings
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.proxy_protocol);
+            open_tls(&shard, tcp, proxy)
+                .await
+                .map(|stream| (stream, BytesMut::new(), connect_timeout))
+        }
+        Kind::Ws => open_ws(&shard, tcp)
+            .await
+            .map(|stream| (stream, BytesMut::new(), connect_timeout)),
+        Kind::Wss => open_wss(&shard, tcp)
             .await
             .map(|stream| (stream, BytesMut::new(), connect_timeout)),
     };
@@ -77,12 +101,7 @@ async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut
     if !shard.settings.mqtt_proxy_protocol {
         return Some((Stream::tcp(tcp), BytesMut::new()));
     }
-    let header = glommio::timer::timeout(shard.settings.connect_timeout, async {
-        Ok(read_proxy_header(&mut tcp).await)
-    })
-    .await
-    .unwrap_or(Err(None));
-    let (peer, early) = proxy_outcome(shard, &tcp, header)?;
+    let (peer, early) = proxy_header(shard, &mut tcp, shard.settings.connect_timeout).await?;
     let mut stream = Stream::tcp(tcp);
     if let Some(peer) = peer {
         stream.set_proxied_peer(peer);
@@ -90,12 +109,26 @@ async fn open_tcp(shard: &Shard, mut tcp: TcpStream) -> Option<(Stream, BytesMut
     Some((stream, early))
 }
 
-/// A TLS stream with its handshake done, under the handshake deadline.
-async fn open_tls(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
+/// Reads a PROXY header within `deadline`, counted; `None` closes the
+/// connection.
+async fn proxy_header(
+    shard: &Shard,
+    tcp: &mut TcpStream,
+    deadline: Duration,
+) -> Option<(Option<SocketAddr>, BytesMut)> {
+    let header = glommio::timer::timeout(deadline, async { Ok(read_proxy_header(tcp).await) })
+        .await
+        .unwrap_or(Err(None));
+    proxy_outcome(shard, tcp, header)
+}
+
+/// A TLS stream with its handshake done, after a PROXY header when `proxy`
+/// says the listener expects one, both under the handshake deadline.
+async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy: bool) -> Option<Stream> {
     let tls = shard.settings.tls.as_ref()?;
     let socket_peer = tcp.peer_addr().ok();
     let opened = glommio::timer::timeout(tls.handshake_timeout, async {
-        let (peer, early) = if tls.proxy_protocol {
+        let (peer, early) = if proxy {
             let header = read_proxy_header(&mut tcp).await;
             match proxy_outcome(shard, &tcp, header) {
                 Some(read) => read,
@@ -128,6 +161,53 @@ async fn open_tls(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
         Err(Some(why)) => {
             shard.transport.tls_handshake_failed(why);
             tracing::debug!(peer = ?socket_peer, reason = why.label(), "TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// A WebSocket stream with its upgrade answered, under the upgrade
+/// deadline; a PROXY header first when the listener expects one, under a
+/// deadline of the same length.
+async fn open_ws(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
+    let ws = shard.settings.websocket.as_ref()?;
+    let max_frame = shard.settings.max_packet_size;
+    let (peer, early) = match ws.proxy_protocol {
+        true => proxy_header(shard, &mut tcp, ws.handshake_timeout).await?,
+        false => (None, BytesMut::new()),
+    };
+    let upgrade = Stream::websocket(tcp, peer, &early, &ws.policy, max_frame);
+    upgraded(shard, ws, upgrade).await
+}
+
+/// A `wss` stream: the PROXY header (if expected) and the TLS handshake
+/// under the TLS deadline, then the upgrade under the upgrade deadline.
+async fn open_wss(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
+    let ws = shard.settings.websocket.as_ref()?;
+    let max_frame = shard.settings.max_packet_size;
+    let tls = open_tls(shard, tcp, ws.proxy_protocol).await?;
+    upgraded(shard, ws, tls.websocket_over_tls(&ws.policy, max_frame)).await
+}
+
+/// Runs an upgrade under its deadline, counting the outcome.
+async fn upgraded(
+    shard: &Shard,
+    ws: &crate::transport::ws::config::WsSettings,
+    upgrade: impl std::future::Future<Output = Result<Stream, crate::transport::ws::UpgradeError>>,
+) -> Option<Stream> {
+    let upgraded = glommio::timer::timeout(ws.handshake_timeout, async { Ok(upgrade.await) }).await;
+    match upgraded {
+        Ok(Ok(stream)) => {
+            shard.transport.ws_upgraded();
+            Some(stream)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            shard.transport.ws_upgrade_failed(&e);
+            None
+        }
+        Err(_) => {
+            shard.transport.ws_upgrade_timed_out();
             None
         }
     }
@@ -204,7 +284,7 @@ async fn connect_phase(
     .await
     .unwrap_or(FirstPacket::Gone);
     let mut connect = match first {
-        FirstPacket::Connect(c) => *c,
+        FirstPacket::Connect(c) => c,
         FirstPacket::Refuse(code) => {
             refuse(&mut stream, code).await;
             shard.broker.borrow_mut().note_protocol_error();
@@ -216,12 +296,14 @@ async fn connect_phase(
         }
         FirstPacket::Gone => return,
     };
-    let identity_as_username = kind == Kind::Tls
+    let identity_as_username = matches!(kind, Kind::Tls | Kind::Wss)
         && shard
             .settings
             .tls
             .as_ref()
             .is_some_and(|t| t.use_identity_as_username);
+    // With the identity as user name, the certificate is the credential.
+    let certified = identity_as_username;
     if identity_as_username {
         match stream.identity() {
             Some(identity) => connect.username = Some(identity),
@@ -242,20 +324,29 @@ async fn connect_phase(
     if connect.client_id.is_empty() && connect.clean_session {
         connect.client_id = local_client_id(&shard);
     }
+    let acl = match super::auth::authenticate(&shard, stream.peer_addr(), &connect, certified) {
+        Ok(acl) => acl,
+        Err(code) => {
+            // A refusing CONNACK, then the connection closes [MQTT-3.2.2-5].
+            refuse(&mut stream, code).await;
+            return;
+        }
+    };
     let owner = owner_shard(&connect.client_id, shard.shards);
     if owner == shard.id || connect.client_id.is_empty() {
         // A task of its own rather than awaited here: this task's future
         // is sized for the CONNECT phase too (about 1 KiB against the
         // driver's 560 B), and an idle connection would carry it for life.
-        glommio::spawn_local(conn::run(shard, stream, connect, rbuf)).detach();
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl)).detach();
         return;
     }
     match stream.into_moving() {
         Ok(stream) => {
             let handoff = Handoff {
                 stream,
-                connect,
+                connect: *connect,
                 unread: rbuf,
+                acl,
             };
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }

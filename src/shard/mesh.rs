@@ -35,6 +35,8 @@ pub struct Handoff {
     pub stream: Moving,
     pub connect: Connect,
     pub unread: BytesMut,
+    /// The client's ACL, compiled where its CONNECT was authenticated.
+    pub acl: Option<std::sync::Arc<dyn crate::mqtt::broker::Access>>,
 }
 
 /// The two ends a shard holds: `senders[j]` to shard j, `receivers[i]` from

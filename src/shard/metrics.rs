@@ -1,6 +1,7 @@
-//! `/metrics` on the HTTP listener: the Prometheus text of every service of
-//! this shard (which collects its other shards' counters itself), and the
-//! transports' counters (shared by all shards).
+//! `/metrics` on the HTTP listener: the broker's counters summed over the
+//! shards, the Prometheus text of every service of this shard (which
+//! collects its other shards' counters itself), and the transports'
+//! counters (shared by all shards).
 
 use std::rc::Weak;
 
@@ -15,6 +16,7 @@ impl Handler for Metrics {
         let response = match (request.method.as_str(), self.0.upgrade()) {
             ("GET" | "HEAD", Some(shard)) => {
                 let mut text = String::new();
+                shard.broker.borrow().totals().write_metrics(&mut text);
                 for service in &shard.services {
                     service.metrics(&mut text);
                 }

@@ -14,10 +14,12 @@
 //! through [`Service`] (see `service`); the shell imports none of them.
 
 mod arena;
+mod auth;
 mod conn;
 mod listener;
 pub mod mesh;
 mod metrics;
+pub mod reload;
 mod service;
 mod settings;
 
@@ -69,16 +71,24 @@ pub enum StartError {
     },
     #[error("cannot start shard {shard}: {message}")]
     Executor { shard: usize, message: String },
+    #[error(transparent)]
+    Auth(#[from] reload::LoadError),
 }
 
 /// A running server: its shard threads and the address it listens on.
 pub struct Server {
     /// The MQTT listener's address (port 0 resolved); `None` without it.
     pub listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket listener's address, likewise.
+    pub ws_listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket-over-TLS (`wss`) listener's address.
+    pub wss_listen: Option<SocketAddr>,
     /// The TLS listener's address (port 0 resolved); `None` without it.
     pub tls_listen: Option<SocketAddr>,
     /// The TLS listeners' configuration, shared with every shard.
     tls_config: Option<crate::transport::ServerConfigHolder>,
+    /// Sends every shard what a reload read (`reload`).
+    pub reloader: reload::Reloader,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -92,6 +102,12 @@ impl Server {
         if let Some(addr) = settings.mqtt_listen {
             settings.mqtt_listen = Some(probe_listen(addr)?);
         }
+        if let Some(ws) = &mut settings.websocket {
+            ws.listen = probe_listen(ws.listen)?;
+            if let Some(addr) = ws.tls_listen {
+                ws.tls_listen = Some(probe_listen(addr)?);
+            }
+        }
         if let Some(tls) = settings.tls.as_mut() {
             tls.listen = probe_listen(tls.listen)?;
         }
@@ -102,9 +118,14 @@ impl Server {
                 .map_err(|source| StartError::Bind { addr, source })?;
         }
         let listen = settings.mqtt_listen;
+        let ws_listen = settings.websocket.as_ref().map(|ws| ws.listen);
+        let wss_listen = settings.websocket.as_ref().and_then(|ws| ws.tls_listen);
         let tls_listen = settings.tls.as_ref().map(|t| t.listen);
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
+        let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
+        let (reloader, receivers) = reload::channels(shards, tls_config.clone());
+        let mut receivers = receivers.into_iter();
         let services = Arc::new(services);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
@@ -119,10 +140,11 @@ impl Server {
             let ready = ready_tx.clone();
             let services = services.clone();
             let counters = counters.clone();
+            let auth = (snapshot.clone(), receivers.next());
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
-                .spawn(move || run_shard(i, settings, endpoints, services, counters, ready))
+                .spawn(move || run_shard(i, settings, endpoints, services, counters, auth, ready))
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -144,8 +166,11 @@ impl Server {
         }
         Ok(Server {
             listen,
+            ws_listen,
+            wss_listen,
             tls_listen,
             tls_config,
+            reloader,
             handles,
         })
     }
@@ -236,9 +261,18 @@ pub struct Shard {
     service_of: RefCell<Vec<u8>>,
     /// What the transports refused, for every shard of the server.
     pub(crate) transport: Arc<crate::transport::Counters>,
+    /// Users and ACL for new connections (`auth`).
+    pub(crate) gate: RefCell<crate::auth::Gate>,
+    /// Reloads sent to this shard (`reload`).
+    reloads: Option<reload::ReloadReceiver>,
 }
 
 impl Shard {
+    /// Whether a service checks this CONNECT's credentials itself.
+    fn authenticates_itself(&self, connect: &crate::mqtt::codec::Connect) -> bool {
+        self.services.iter().any(|s| s.authenticates(connect))
+    }
+
     /// Wakes the connections the broker named, stages its remote batches,
     /// and gives the events of service connections to the service (whose
     /// answers may wake connections again).
@@ -406,6 +440,10 @@ async fn run_shard(
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
     transport: Arc<crate::transport::Counters>,
+    auth: (
+        Arc<crate::auth::AuthSnapshot>,
+        Option<reload::ReloadReceiver>,
+    ),
     ready: mpsc::Sender<Result<(), StartError>>,
 ) {
     let id = ShardId(index as u16);
@@ -414,7 +452,31 @@ async fn run_shard(
         limits: settings.limits,
         sys_interval: settings.sys_interval,
     };
+    let settings_auth = settings.auth.clone();
     let listener = match settings.mqtt_listen {
+        Some(addr) => match bind_listener(addr) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind { addr, source }));
+                return;
+            }
+        },
+        None => None,
+    };
+    let ws_listener = match &settings.websocket {
+        Some(ws) => match bind_listener(ws.listen) {
+            Ok(l) => Some(l),
+            Err(source) => {
+                let _ = ready.send(Err(StartError::Bind {
+                    addr: ws.listen,
+                    source,
+                }));
+                return;
+            }
+        },
+        None => None,
+    };
+    let wss_listener = match settings.websocket.as_ref().and_then(|ws| ws.tls_listen) {
         Some(addr) => match bind_listener(addr) {
             Ok(l) => Some(l),
             Err(source) => {
@@ -451,6 +513,12 @@ async fn run_shard(
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
         transport,
+        gate: RefCell::new(crate::auth::Gate::new(
+            auth.0,
+            settings_auth.budget(),
+            crate::auth::VerifyCache::new(settings_auth.verify_cache_max, rand::random()),
+        )),
+        reloads: auth.1,
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
@@ -476,6 +544,20 @@ async fn run_shard(
         }
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
+    if let Some(ws_listener) = ws_listener {
+        tasks.push(glommio::spawn_local(listener::accept_loop(
+            shard.clone(),
+            ws_listener,
+            listener::Kind::Ws,
+        )));
+    }
+    if let Some(wss_listener) = wss_listener {
+        tasks.push(glommio::spawn_local(listener::accept_loop(
+            shard.clone(),
+            wss_listener,
+            listener::Kind::Wss,
+        )));
+    }
     if let Some(tls_listener) = tls_listener {
         tasks.push(glommio::spawn_local(listener::accept_loop(
             shard.clone(),
@@ -574,6 +656,7 @@ async fn tick(shard: Rc<Shard>) {
     loop {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
+        reload::apply_pending(&shard);
         shard.broker.borrow_mut().tick(now);
         for service in &shard.services {
             service.tick(&shard, now);

@@ -45,6 +45,13 @@ pub trait Service: 'static {
         Err(connect)
     }
 
+    /// Whether the service checks this CONNECT's credentials itself (it
+    /// will take it in `admit`): the broker's password file and ACL then
+    /// do not apply. Asked on the shard that read the CONNECT.
+    fn authenticates(&self, _connect: &Connect) -> bool {
+        false
+    }
+
     /// Events of the service connections it admitted.
     fn on_events(&self, _shard: &Shard, _events: Vec<ServiceEvent>) {}
 
@@ -73,6 +80,7 @@ pub(crate) trait AnyService {
         connect: Box<Connect>,
         peer: Option<SocketAddr>,
     ) -> Result<(ConnId, usize), Box<Connect>>;
+    fn authenticates(&self, connect: &Connect) -> bool;
     fn on_events(&self, shard: &Shard, events: Vec<ServiceEvent>);
     fn on_remote(&self, shard: &Shard, from: ShardId, msg: Box<dyn Any + Send>);
     fn tick(&self, shard: &Shard, now: Instant);
@@ -94,6 +102,10 @@ impl<S: Service> AnyService for S {
         peer: Option<SocketAddr>,
     ) -> Result<(ConnId, usize), Box<Connect>> {
         Service::admit(self, shard, connect, peer)
+    }
+
+    fn authenticates(&self, connect: &Connect) -> bool {
+        Service::authenticates(self, connect)
     }
 
     fn on_events(&self, shard: &Shard, events: Vec<ServiceEvent>) {

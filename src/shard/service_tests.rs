@@ -114,6 +114,8 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         },
         sys_interval: None,
         http_listen: None,
+        websocket: None,
+        auth: crate::auth::AuthConfig::default(),
     };
     let server = Server::start(settings, services).expect("shards start");
     server.listen.expect("listening")

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::auth::AuthConfig;
 use crate::mqtt::session::SessionLimits;
 use crate::transport::ServerConfigHolder;
 
@@ -31,6 +32,11 @@ pub struct Settings {
     pub sys_interval: Option<Duration>,
     /// The HTTP listener of shard 0: services' routes and `/metrics`.
     pub http_listen: Option<SocketAddr>,
+    /// The MQTT-over-WebSocket listener; `None` runs none.
+    pub websocket: Option<crate::transport::ws::config::WsSettings>,
+    /// Users, ACL and the failure budget; the files it names are read by
+    /// `shard::reload`, never by a shard.
+    pub auth: AuthConfig,
 }
 
 /// The TLS listener of every shard.

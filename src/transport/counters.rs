@@ -1,10 +1,14 @@
-//! Counters of what the transports refused before a connection reached the
-//! broker, shared by every shard of a server and shown on `/metrics`.
-//! Failed handshakes are counted here, and logged only at debug: a scanner
-//! must not be able to flood the log.
+//! Counters of what the transports did and refused before a connection
+//! reached the broker (TLS handshakes, PROXY headers, WebSocket upgrades),
+//! shared by every shard of a server and shown on `/metrics`. Shared atomics
+//! rather than mesh messages: they change once per connection attempt, never
+//! per packet. Failed handshakes are counted here, and logged only at debug:
+//! a scanner must not be able to flood the log.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::ws::{UpgradeError, UPGRADE_FAILURE_LABELS};
 
 /// Why a TLS handshake did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub struct Counters {
     tls_handshake_failures: [AtomicU64; HandshakeFailure::ALL.len()],
     proxy_headers: AtomicU64,
     proxy_header_rejections: AtomicU64,
+    ws_upgrades: AtomicU64,
+    ws_upgrade_failures: [AtomicU64; UPGRADE_FAILURE_LABELS.len()],
 }
 
 impl Counters {
@@ -95,6 +101,25 @@ impl Counters {
 
     pub fn proxy_header_rejected(&self) {
         self.proxy_header_rejections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ws_upgraded(&self) {
+        self.ws_upgrades.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ws_upgrade_failed(&self, error: &UpgradeError) {
+        self.count_ws_failure(error.label());
+    }
+
+    pub fn ws_upgrade_timed_out(&self) {
+        self.count_ws_failure("timeout");
+    }
+
+    fn count_ws_failure(&self, label: &str) {
+        let slot = UPGRADE_FAILURE_LABELS.iter().position(|l| *l == label);
+        if let Some(counter) = slot.and_then(|i| self.ws_upgrade_failures.get(i)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Appends the counters in Prometheus text form.
@@ -134,6 +159,22 @@ impl Counters {
             load(&self.proxy_headers),
             load(&self.proxy_header_rejections)
         );
+        let _ = writeln!(
+            out,
+            "# HELP shardmq_ws_upgrades_total WebSocket upgrades accepted.\n\
+             # TYPE shardmq_ws_upgrades_total counter\n\
+             shardmq_ws_upgrades_total {}\n\
+             # HELP shardmq_ws_upgrade_failures_total WebSocket connections that did not complete the upgrade.\n\
+             # TYPE shardmq_ws_upgrade_failures_total counter",
+            load(&self.ws_upgrades)
+        );
+        for (reason, counter) in UPGRADE_FAILURE_LABELS.iter().zip(&self.ws_upgrade_failures) {
+            let _ = writeln!(
+                out,
+                "shardmq_ws_upgrade_failures_total{{reason=\"{reason}\"}} {}",
+                load(counter)
+            );
+        }
     }
 }
 
@@ -152,6 +193,30 @@ mod tests {
         assert!(text.contains("shardmq_tls_handshake_failures_total{reason=\"incompatible\"} 2\n"));
         assert!(text.contains("shardmq_tls_handshake_failures_total{reason=\"other\"} 0\n"));
         assert!(text.contains("shardmq_proxy_header_rejections_total 1\n"));
-        assert_eq!(text.matches("reason=").count(), HandshakeFailure::ALL.len());
+        assert_eq!(
+            text.matches("shardmq_tls_handshake_failures_total{reason=")
+                .count(),
+            HandshakeFailure::ALL.len()
+        );
+    }
+
+    #[test]
+    fn every_websocket_reason_has_its_line() {
+        use crate::transport::ws::Refusal;
+        let counters = Counters::default();
+        counters.ws_upgraded();
+        counters.ws_upgrade_failed(&UpgradeError::Refused(Refusal::Subprotocol));
+        counters.ws_upgrade_timed_out();
+        let mut text = String::new();
+        counters.render(&mut text);
+        assert!(text.contains("shardmq_ws_upgrades_total 1\n"));
+        assert!(text.contains("shardmq_ws_upgrade_failures_total{reason=\"subprotocol\"} 1\n"));
+        assert!(text.contains("shardmq_ws_upgrade_failures_total{reason=\"timeout\"} 1\n"));
+        assert!(text.contains("shardmq_ws_upgrade_failures_total{reason=\"path\"} 0\n"));
+        assert_eq!(
+            text.matches("shardmq_ws_upgrade_failures_total{reason=")
+                .count(),
+            UPGRADE_FAILURE_LABELS.len()
+        );
     }
 }

@@ -271,3 +271,22 @@ impl Write for SocketIo<'_, '_> {
         Ok(())
     }
 }
+
+/// `wss`: the WebSocket framing over a TLS session whose handshake is done.
+impl super::ws::Inner for Tls {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        Tls::poll_read(self, cx, buf)
+    }
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Tls::poll_write(self, cx, buf)
+    }
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Tls::poll_flush(self, cx)
+    }
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Tls::poll_close(self, cx)
+    }
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        Tls::peer_addr(self)
+    }
+}

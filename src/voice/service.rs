@@ -588,6 +588,11 @@ impl Service for VoiceService {
         }
     }
 
+    fn authenticates(&self, connect: &Connect) -> bool {
+        identity::is_device_client_id(&connect.client_id)
+            && matches!(&*self.devices.borrow(), Devices::Builtin { .. })
+    }
+
     fn admit(
         &self,
         shard: &Shard,

@@ -2,11 +2,12 @@
 //! connection with the same client id, the session it opens or resumes,
 //! keepalive expiry, close with or without the will, and release.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{owner_shard, Broker, Conn, ConnId, ServiceEvent, SessionId};
+use super::{owner_shard, Access, Broker, Conn, ConnId, ServiceEvent, SessionId};
 use crate::mqtt::codec::{self, Connect, ConnectReturnCode};
 use crate::mqtt::session::{Message, Session};
 
@@ -46,12 +47,23 @@ impl Broker {
     /// A CONNECT arrived on a socket this shard will run. Queues the
     /// CONNACK; a refused connection comes back already closing.
     pub fn connect(&mut self, now: Instant, connect: Connect) -> ConnId {
-        self.open(now, connect, false)
+        self.open(now, connect, false, None)
+    }
+
+    /// As `connect`, for a client whose requests `acl` decides (compiled
+    /// when its CONNECT was authenticated); `None` allows everything.
+    pub fn connect_with_acl(
+        &mut self,
+        now: Instant,
+        connect: Connect,
+        acl: Option<Arc<dyn Access>>,
+    ) -> ConnId {
+        self.open(now, connect, false, acl)
     }
 
     /// As `connect`, for a service connection (see the module docs).
     pub fn connect_service(&mut self, now: Instant, connect: Connect) -> ConnId {
-        self.open(now, connect, true)
+        self.open(now, connect, true, None)
     }
 
     /// A CONNECT that a check above the broker refused (credentials, client
@@ -62,7 +74,13 @@ impl Broker {
         conn
     }
 
-    fn open(&mut self, now: Instant, connect: Connect, service: bool) -> ConnId {
+    fn open(
+        &mut self,
+        now: Instant,
+        connect: Connect,
+        service: bool,
+        acl: Option<Arc<dyn Access>>,
+    ) -> ConnId {
         let conn = self.alloc_conn(now);
         if connect.client_id.is_empty() && !connect.clean_session {
             // §3.1.3-8: a zero-length id needs clean session 1.
@@ -72,18 +90,30 @@ impl Broker {
         debug_assert_eq!(owner_shard(&connect.client_id, self.shards), self.shard);
         self.take_over(&connect.client_id, connect.clean_session);
         let (session, present) = self.open_session(&connect.client_id, connect.clean_session);
+        let has_will = connect.will.is_some();
         let c = self.conn_mut(conn).expect("just allocated");
         c.session = Some(session);
         c.service = service;
         c.keepalive = (connect.keep_alive_s > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive_s) * 1500));
-        c.will = connect.will.map(|w| Message {
+        let will = connect.will.filter(|w| {
+            // A will the client may not publish is dropped like any denied
+            // PUBLISH; the CONNECT itself is accepted.
+            acl.as_ref()
+                .map_or(true, |acl| acl.may_publish(w.topic.as_str()))
+        });
+        let will_denied = will.is_none() && has_will;
+        c.will = will.map(|w| Message {
             topic: w.topic.compact(),
             payload: Bytes::copy_from_slice(&w.payload),
             qos: w.qos,
             retain: w.retain,
         });
         codec::encode_connack(&mut c.outbox, present, ConnectReturnCode::Accepted);
+        if will_denied {
+            self.stats.acl_publish_denied += 1;
+        }
+        self.session_acl[session.0 as usize] = acl;
         self.session_conn[session.0 as usize] = Some(conn);
         let limits = self.config.limits;
         let sent = {
@@ -170,11 +200,13 @@ impl Broker {
             Some(i) => {
                 self.sessions[i as usize] = Some(session);
                 self.session_conn[i as usize] = None;
+                self.session_acl[i as usize] = None;
                 SessionId(i)
             }
             None => {
                 self.sessions.push(Some(session));
                 self.session_conn.push(None);
+                self.session_acl.push(None);
                 SessionId((self.sessions.len() - 1) as u32)
             }
         };
@@ -195,6 +227,7 @@ impl Broker {
             self.by_client_id.remove(session.client_id());
         }
         self.session_conn[sid.0 as usize] = None;
+        self.session_acl[sid.0 as usize] = None;
         self.free_sessions.push(sid.0);
     }
 

@@ -56,7 +56,12 @@
 //! Two decision points take every client request that access control will
 //! check: `routing::admit_publish` (a PUBLISH, before it is routed) and
 //! `subscribe::grant` (each filter, before a session holds it; a refusal is
-//! SUBACK 0x80). The state that persistence will record changes only
+//! SUBACK 0x80). Both ask the session's compiled ACL (`crate::auth`), which
+//! the shell hands over with the CONNECT (`connect_with_acl`, an
+//! [`Access`]); delivery
+//! asks it too (`routing::deliver_local`, and the retained messages of a
+//! new subscription), so a message the client may not receive is not
+//! delivered. The broker reads no file: the ACL arrives compiled. The state that persistence will record changes only
 //! through `lifecycle::open_session` and `end_session` (sessions),
 //! `subscribe::add_subscription` and `remove_subscription` (filters, all
 //! of which `end_session` drops with the session),
@@ -64,6 +69,7 @@
 //! QoS flows.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -82,7 +88,7 @@ mod subscribe;
 mod sys;
 
 pub use lifecycle::CloseReason;
-pub use sys::ShardStats;
+pub use sys::{AuthRefusal, ShardStats};
 
 use subscribe::PendingSuback;
 
@@ -108,6 +114,18 @@ pub fn owner_shard(client_id: &str, shards: usize) -> ShardId {
     }
     let shards = shards.max(1) as u64;
     ShardId((hash % shards) as u16)
+}
+
+/// What one client may do. The broker only asks; the rules are compiled
+/// above it (`crate::auth` at CONNECT) and handed over with the connect
+/// (`connect_with_acl`). `Send` because it travels with a hand-off.
+pub trait Access: Send + Sync + std::fmt::Debug {
+    /// May PUBLISH to `topic`.
+    fn may_publish(&self, topic: &str) -> bool;
+    /// May hold the (valid) filter `filter`.
+    fn may_subscribe(&self, filter: &str) -> bool;
+    /// May be delivered a message on `topic`.
+    fn may_receive(&self, topic: &str) -> bool;
 }
 
 /// Settings of the broker machine.
@@ -174,6 +192,9 @@ pub struct Broker {
     free_conns: Vec<u32>,
     sessions: Vec<Option<Session>>,
     session_conn: Vec<Option<ConnId>>,
+    /// The compiled ACL of each session's latest connection (`None`: no
+    /// ACL); kept while the session is offline, for what it queues.
+    session_acl: Vec<Option<Arc<dyn Access>>>,
     free_sessions: Vec<u32>,
     by_client_id: HashMap<String, SessionId>,
     index: SubscriptionIndex<SessionId>,
@@ -199,7 +220,7 @@ impl Broker {
     pub fn new(shard: ShardId, shards: usize, config: BrokerConfig, now: Instant) -> Broker {
         assert!((1..=64).contains(&shards), "shard sets are u64 bitmaps");
         assert!(usize::from(shard.0) < shards);
-        let next_sys = config.sys_interval.map(|i| now + i);
+        let next_sys = Some(now + config.sys_interval.unwrap_or(sys::STATS_INTERVAL));
         Broker {
             shard,
             shards,
@@ -209,6 +230,7 @@ impl Broker {
             free_conns: Vec::new(),
             sessions: Vec::new(),
             session_conn: Vec::new(),
+            session_acl: Vec::new(),
             free_sessions: Vec::new(),
             by_client_id: HashMap::new(),
             index: SubscriptionIndex::new(),
@@ -338,3 +360,6 @@ impl Broker {
 
 #[cfg(test)]
 mod world_tests;
+
+#[cfg(test)]
+mod acl_tests;

@@ -19,6 +19,8 @@ use crate::mqtt::QoS;
 enum Denial {
     /// `$SYS/` belongs to the broker.
     SysTopic,
+    /// The client's ACL does not let it publish to the topic.
+    NotAuthorized,
 }
 
 impl Broker {
@@ -72,7 +74,10 @@ impl Broker {
             });
             return;
         }
-        if let Err(denial) = self.admit_publish(&p.topic) {
+        if let Err(denial) = self.admit_publish(sid, &p.topic) {
+            if denial == Denial::NotAuthorized {
+                self.stats.acl_publish_denied += 1;
+            }
             tracing::debug!(?conn, topic = p.topic.as_str(), ?denial, "publish dropped");
             return;
         }
@@ -88,9 +93,14 @@ impl Broker {
     /// Decides whether a client's PUBLISH is routed. It is decided after
     /// the QoS handshake: MQTT 3.1.1 has no negative acknowledgement, so a
     /// denied message is acknowledged and dropped.
-    fn admit_publish(&self, topic: &TopicName) -> Result<(), Denial> {
+    fn admit_publish(&self, sid: SessionId, topic: &TopicName) -> Result<(), Denial> {
         if topic.as_str().starts_with("$SYS/") {
             return Err(Denial::SysTopic);
+        }
+        if let Some(Some(acl)) = self.session_acl.get(sid.0 as usize) {
+            if !acl.may_publish(topic.as_str()) {
+                return Err(Denial::NotAuthorized);
+            }
         }
         Ok(())
     }
@@ -206,6 +216,12 @@ impl Broker {
             let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
                 continue;
             };
+            if let Some(acl) = &self.session_acl[sid.0 as usize] {
+                if !acl.may_receive(message.topic.as_str()) {
+                    self.stats.acl_receive_denied += 1;
+                    continue;
+                }
+            }
             let conn = self.session_conn[sid.0 as usize];
             let mut offline = BytesMut::new();
             let out = match conn.and_then(|c| self.conns[c.0 as usize].as_mut()) {

@@ -20,6 +20,8 @@ enum Refusal {
     /// that sends one (a protocol violation); this guards the SUBSCRIBE
     /// packets built in process, which never passed the codec.
     InvalidFilter,
+    /// The client's ACL does not let it subscribe to the filter.
+    NotAuthorized,
 }
 
 /// A SUBACK held until the barrier of its SUBSCRIBE completes.
@@ -43,13 +45,16 @@ impl Broker {
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::with_capacity(filters.len());
         for (filter, requested) in filters {
-            match self.grant(&filter, requested) {
+            match self.grant(sid, &filter, requested) {
                 Ok(qos) => {
                     self.add_subscription(sid, &filter, qos);
                     codes.push(qos as u8);
                     granted.push((filter, qos));
                 }
                 Err(refusal) => {
+                    if refusal == Refusal::NotAuthorized {
+                        self.stats.acl_subscribe_denied += 1;
+                    }
                     tracing::debug!(?conn, filter, ?refusal, "subscription refused");
                     codes.push(SUBACK_FAILURE);
                 }
@@ -78,9 +83,14 @@ impl Broker {
 
     /// Decides one filter of a SUBSCRIBE: the QoS granted, or why it is
     /// refused. Every subscription passes here before it touches a session.
-    fn grant(&self, filter: &str, requested: QoS) -> Result<QoS, Refusal> {
+    fn grant(&self, sid: SessionId, filter: &str, requested: QoS) -> Result<QoS, Refusal> {
         if topic::validate_filter(filter).is_err() {
             return Err(Refusal::InvalidFilter);
+        }
+        if let Some(Some(acl)) = self.session_acl.get(sid.0 as usize) {
+            if !acl.may_subscribe(filter) {
+                return Err(Refusal::NotAuthorized);
+            }
         }
         Ok(requested)
     }
@@ -141,8 +151,14 @@ impl Broker {
         };
         let mut sent = 0u64;
         let mut dropped = 0u64;
+        let mut denied = 0u64;
+        let acl = self.session_acl[pending.session.0 as usize].as_deref();
         for (filter, granted) in &pending.granted {
             self.retained.for_each_match(filter, |r| {
+                if acl.is_some_and(|acl| !acl.may_receive(r.topic.as_str())) {
+                    denied += 1;
+                    return;
+                }
                 let message = Message {
                     topic: r.topic.clone(),
                     payload: r.payload.clone(),
@@ -158,6 +174,7 @@ impl Broker {
         }
         self.stats.messages_sent += sent;
         self.stats.messages_dropped += dropped;
+        self.stats.acl_receive_denied += denied;
         self.woken.push(pending.conn);
     }
 

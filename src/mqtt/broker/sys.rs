@@ -10,7 +10,11 @@ use crate::mqtt::session::Message;
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
-/// Counters of one shard, summed over shards for `$SYS`.
+/// How often shards report their counters to shard 0 when `$SYS` is off:
+/// `/metrics` still shows sums that are at most this old.
+pub(super) const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Counters of one shard, summed over shards for `$SYS` and `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     pub clients_connected: u64,
@@ -18,6 +22,26 @@ pub struct ShardStats {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub protocol_errors: u64,
+    /// CONNACK 4: wrong user name or password.
+    pub auth_bad_credentials: u64,
+    /// CONNACK 5: no user name where one is required.
+    pub auth_anonymous_refused: u64,
+    /// CONNACK 5: the source address spent its failure budget.
+    pub auth_throttled: u64,
+    /// PUBLISHes (wills included) acknowledged and dropped by the ACL.
+    pub acl_publish_denied: u64,
+    /// SUBSCRIBE filters answered 0x80 by the ACL.
+    pub acl_subscribe_denied: u64,
+    /// Deliveries (retained included) the ACL kept from a subscriber.
+    pub acl_receive_denied: u64,
+}
+
+/// Why the shell refused a CONNECT at authentication, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    BadCredentials,
+    AnonymousRefused,
+    Throttled,
 }
 
 impl ShardStats {
@@ -27,6 +51,53 @@ impl ShardStats {
         self.messages_sent += other.messages_sent;
         self.messages_dropped += other.messages_dropped;
         self.protocol_errors += other.protocol_errors;
+        self.auth_bad_credentials += other.auth_bad_credentials;
+        self.auth_anonymous_refused += other.auth_anonymous_refused;
+        self.auth_throttled += other.auth_throttled;
+        self.acl_publish_denied += other.acl_publish_denied;
+        self.acl_subscribe_denied += other.acl_subscribe_denied;
+        self.acl_receive_denied += other.acl_receive_denied;
+    }
+
+    /// The Prometheus lines of these counters (the sums over shards).
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let lines: [(&str, &str, u64); 7] = [
+            ("shardmq_clients_connected", "gauge", self.clients_connected),
+            (
+                "shardmq_auth_bad_credentials_total",
+                "counter",
+                self.auth_bad_credentials,
+            ),
+            (
+                "shardmq_auth_anonymous_refused_total",
+                "counter",
+                self.auth_anonymous_refused,
+            ),
+            (
+                "shardmq_auth_throttled_total",
+                "counter",
+                self.auth_throttled,
+            ),
+            (
+                "shardmq_acl_publish_denied_total",
+                "counter",
+                self.acl_publish_denied,
+            ),
+            (
+                "shardmq_acl_subscribe_denied_total",
+                "counter",
+                self.acl_subscribe_denied,
+            ),
+            (
+                "shardmq_acl_receive_denied_total",
+                "counter",
+                self.acl_receive_denied,
+            ),
+        ];
+        for (name, kind, value) in lines {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+        }
     }
 }
 
@@ -37,6 +108,27 @@ impl Broker {
         s
     }
 
+    /// The shell refused a CONNECT at authentication.
+    pub fn note_auth_refused(&mut self, why: AuthRefusal) {
+        match why {
+            AuthRefusal::BadCredentials => self.stats.auth_bad_credentials += 1,
+            AuthRefusal::AnonymousRefused => self.stats.auth_anonymous_refused += 1,
+            AuthRefusal::Throttled => self.stats.auth_throttled += 1,
+        }
+    }
+
+    /// Shard 0's sums over every shard, as of the shards' last reports
+    /// (every `sys_interval`, or `STATS_INTERVAL` without `$SYS`).
+    pub fn totals(&self) -> ShardStats {
+        let mut total = self.stats();
+        for (i, s) in self.shard_stats.iter().enumerate() {
+            if i != usize::from(self.shard.0) {
+                total.add(s);
+            }
+        }
+        total
+    }
+
     /// Another shard's counters, for shard 0's sums.
     pub(super) fn handle_stats(&mut self, from: ShardId, stats: ShardStats) {
         if let Some(slot) = self.shard_stats.get_mut(usize::from(from.0)) {
@@ -45,11 +137,11 @@ impl Broker {
     }
 
     pub(super) fn tick_sys(&mut self, now: Instant) {
-        if let (Some(at), Some(interval)) = (self.next_sys, self.config.sys_interval) {
-            if now >= at {
-                self.next_sys = Some(now + interval);
-                self.publish_sys(now);
-            }
+        let interval = self.config.sys_interval.unwrap_or(STATS_INTERVAL);
+        let at = *self.next_sys.get_or_insert(now + interval);
+        if now >= at {
+            self.next_sys = Some(now + interval);
+            self.publish_sys(now);
         }
     }
 
@@ -62,6 +154,10 @@ impl Broker {
             return;
         }
         self.shard_stats[0] = stats;
+        if self.config.sys_interval.is_none() {
+            // Only the sums for `/metrics` are kept up to date.
+            return;
+        }
         let mut total = ShardStats::default();
         for s in &self.shard_stats {
             total.add(s);

@@ -3,16 +3,17 @@
 //! The tests themselves sit beside each part (`lifecycle_tests.rs`, ...).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{owner_shard, Broker, BrokerConfig, ConnId, RemoteMsg, ShardId};
+use super::{owner_shard, Access, Broker, BrokerConfig, ConnId, RemoteMsg, ShardId};
 use crate::mqtt::codec::{
     decode, Connect, ConnectReturnCode, LastWill, Packet, Publish, Subscribe,
 };
 use crate::mqtt::session::SessionLimits;
-use crate::mqtt::topic::TopicName;
+use crate::mqtt::topic::{matches, TopicName};
 use crate::mqtt::QoS;
 
 pub(super) const LIMITS: SessionLimits = SessionLimits {
@@ -77,6 +78,23 @@ impl World {
             will,
         };
         let conn = self.shards[shard].connect(self.now, connect);
+        self.settle();
+        Client { shard, conn }
+    }
+
+    /// A client whose requests `access` decides.
+    pub(super) fn connect_access(&mut self, id: &str, access: TestAccess) -> Client {
+        let shard = usize::from(owner_shard(id, self.shards.len()).0);
+        let connect = Connect {
+            protocol_level: 4,
+            clean_session: true,
+            keep_alive_s: 0,
+            client_id: id.to_string(),
+            username: None,
+            password: None,
+            will: None,
+        };
+        let conn = self.shards[shard].connect_with_acl(self.now, connect, Some(Arc::new(access)));
         self.settle();
         Client { shard, conn }
     }
@@ -150,6 +168,38 @@ impl World {
             b.tick(self.now);
         }
         self.settle();
+    }
+}
+
+/// A stand-in for a compiled ACL: topics by MQTT matching, a filter is
+/// subscribable when a read rule equals it or ends in `#` over it; a deny
+/// rule takes a topic it matches, or a filter equal to it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TestAccess {
+    pub(super) read: Vec<&'static str>,
+    pub(super) write: Vec<&'static str>,
+    pub(super) deny: Vec<&'static str>,
+}
+
+impl TestAccess {
+    fn allows(&self, rules: &[&str], topic: &str) -> bool {
+        !self.deny.iter().any(|d| matches(d, topic)) && rules.iter().any(|r| matches(r, topic))
+    }
+}
+
+impl Access for TestAccess {
+    fn may_publish(&self, topic: &str) -> bool {
+        self.allows(&self.write, topic)
+    }
+
+    fn may_subscribe(&self, filter: &str) -> bool {
+        let within =
+            |r: &&str| *r == filter || r.strip_suffix('#').is_some_and(|p| filter.starts_with(p));
+        !self.deny.contains(&filter) && self.read.iter().any(within)
+    }
+
+    fn may_receive(&self, topic: &str) -> bool {
+        self.allows(&self.read, topic)
     }
 }
 
