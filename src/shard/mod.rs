@@ -55,8 +55,9 @@ const TICK_INTERVAL: Duration = Duration::from_millis(250);
 /// 5% of the broker's CPU at 8,000 connections); 4096 entries reach the
 /// 256-bucket maximum. A deeper queue also lets a busy turn's submissions
 /// go in one `io_uring_enter` rather than several. Measured at 8,000
-/// connections and 20k msg/s (DESIGN.md): system calls per message 1.45 →
-/// 0.8 and broker CPU per message down by a third. 16 shards still start
+/// connections and 20k msg/s (DESIGN.md, "Fleet shape"): broker CPU per
+/// message 7% lower on an idle machine, a third lower on a loaded one
+/// (where each wake-up finds more to submit). 16 shards still start
 /// under an 8 MiB `RLIMIT_MEMLOCK` (Linux 5.12 and later charge ring memory
 /// to the memory cgroup instead).
 const RING_DEPTH: usize = 4096;
