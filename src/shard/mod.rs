@@ -228,6 +228,12 @@ const LISTEN_BACKLOG: i32 = 1024;
 /// address, and `SO_REUSEADDR` (which glommio's own `bind` leaves out) so the
 /// accepted sockets carry it too: their TIME_WAIT remains must not keep the
 /// next start's probe from binding, e.g. on a service restart.
+/// Binds this shard's listener on `addr`, if there is one to bind.
+fn bind_if(addr: Option<SocketAddr>) -> Result<Option<glommio::net::TcpListener>, StartError> {
+    addr.map(|addr| bind_listener(addr).map_err(|source| StartError::Bind { addr, source }))
+        .transpose()
+}
+
 fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -454,51 +460,20 @@ async fn run_shard(
         sys_interval: settings.sys_interval,
     };
     let settings_auth = settings.auth.clone();
-    let listener = match settings.mqtt_listen {
-        Some(addr) => match bind_listener(addr) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let _ = ready.send(Err(StartError::Bind { addr, source }));
-                return;
-            }
-        },
-        None => None,
-    };
-    let ws_listener = match &settings.websocket {
-        Some(ws) => match bind_listener(ws.listen) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let _ = ready.send(Err(StartError::Bind {
-                    addr: ws.listen,
-                    source,
-                }));
-                return;
-            }
-        },
-        None => None,
-    };
-    let wss_listener = match settings.websocket.as_ref().and_then(|ws| ws.tls_listen) {
-        Some(addr) => match bind_listener(addr) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let _ = ready.send(Err(StartError::Bind { addr, source }));
-                return;
-            }
-        },
-        None => None,
-    };
-    let tls_listener = match &settings.tls {
-        Some(tls) => match bind_listener(tls.listen) {
-            Ok(l) => Some(l),
-            Err(source) => {
-                let _ = ready.send(Err(StartError::Bind {
-                    addr: tls.listen,
-                    source,
-                }));
-                return;
-            }
-        },
-        None => None,
+    let bound = (|| {
+        Ok::<_, StartError>((
+            bind_if(settings.mqtt_listen)?,
+            bind_if(settings.websocket.as_ref().map(|ws| ws.listen))?,
+            bind_if(settings.websocket.as_ref().and_then(|ws| ws.tls_listen))?,
+            bind_if(settings.tls.as_ref().map(|tls| tls.listen))?,
+        ))
+    })();
+    let (listener, ws_listener, wss_listener, tls_listener) = match bound {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
     };
     let shard = Rc::new(Shard {
         id,
