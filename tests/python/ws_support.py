@@ -30,7 +30,10 @@ class WsBroker(Broker):
         self.http_port = free_port()
         self._websocket = websocket
         super().__init__(workdir, None)
+        # Every shard has its own WebSocket listener, but /metrics is served
+        # by shard 0 alone, which may bind later than another shard's.
         self._wait_port(self.ws_port)
+        self._wait_port(self.http_port)
 
     def _command(self, workdir: Path, config: dict) -> list[str]:
         cmd = super()._command(workdir, config)
@@ -50,7 +53,7 @@ class WsBroker(Broker):
                     return
             except OSError:
                 time.sleep(0.05)
-        pytest.fail(f"WebSocket listener not accepting on {port}:\n{self.log_tail()}")
+        pytest.fail(f"nothing accepting on {port}:\n{self.log_tail()}")
 
     @property
     def ws_url(self) -> str:
