@@ -87,6 +87,12 @@ pub struct MqttConfig {
     /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
     /// are dropped (a subscriber that stops reading must not grow memory).
     pub max_outbox_bytes: usize,
+    /// Filters one client may hold; 0 is no limit. A SUBSCRIBE filter
+    /// beyond it is answered 0x80 and counted.
+    pub max_subscriptions_per_client: usize,
+    /// Inbound QoS 2 messages one client may leave awaiting PUBREL; 0 is
+    /// no limit. A new QoS 2 PUBLISH beyond it closes the connection.
+    pub max_awaiting_pubrel: usize,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
@@ -115,6 +121,8 @@ impl Default for MqttConfig {
             max_queued_messages: 1000,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
+            max_subscriptions_per_client: 1000,
+            max_awaiting_pubrel: 1000,
             sys_interval_s: 10,
             proxy_protocol: false,
         }
@@ -293,6 +301,8 @@ impl Config {
                 max_queued_messages: mqtt.max_queued_messages,
                 queue_qos0_offline: mqtt.queue_qos0_offline,
                 max_outbox_bytes: mqtt.max_outbox_bytes,
+                max_subscriptions: mqtt.max_subscriptions_per_client,
+                max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
             },
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),

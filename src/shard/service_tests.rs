@@ -111,6 +111,8 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
             max_queued_messages: 100,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
+            max_subscriptions: 0,
+            max_awaiting_pubrel: 0,
         },
         sys_interval: None,
         http_listen: None,

@@ -21,6 +21,8 @@ pub(super) const LIMITS: SessionLimits = SessionLimits {
     max_queued_messages: 16,
     queue_qos0_offline: false,
     max_outbox_bytes: 1 << 16,
+    max_subscriptions: 0,
+    max_awaiting_pubrel: 0,
 };
 
 pub(super) struct World {
@@ -38,9 +40,13 @@ pub(super) struct Client {
 
 impl World {
     pub(super) fn new(shards: usize) -> World {
+        World::with_limits(shards, LIMITS)
+    }
+
+    pub(super) fn with_limits(shards: usize, limits: SessionLimits) -> World {
         let now = Instant::now();
         let config = BrokerConfig {
-            limits: LIMITS,
+            limits,
             sys_interval: None,
         };
         World {

@@ -20,6 +20,8 @@ const LIMITS: SessionLimits = SessionLimits {
     max_queued_messages: 8,
     queue_qos0_offline: true,
     max_outbox_bytes: 4096,
+    max_subscriptions: 4,
+    max_awaiting_pubrel: 4,
 };
 
 fuzz_target!(|data: &[u8]| {
