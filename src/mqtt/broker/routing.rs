@@ -56,6 +56,16 @@ impl Broker {
                 true
             }
             QoS::ExactlyOnce => {
+                if self.awaiting_pubrel_full(sid, p.pkid) {
+                    // MQTT 3.1.1 cannot refuse a PUBLISH, and a PUBREC
+                    // would promise delivery of a message not kept: close
+                    // without acknowledging, so the client sends it again
+                    // once it has released its earlier ids.
+                    self.stats.limit_awaiting_pubrel_closed += 1;
+                    tracing::debug!(?conn, "too many QoS 2 ids awaiting PUBREL");
+                    self.close(conn, CloseReason::LimitExceeded);
+                    return;
+                }
                 let fresh = self.sessions[sid.0 as usize]
                     .as_mut()
                     .is_some_and(|s| s.receive_qos2(p.pkid));
@@ -88,6 +98,16 @@ impl Broker {
             retain: p.retain,
         };
         self.route(message, false);
+    }
+
+    /// Whether a QoS 2 PUBLISH with `pkid` would take the session past
+    /// `max_awaiting_pubrel`; a resend of an id already held never does.
+    fn awaiting_pubrel_full(&self, sid: SessionId, pkid: u16) -> bool {
+        let max = self.config.limits.max_awaiting_pubrel;
+        let Some(s) = self.sessions.get(sid.0 as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        max > 0 && !s.awaits_pubrel(pkid) && s.awaiting_pubrel() >= max
     }
 
     /// Decides whether a client's PUBLISH is routed. It is decided after

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::mqtt::broker::world_tests::{publish, Client, World};
+use crate::mqtt::broker::world_tests::{publish, Client, World, LIMITS};
 use crate::mqtt::broker::CloseReason;
 use crate::mqtt::codec::Packet;
+use crate::mqtt::session::SessionLimits;
 use crate::mqtt::QoS;
 
 #[test]
@@ -76,6 +77,42 @@ fn qos2_inbound_is_routed_once_until_pubrel() {
     assert_eq!(w.received(p), vec![Packet::PubComp(5)]);
     w.send(p, publish("q", "y", QoS::ExactlyOnce, false, 5));
     assert_eq!(w.publishes(s).len(), 1, "the id is free again after PUBREL");
+}
+
+#[test]
+fn qos2_ids_beyond_the_limit_close_the_connection_unacknowledged() {
+    let limits = SessionLimits {
+        max_awaiting_pubrel: 2,
+        ..LIMITS
+    };
+    let mut w = World::with_limits(1, limits);
+    let s = w.connect("s");
+    let p = w.connect("p");
+    w.subscribe(s, "q", QoS::AtMostOnce);
+    w.received(s);
+    w.received(p);
+    w.send(p, publish("q", "1", QoS::ExactlyOnce, false, 1));
+    w.send(p, publish("q", "2", QoS::ExactlyOnce, false, 2));
+    // A resend of a held id is not a new one [MQTT-4.3.3-2].
+    w.send(p, publish("q", "2", QoS::ExactlyOnce, false, 2));
+    assert_eq!(
+        w.received(p),
+        vec![Packet::PubRec(1), Packet::PubRec(2), Packet::PubRec(2)]
+    );
+    assert!(w.shards[0].closing(p.conn).is_none());
+    // A released id makes room.
+    w.send(p, Packet::PubRel(1));
+    w.send(p, publish("q", "3", QoS::ExactlyOnce, false, 3));
+    assert_eq!(w.received(p), vec![Packet::PubComp(1), Packet::PubRec(3)]);
+    // A third id awaiting PUBREL: closed, neither acknowledged nor routed.
+    w.send(p, publish("q", "4", QoS::ExactlyOnce, false, 4));
+    assert_eq!(
+        w.shards[0].closing(p.conn),
+        Some(CloseReason::LimitExceeded)
+    );
+    assert!(w.received(p).is_empty());
+    assert_eq!(w.publishes(s).len(), 3);
+    assert_eq!(w.shards[0].stats().limit_awaiting_pubrel_closed, 1);
 }
 
 #[test]
