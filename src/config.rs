@@ -93,6 +93,17 @@ pub struct MqttConfig {
     /// Inbound QoS 2 messages one client may leave awaiting PUBREL; 0 is
     /// no limit. A new QoS 2 PUBLISH beyond it closes the connection.
     pub max_awaiting_pubrel: usize,
+    /// Sockets open at once, every listener together; 0 is no limit. One
+    /// beyond it is closed at accept.
+    pub max_connections: usize,
+    /// Connections from one source address on one shard; 0 is no limit.
+    /// One beyond it gets CONNACK 3.
+    pub max_connections_per_address: usize,
+    /// New connections per second from one source address on one shard,
+    /// checked at accept; 0 is no limit. One beyond it is closed at once.
+    pub connect_rate_per_address: u32,
+    /// Connections one address may open at once before its rate applies.
+    pub connect_burst_per_address: u32,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
@@ -123,6 +134,10 @@ impl Default for MqttConfig {
             max_outbox_bytes: 1 << 20,
             max_subscriptions_per_client: 1000,
             max_awaiting_pubrel: 1000,
+            max_connections: 0,
+            max_connections_per_address: 0,
+            connect_rate_per_address: 0,
+            connect_burst_per_address: 10,
             sys_interval_s: 10,
             proxy_protocol: false,
         }
@@ -304,6 +319,12 @@ impl Config {
                 max_subscriptions: mqtt.max_subscriptions_per_client,
                 max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
             },
+            connection_limits: crate::shard::ConnectionLimits {
+                max_connections: mqtt.max_connections,
+                max_connections_per_address: mqtt.max_connections_per_address,
+                connect_rate_per_address: mqtt.connect_rate_per_address,
+                connect_burst_per_address: mqtt.connect_burst_per_address,
+            },
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
             http_listen: self.http.listen_addr(),
@@ -394,6 +415,36 @@ mod tests {
         assert!(c.auth.anonymous_allowed());
         let c = Config::from_toml("[auth]\nfailure_table_max = 0\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limits_reach_the_shard_settings() {
+        let c = Config::from_toml("").unwrap();
+        let s = c.shard_settings();
+        assert_eq!(s.limits.max_subscriptions, 1000);
+        assert_eq!(s.limits.max_awaiting_pubrel, 1000);
+        assert_eq!(s.connection_limits.max_connections, 0, "off by default");
+        let c = Config::from_toml(
+            "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
+             max_connections = 7\nmax_connections_per_address = 8\n\
+             connect_rate_per_address = 9\nconnect_burst_per_address = 10\n",
+        )
+        .unwrap();
+        let s = c.shard_settings();
+        assert_eq!(
+            (s.limits.max_subscriptions, s.limits.max_awaiting_pubrel),
+            (5, 6)
+        );
+        let l = s.connection_limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_connections_per_address,
+                l.connect_rate_per_address,
+                l.connect_burst_per_address
+            ),
+            (7, 8, 9, 10)
+        );
     }
 
     #[test]

@@ -114,6 +114,7 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
             max_subscriptions: 0,
             max_awaiting_pubrel: 0,
         },
+        connection_limits: crate::shard::ConnectionLimits::default(),
         sys_interval: None,
         http_listen: None,
         websocket: None,
