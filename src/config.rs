@@ -104,6 +104,11 @@ pub struct MqttConfig {
     pub connect_rate_per_address: u32,
     /// Connections one address may open at once before its rate applies.
     pub connect_burst_per_address: u32,
+    /// Retained messages (every topic); 0 is no limit. A retained PUBLISH
+    /// on a new topic beyond it is delivered but not retained.
+    pub max_retained_messages: usize,
+    /// Bytes of retained topic names and payloads; 0 is no limit.
+    pub max_retained_bytes: usize,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
@@ -138,6 +143,8 @@ impl Default for MqttConfig {
             max_connections_per_address: 0,
             connect_rate_per_address: 0,
             connect_burst_per_address: 10,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 << 20,
             sys_interval_s: 10,
             proxy_protocol: false,
         }
@@ -319,6 +326,10 @@ impl Config {
                 max_subscriptions: mqtt.max_subscriptions_per_client,
                 max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
             },
+            retained: crate::mqtt::retained::RetainedLimits {
+                max_messages: mqtt.max_retained_messages,
+                max_bytes: mqtt.max_retained_bytes,
+            },
             connection_limits: crate::shard::ConnectionLimits {
                 max_connections: mqtt.max_connections,
                 max_connections_per_address: mqtt.max_connections_per_address,
@@ -424,6 +435,8 @@ mod tests {
         assert_eq!(s.limits.max_subscriptions, 1000);
         assert_eq!(s.limits.max_awaiting_pubrel, 1000);
         assert_eq!(s.connection_limits.max_connections, 0, "off by default");
+        assert_eq!(s.retained.max_messages, 100_000);
+        assert_eq!(s.retained.max_bytes, 64 << 20);
         let c = Config::from_toml(
             "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
              max_connections = 7\nmax_connections_per_address = 8\n\

@@ -464,6 +464,7 @@ async fn run_shard(
     let shards = settings.shards;
     let broker_config = BrokerConfig {
         limits: settings.limits,
+        retained: settings.retained,
         sys_interval: settings.sys_interval,
     };
     let settings_auth = settings.auth.clone();

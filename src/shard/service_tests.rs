@@ -115,6 +115,7 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
             max_awaiting_pubrel: 0,
         },
         connection_limits: crate::shard::ConnectionLimits::default(),
+        retained: crate::mqtt::retained::RetainedLimits::default(),
         sys_interval: None,
         http_listen: None,
         websocket: None,

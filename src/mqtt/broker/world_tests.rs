@@ -12,6 +12,7 @@ use super::{owner_shard, Access, Broker, BrokerConfig, ConnId, RemoteMsg, ShardI
 use crate::mqtt::codec::{
     decode, Connect, ConnectReturnCode, LastWill, Packet, Publish, Subscribe,
 };
+use crate::mqtt::retained::RetainedLimits;
 use crate::mqtt::session::SessionLimits;
 use crate::mqtt::topic::{matches, TopicName};
 use crate::mqtt::QoS;
@@ -47,6 +48,7 @@ impl World {
         let now = Instant::now();
         let config = BrokerConfig {
             limits,
+            retained: RetainedLimits::default(),
             sys_interval: None,
         };
         World {
