@@ -87,6 +87,28 @@ pub struct MqttConfig {
     /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
     /// are dropped (a subscriber that stops reading must not grow memory).
     pub max_outbox_bytes: usize,
+    /// Filters one client may hold; 0 is no limit. A SUBSCRIBE filter
+    /// beyond it is answered 0x80 and counted.
+    pub max_subscriptions_per_client: usize,
+    /// Inbound QoS 2 messages one client may leave awaiting PUBREL; 0 is
+    /// no limit. A new QoS 2 PUBLISH beyond it closes the connection.
+    pub max_awaiting_pubrel: usize,
+    /// Sockets open at once, every listener together; 0 is no limit. One
+    /// beyond it is closed at accept.
+    pub max_connections: usize,
+    /// Connections from one source address on one shard; 0 is no limit.
+    /// One beyond it gets CONNACK 3.
+    pub max_connections_per_address: usize,
+    /// New connections per second from one source address on one shard,
+    /// checked at accept; 0 is no limit. One beyond it is closed at once.
+    pub connect_rate_per_address: u32,
+    /// Connections one address may open at once before its rate applies.
+    pub connect_burst_per_address: u32,
+    /// Retained messages (every topic); 0 is no limit. A retained PUBLISH
+    /// on a new topic beyond it is delivered but not retained.
+    pub max_retained_messages: usize,
+    /// Bytes of retained topic names and payloads; 0 is no limit.
+    pub max_retained_bytes: usize,
     /// Period of the `$SYS/broker/...` publications; 0 turns them off.
     pub sys_interval_s: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
@@ -115,6 +137,14 @@ impl Default for MqttConfig {
             max_queued_messages: 1000,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
+            max_subscriptions_per_client: 1000,
+            max_awaiting_pubrel: 1000,
+            max_connections: 0,
+            max_connections_per_address: 0,
+            connect_rate_per_address: 0,
+            connect_burst_per_address: 10,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 64 << 20,
             sys_interval_s: 10,
             proxy_protocol: false,
         }
@@ -293,6 +323,18 @@ impl Config {
                 max_queued_messages: mqtt.max_queued_messages,
                 queue_qos0_offline: mqtt.queue_qos0_offline,
                 max_outbox_bytes: mqtt.max_outbox_bytes,
+                max_subscriptions: mqtt.max_subscriptions_per_client,
+                max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
+            },
+            retained: crate::mqtt::retained::RetainedLimits {
+                max_messages: mqtt.max_retained_messages,
+                max_bytes: mqtt.max_retained_bytes,
+            },
+            connection_limits: crate::shard::ConnectionLimits {
+                max_connections: mqtt.max_connections,
+                max_connections_per_address: mqtt.max_connections_per_address,
+                connect_rate_per_address: mqtt.connect_rate_per_address,
+                connect_burst_per_address: mqtt.connect_burst_per_address,
             },
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
@@ -384,6 +426,38 @@ mod tests {
         assert!(c.auth.anonymous_allowed());
         let c = Config::from_toml("[auth]\nfailure_table_max = 0\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn limits_reach_the_shard_settings() {
+        let c = Config::from_toml("").unwrap();
+        let s = c.shard_settings();
+        assert_eq!(s.limits.max_subscriptions, 1000);
+        assert_eq!(s.limits.max_awaiting_pubrel, 1000);
+        assert_eq!(s.connection_limits.max_connections, 0, "off by default");
+        assert_eq!(s.retained.max_messages, 100_000);
+        assert_eq!(s.retained.max_bytes, 64 << 20);
+        let c = Config::from_toml(
+            "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
+             max_connections = 7\nmax_connections_per_address = 8\n\
+             connect_rate_per_address = 9\nconnect_burst_per_address = 10\n",
+        )
+        .unwrap();
+        let s = c.shard_settings();
+        assert_eq!(
+            (s.limits.max_subscriptions, s.limits.max_awaiting_pubrel),
+            (5, 6)
+        );
+        let l = s.connection_limits;
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_connections_per_address,
+                l.connect_rate_per_address,
+                l.connect_burst_per_address
+            ),
+            (7, 8, 9, 10)
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //!    the topic instead (§3.3.1.3).
 //! 3. Every node other than the root holds a message or has a descendant
 //!    that does: `remove` prunes what it empties.
-//! 4. `len` counts the messages and `payload_bytes` sums their payloads.
+//! 4. `len` counts the messages, `payload_bytes` sums their payloads and
+//!    `topic_bytes` their topic names.
 //!
 //! # Ownership
 //!
@@ -45,11 +46,22 @@ pub struct RetainedMessage {
     pub qos: QoS,
 }
 
+/// Bounds of the store; 0 turns each off. A message on a new topic that
+/// would take the store past either is not retained; one replacing a
+/// retained topic's message is, within `max_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetainedLimits {
+    pub max_messages: usize,
+    /// Topic names and payloads together.
+    pub max_bytes: usize,
+}
+
 /// The retained messages of the broker, keyed by topic name.
 pub struct RetainedStore {
     root: Node,
     len: usize,
     payload_bytes: usize,
+    topic_bytes: usize,
 }
 
 /// One trie node; see the module doc.
@@ -85,7 +97,32 @@ impl RetainedStore {
             root: Node::default(),
             len: 0,
             payload_bytes: 0,
+            topic_bytes: 0,
         }
+    }
+
+    /// Whether `limits` let `topic` retain `payload_len` bytes of payload
+    /// (a non-empty one: clearing a topic is always allowed).
+    pub fn admits(&self, limits: &RetainedLimits, topic: &str, payload_len: usize) -> bool {
+        let old = self.get(topic);
+        if old.is_none() && limits.max_messages > 0 && self.len >= limits.max_messages {
+            return false;
+        }
+        if limits.max_bytes == 0 {
+            return true;
+        }
+        let freed = old.map_or(0, |m| m.payload.len() + topic.len());
+        let after = self
+            .bytes()
+            .saturating_sub(freed)
+            .saturating_add(topic.len())
+            .saturating_add(payload_len);
+        after <= limits.max_bytes
+    }
+
+    /// Topic names and payloads together, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.payload_bytes + self.topic_bytes
     }
 
     /// Retains `msg` in place of any message on its topic. An empty payload
@@ -96,10 +133,14 @@ impl RetainedStore {
             return;
         }
         let payload_len = msg.payload.len();
+        let topic_len = msg.topic.as_str().len();
         let node = self.root.descend_or_insert(msg.topic.as_str());
         match node.message.replace(msg) {
             Some(old) => self.payload_bytes -= old.payload.len(),
-            None => self.len += 1,
+            None => {
+                self.len += 1;
+                self.topic_bytes += topic_len;
+            }
         }
         self.payload_bytes += payload_len;
     }
@@ -114,6 +155,7 @@ impl RetainedStore {
         debug_assert!(self.payload_bytes >= old.payload.len());
         self.len -= 1;
         self.payload_bytes -= old.payload.len();
+        self.topic_bytes -= old.topic.as_str().len();
         topic::prune_path(&mut self.root, name);
     }
 

@@ -34,6 +34,13 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
     pub queue_qos0_offline: bool,
     pub max_outbox_bytes: usize,
+    /// Filters one session may hold; 0 is no limit. A SUBSCRIBE filter
+    /// beyond it is refused (SUBACK 0x80); re-subscribing a held filter
+    /// is not a new one.
+    pub max_subscriptions: usize,
+    /// Inbound QoS 2 ids one session may hold awaiting PUBREL; 0 is no
+    /// limit. A new QoS 2 PUBLISH beyond it closes the connection.
+    pub max_awaiting_pubrel: usize,
 }
 
 /// Where an outgoing QoS 1/2 message stands in its acknowledgement flow.
@@ -137,6 +144,10 @@ impl Session {
 
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
         self.subscriptions.remove(filter).is_some()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
     }
 
     pub fn take_subscriptions(&mut self) -> HashMap<String, QoS> {
@@ -338,6 +349,16 @@ impl Session {
         self.incoming_qos2.insert(pkid)
     }
 
+    /// Whether inbound QoS 2 `pkid` awaits its PUBREL.
+    pub fn awaits_pubrel(&self, pkid: u16) -> bool {
+        self.incoming_qos2.contains(&pkid)
+    }
+
+    /// Inbound QoS 2 ids awaiting their PUBREL.
+    pub fn awaiting_pubrel(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
     /// Inbound PUBREL: the id may be used again.
     pub fn release_qos2(&mut self, pkid: u16) {
         self.incoming_qos2.remove(&pkid);
@@ -373,6 +394,8 @@ mod tests {
         max_queued_messages: 3,
         queue_qos0_offline: false,
         max_outbox_bytes: 1024,
+        max_subscriptions: 0,
+        max_awaiting_pubrel: 0,
     };
 
     fn message(qos: QoS) -> Message {

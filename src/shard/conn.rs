@@ -15,10 +15,11 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use futures_lite::AsyncWriteExt;
 
+use super::limits::Slot;
 use super::mesh::Handoff;
 use super::Shard;
 use crate::mqtt::broker::{Access, ConnId};
-use crate::mqtt::codec::{self, Connect};
+use crate::mqtt::codec::{self, Connect, ConnectReturnCode};
 use crate::transport::Stream;
 
 enum Event {
@@ -39,6 +40,7 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
         Box::new(handoff.connect),
         handoff.unread,
         handoff.acl,
+        handoff.slot,
     )
     .await;
 }
@@ -52,9 +54,19 @@ pub(super) async fn run(
     connect: Box<Connect>,
     rbuf: BytesMut,
     acl: Option<Arc<dyn Access>>,
+    slot: Slot,
 ) {
     let peer = stream.peer_addr();
     tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
+    let address = peer.map(|p| p.ip());
+    if let Some(ip) = address {
+        if !shard.per_address.borrow_mut().hold(ip) {
+            shard.admission.note_refused_address();
+            tracing::debug!(%ip, "too many connections from the address");
+            super::listener::refuse(&mut stream, ConnectReturnCode::ServerUnavailable).await;
+            return;
+        }
+    }
     let admitted = shard.admit(connect, peer);
     let (conn, max_packet) = match admitted {
         Ok(taken) => taken,
@@ -101,6 +113,10 @@ pub(super) async fn run(
     driver.shard.forget(conn);
     drop(stream);
     driver.shard.broker.borrow_mut().release(conn);
+    if let Some(ip) = address {
+        driver.shard.per_address.borrow_mut().release(ip);
+    }
+    drop(slot);
 }
 
 struct Driver {

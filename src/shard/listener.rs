@@ -22,6 +22,7 @@ use futures_lite::AsyncReadExt;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
+use super::limits::Slot;
 use super::mesh::{Handoff, ShardMsg};
 use super::{conn, Shard};
 use crate::mqtt::broker::owner_shard;
@@ -61,9 +62,19 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: K
     }
 }
 
-/// Everything before the CONNECT, then the CONNECT phase.
+/// Everything before the CONNECT, then the CONNECT phase. The limits on
+/// sockets and on the CONNECT rate come first (`limits`): a refused socket
+/// is closed before any handshake.
 async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
     let accepted = Instant::now();
+    let Some(slot) = shard.admission.open() else {
+        tracing::debug!(peer = ?tcp.peer_addr().ok(), "connection limit reached");
+        return;
+    };
+    // Behind a PROXY header the rate is the real client's, checked there.
+    if !expects_proxy(&shard, kind) && !connect_allowed(&shard, tcp.peer_addr().ok()) {
+        return;
+    }
     let connect_timeout = shard.settings.connect_timeout;
     let opened = match kind {
         Kind::Mqtt => open_tcp(&shard, tcp).await.map(|(stream, early)| {
@@ -91,8 +102,35 @@ async fn admit(shard: Rc<Shard>, tcp: TcpStream, kind: Kind) {
             .map(|stream| (stream, BytesMut::new(), connect_timeout)),
     };
     if let Some((stream, early, deadline)) = opened {
-        connect_phase(shard, stream, early, deadline, kind).await;
+        connect_phase(shard, stream, early, deadline, kind, slot).await;
     }
+}
+
+fn expects_proxy(shard: &Shard, kind: Kind) -> bool {
+    let settings = &shard.settings;
+    match kind {
+        Kind::Mqtt => settings.mqtt_proxy_protocol,
+        Kind::Tls => settings.tls.as_ref().is_some_and(|t| t.proxy_protocol),
+        Kind::Ws | Kind::Wss => settings
+            .websocket
+            .as_ref()
+            .is_some_and(|w| w.proxy_protocol),
+    }
+}
+
+/// Whether `peer` is within its CONNECT rate; a refusal is counted.
+fn connect_allowed(shard: &Shard, peer: Option<SocketAddr>) -> bool {
+    let Some(peer) = peer else { return true };
+    if shard
+        .connect_rate
+        .borrow_mut()
+        .allow(peer.ip(), Instant::now())
+    {
+        return true;
+    }
+    shard.admission.note_refused_rate();
+    tracing::debug!(%peer, "CONNECT rate exceeded");
+    false
 }
 
 /// A plain TCP stream, after its PROXY header if the listener wants one;
@@ -223,7 +261,7 @@ fn proxy_outcome(
     match header {
         Ok(read) => {
             shard.transport.proxy_header_accepted();
-            Some(read)
+            connect_allowed(shard, read.0.or(tcp.peer_addr().ok())).then_some(read)
         }
         Err(error) => {
             shard.transport.proxy_header_rejected();
@@ -276,6 +314,7 @@ async fn connect_phase(
     mut rbuf: BytesMut,
     deadline: Duration,
     kind: Kind,
+    slot: Slot,
 ) {
     let max = shard.settings.max_packet_size;
     let first = glommio::timer::timeout(deadline, async {
@@ -337,7 +376,7 @@ async fn connect_phase(
         // A task of its own rather than awaited here: this task's future
         // is sized for the CONNECT phase too (about 1 KiB against the
         // driver's 560 B), and an idle connection would carry it for life.
-        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl)).detach();
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl, slot)).detach();
         return;
     }
     match stream.into_moving() {
@@ -347,6 +386,7 @@ async fn connect_phase(
                 connect: *connect,
                 unread: rbuf,
                 acl,
+                slot,
             };
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }
@@ -356,7 +396,7 @@ async fn connect_phase(
 
 /// Answers a CONNECT with a refusing CONNACK, pushed out before the
 /// connection closes.
-async fn refuse(stream: &mut Stream, code: ConnectReturnCode) {
+pub(super) async fn refuse(stream: &mut Stream, code: ConnectReturnCode) {
     let mut out = BytesMut::new();
     codec::encode_connack(&mut out, false, code);
     if stream.write_all(&out).await.is_ok() {

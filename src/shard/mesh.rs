@@ -37,6 +37,8 @@ pub struct Handoff {
     pub unread: BytesMut,
     /// The client's ACL, compiled where its CONNECT was authenticated.
     pub acl: Option<std::sync::Arc<dyn crate::mqtt::broker::Access>>,
+    /// The socket's place in the connection total.
+    pub slot: super::limits::Slot,
 }
 
 /// The two ends a shard holds: `senders[j]` to shard j, `receivers[i]` from

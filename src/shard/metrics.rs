@@ -21,6 +21,7 @@ impl Handler for Metrics {
                     service.metrics(&mut text);
                 }
                 shard.transport.render(&mut text);
+                shard.admission.render(&mut text);
                 Response::new(200, CONTENT_TYPE_PROMETHEUS, text.into_bytes())
             }
             ("GET" | "HEAD", None) => Response::error(503, "shutting down"),

@@ -16,6 +16,7 @@
 mod arena;
 mod auth;
 mod conn;
+mod limits;
 mod listener;
 pub mod mesh;
 mod metrics;
@@ -23,6 +24,7 @@ pub mod reload;
 mod service;
 mod settings;
 
+pub use limits::ConnectionLimits;
 pub use service::{Service, ServiceFactory};
 pub use settings::{Settings, TlsListener};
 
@@ -124,6 +126,7 @@ impl Server {
         let tls_listen = settings.tls.as_ref().map(|t| t.listen);
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
+        let admission = Arc::new(limits::Admission::new(&settings.connection_limits));
         let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
         let (reloader, receivers) = reload::channels(shards, tls_config.clone());
         let mut receivers = receivers.into_iter();
@@ -141,11 +144,15 @@ impl Server {
             let ready = ready_tx.clone();
             let services = services.clone();
             let counters = counters.clone();
+            let admission = admission.clone();
             let auth = (snapshot.clone(), receivers.next());
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
-                .spawn(move || run_shard(i, settings, endpoints, services, counters, auth, ready))
+                .spawn(move || {
+                    let shared = (counters, admission);
+                    run_shard(i, settings, endpoints, services, shared, auth, ready)
+                })
                 .map_err(|e| StartError::Executor {
                     shard: i,
                     message: e.to_string(),
@@ -268,6 +275,12 @@ pub struct Shard {
     service_of: RefCell<Vec<u8>>,
     /// What the transports refused, for every shard of the server.
     pub(crate) transport: Arc<crate::transport::Counters>,
+    /// Sockets in total and the limits' counters, for every shard.
+    pub(crate) admission: Arc<limits::Admission>,
+    /// Connections per address running on this shard.
+    pub(crate) per_address: RefCell<limits::PerAddress>,
+    /// CONNECTs per second per address accepted by this shard.
+    pub(crate) connect_rate: RefCell<limits::ConnectRate>,
     /// Users and ACL for new connections (`auth`).
     pub(crate) gate: RefCell<crate::auth::Gate>,
     /// Reloads sent to this shard (`reload`).
@@ -446,7 +459,7 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
-    transport: Arc<crate::transport::Counters>,
+    (transport, admission): (Arc<crate::transport::Counters>, Arc<limits::Admission>),
     auth: (
         Arc<crate::auth::AuthSnapshot>,
         Option<reload::ReloadReceiver>,
@@ -457,9 +470,11 @@ async fn run_shard(
     let shards = settings.shards;
     let broker_config = BrokerConfig {
         limits: settings.limits,
+        retained: settings.retained,
         sys_interval: settings.sys_interval,
     };
     let settings_auth = settings.auth.clone();
+    let connection_limits = settings.connection_limits;
     let bound = (|| {
         Ok::<_, StartError>((
             bind_if(settings.mqtt_listen)?,
@@ -489,6 +504,15 @@ async fn run_shard(
         services: services.iter().map(|f| f.make(index)).collect(),
         service_of: RefCell::new(Vec::new()),
         transport,
+        admission,
+        per_address: RefCell::new(limits::PerAddress::new(
+            connection_limits.max_connections_per_address,
+        )),
+        connect_rate: RefCell::new(limits::ConnectRate::new(
+            connection_limits.connect_rate_per_address,
+            connection_limits.connect_burst_per_address,
+            limits::RATE_TABLE_MAX,
+        )),
         gate: RefCell::new(crate::auth::Gate::new(
             auth.0,
             settings_auth.budget(),

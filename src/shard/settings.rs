@@ -28,6 +28,10 @@ pub struct Settings {
     /// The MQTT-over-TLS listener.
     pub tls: Option<TlsListener>,
     pub limits: SessionLimits,
+    /// Retained messages: count and bytes.
+    pub retained: crate::mqtt::retained::RetainedLimits,
+    /// Sockets in total, connections and CONNECTs per second per address.
+    pub connection_limits: super::limits::ConnectionLimits,
     /// `$SYS` publication period; `None` publishes none.
     pub sys_interval: Option<Duration>,
     /// The HTTP listener of shard 0: services' routes and `/metrics`.

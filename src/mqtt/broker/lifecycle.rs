@@ -29,6 +29,10 @@ pub enum CloseReason {
     TakenOver,
     /// CONNACK with a refusal code.
     Refused,
+    /// The client went past a limit MQTT 3.1.1 has no refusal for (QoS 2
+    /// ids awaiting PUBREL). Its will is published, as for any close the
+    /// client did not ask for [MQTT-3.1.2-8].
+    LimitExceeded,
 }
 
 impl CloseReason {
@@ -39,6 +43,7 @@ impl CloseReason {
                 | CloseReason::ProtocolError
                 | CloseReason::KeepaliveExpired
                 | CloseReason::TakenOver
+                | CloseReason::LimitExceeded
         )
     }
 }

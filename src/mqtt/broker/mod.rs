@@ -76,7 +76,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::mqtt::codec::{self, DecodeError, Packet};
 use crate::mqtt::index::SubscriptionIndex;
-use crate::mqtt::retained::RetainedStore;
+use crate::mqtt::retained::{RetainedLimits, RetainedStore};
 use crate::mqtt::session::{Message, Session, SessionLimits};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
@@ -132,6 +132,9 @@ pub trait Access: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub limits: SessionLimits,
+    /// Bounds of the retained store, checked by the shard a message is
+    /// published on (see `routing::route`).
+    pub retained: RetainedLimits,
     pub sys_interval: Option<Duration>,
 }
 
@@ -140,6 +143,9 @@ pub struct BrokerConfig {
 pub enum RemoteMsg {
     /// Deliver to local subscribers; store if retained.
     Publish(Message),
+    /// Drop the topic's retained message: a replacement was refused by the
+    /// store's limits on the shard it was published on.
+    ClearRetained(TopicName),
     /// The sender has a first local subscriber on this filter.
     RouteAdd(String),
     /// The sender has no local subscriber on this filter any more.

@@ -29,6 +29,7 @@ impl Broker {
         let _ = now;
         match msg {
             RemoteMsg::Publish(message) => self.route(message, true),
+            RemoteMsg::ClearRetained(topic) => self.clear_retained(topic),
             RemoteMsg::RouteAdd(filter) => {
                 self.routes.subscribe(&filter, from, QoS::AtMostOnce);
             }
@@ -56,6 +57,16 @@ impl Broker {
                 true
             }
             QoS::ExactlyOnce => {
+                if self.awaiting_pubrel_full(sid, p.pkid) {
+                    // MQTT 3.1.1 cannot refuse a PUBLISH, and a PUBREC
+                    // would promise delivery of a message not kept: close
+                    // without acknowledging, so the client sends it again
+                    // once it has released its earlier ids.
+                    self.stats.limit_awaiting_pubrel_closed += 1;
+                    tracing::debug!(?conn, "too many QoS 2 ids awaiting PUBREL");
+                    self.close(conn, CloseReason::LimitExceeded);
+                    return;
+                }
                 let fresh = self.sessions[sid.0 as usize]
                     .as_mut()
                     .is_some_and(|s| s.receive_qos2(p.pkid));
@@ -88,6 +99,16 @@ impl Broker {
             retain: p.retain,
         };
         self.route(message, false);
+    }
+
+    /// Whether a QoS 2 PUBLISH with `pkid` would take the session past
+    /// `max_awaiting_pubrel`; a resend of an id already held never does.
+    fn awaiting_pubrel_full(&self, sid: SessionId, pkid: u16) -> bool {
+        let max = self.config.limits.max_awaiting_pubrel;
+        let Some(s) = self.sessions.get(sid.0 as usize).and_then(Option::as_ref) else {
+            return false;
+        };
+        max > 0 && !s.awaits_pubrel(pkid) && s.awaiting_pubrel() >= max
     }
 
     /// Decides whether a client's PUBLISH is routed. It is decided after
@@ -151,7 +172,35 @@ impl Broker {
 
     /// Routes a message to local subscribers and, when it came from a local
     /// client, to the shards whose routes match.
-    pub(super) fn route(&mut self, message: Message, from_remote: bool) {
+    ///
+    /// A new retained topic beyond the store's limits is decided here, on
+    /// the shard it is published on: the message goes on with retain 0, so
+    /// it is delivered as usual and no shard retains it, and every
+    /// replica makes the same choice. A retained message that arrives from
+    /// another shard is always stored. Shards decide on their own replicas,
+    /// so publishes racing on several shards may pass a limit by at most
+    /// one message per shard. A refused replacement clears the topic's
+    /// older message everywhere: a stale value is worse than none, and for
+    /// QoS 0 the older one must go [MQTT-3.3.1-7].
+    pub(super) fn route(&mut self, mut message: Message, from_remote: bool) {
+        if message.retain
+            && !from_remote
+            && !message.payload.is_empty()
+            && !message.topic.as_str().starts_with("$SYS/")
+            && !self.retained.admits(
+                &self.config.retained,
+                message.topic.as_str(),
+                message.payload.len(),
+            )
+        {
+            self.stats.limit_retained_refused += 1;
+            tracing::debug!(topic = message.topic.as_str(), "retained store full");
+            message.retain = false;
+            if self.retained.get(message.topic.as_str()).is_some() {
+                self.broadcast(RemoteMsg::ClearRetained(message.topic.clone()));
+                self.clear_retained(message.topic.clone());
+            }
+        }
         if message.retain {
             self.store_retained(&message);
         }
@@ -170,6 +219,15 @@ impl Broker {
             topic: message.topic.compact(),
             payload: Bytes::copy_from_slice(&message.payload),
             qos: message.qos,
+        });
+    }
+
+    fn clear_retained(&mut self, topic: TopicName) {
+        self.store_retained(&Message {
+            topic,
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: true,
         });
     }
 

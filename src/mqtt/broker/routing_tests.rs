@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
-use crate::mqtt::broker::world_tests::{publish, Client, World};
+use crate::mqtt::broker::world_tests::{publish, Client, World, LIMITS};
 use crate::mqtt::broker::CloseReason;
 use crate::mqtt::codec::Packet;
+use crate::mqtt::retained::RetainedLimits;
+use crate::mqtt::session::SessionLimits;
 use crate::mqtt::QoS;
 
 #[test]
@@ -76,6 +78,42 @@ fn qos2_inbound_is_routed_once_until_pubrel() {
     assert_eq!(w.received(p), vec![Packet::PubComp(5)]);
     w.send(p, publish("q", "y", QoS::ExactlyOnce, false, 5));
     assert_eq!(w.publishes(s).len(), 1, "the id is free again after PUBREL");
+}
+
+#[test]
+fn qos2_ids_beyond_the_limit_close_the_connection_unacknowledged() {
+    let limits = SessionLimits {
+        max_awaiting_pubrel: 2,
+        ..LIMITS
+    };
+    let mut w = World::with_limits(1, limits);
+    let s = w.connect("s");
+    let p = w.connect("p");
+    w.subscribe(s, "q", QoS::AtMostOnce);
+    w.received(s);
+    w.received(p);
+    w.send(p, publish("q", "1", QoS::ExactlyOnce, false, 1));
+    w.send(p, publish("q", "2", QoS::ExactlyOnce, false, 2));
+    // A resend of a held id is not a new one [MQTT-4.3.3-2].
+    w.send(p, publish("q", "2", QoS::ExactlyOnce, false, 2));
+    assert_eq!(
+        w.received(p),
+        vec![Packet::PubRec(1), Packet::PubRec(2), Packet::PubRec(2)]
+    );
+    assert!(w.shards[0].closing(p.conn).is_none());
+    // A released id makes room.
+    w.send(p, Packet::PubRel(1));
+    w.send(p, publish("q", "3", QoS::ExactlyOnce, false, 3));
+    assert_eq!(w.received(p), vec![Packet::PubComp(1), Packet::PubRec(3)]);
+    // A third id awaiting PUBREL: closed, neither acknowledged nor routed.
+    w.send(p, publish("q", "4", QoS::ExactlyOnce, false, 4));
+    assert_eq!(
+        w.shards[0].closing(p.conn),
+        Some(CloseReason::LimitExceeded)
+    );
+    assert!(w.received(p).is_empty());
+    assert_eq!(w.publishes(s).len(), 3);
+    assert_eq!(w.shards[0].stats().limit_awaiting_pubrel_closed, 1);
 }
 
 #[test]
@@ -175,4 +213,50 @@ fn unsolicited_pubrec_is_answered_with_pubrel() {
     w.advance(Duration::from_secs(1));
     assert_eq!(w.shards[0].closing(c.conn), None);
     assert_eq!(w.shards[0].stats().protocol_errors, 0);
+}
+
+#[test]
+fn retained_store_limits_refuse_new_topics_but_deliver() {
+    let mut w = World::new(2);
+    for shard in &mut w.shards {
+        shard.config.retained = RetainedLimits {
+            max_messages: 2,
+            max_bytes: 20,
+        };
+    }
+    let sub = w.connect(&w.id_on(0, "sub"));
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    w.subscribe(sub, "r/#", QoS::AtMostOnce);
+    w.received(sub);
+    // Bytes are topic names and payloads: 3 + 5, then 3 + 1.
+    w.send(publisher, publish("r/a", "11111", QoS::AtMostOnce, true, 0));
+    w.send(publisher, publish("r/b", "2", QoS::AtMostOnce, true, 0));
+    // A third topic: delivered, not retained anywhere.
+    w.send(publisher, publish("r/c", "3", QoS::AtMostOnce, true, 0));
+    let got = w.publishes(sub);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|p| !p.retain), "live deliveries");
+    assert!(w.shards.iter().all(|s| s.retained_len() == 2));
+    // A replacement within the bytes is retained (12 - 4 + 8 = 16).
+    w.send(publisher, publish("r/b", "22222", QoS::AtMostOnce, true, 0));
+    // One beyond them (16 - 8 + 16 = 24) is delivered, and the older
+    // message goes too [MQTT-3.3.1-7]: no stale value stays retained.
+    w.send(
+        publisher,
+        publish("r/a", "1111111111111", QoS::AtMostOnce, true, 0),
+    );
+    assert_eq!(w.publishes(sub).len(), 2);
+    for shard in &w.shards {
+        assert_eq!(shard.retained_len(), 1);
+        assert!(shard.retained.get("r/a").is_none());
+        assert_eq!(
+            shard.retained.get("r/b").map(|m| &m.payload[..]),
+            Some(&b"22222"[..])
+        );
+    }
+    assert_eq!(w.shards[1].stats().limit_retained_refused, 2);
+    // Clearing is always allowed, and makes room for a new topic.
+    w.send(publisher, publish("r/b", "", QoS::AtMostOnce, true, 0));
+    w.send(publisher, publish("r/c", "3", QoS::AtMostOnce, true, 0));
+    assert!(w.shards.iter().all(|s| s.retained.get("r/c").is_some()));
 }

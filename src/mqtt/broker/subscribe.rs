@@ -22,6 +22,9 @@ enum Refusal {
     InvalidFilter,
     /// The client's ACL does not let it subscribe to the filter.
     NotAuthorized,
+    /// The session holds `max_subscriptions` filters already; a peer
+    /// must not grow the index and the routes without bound.
+    TooMany,
 }
 
 /// A SUBACK held until the barrier of its SUBSCRIBE completes.
@@ -52,8 +55,10 @@ impl Broker {
                     granted.push((filter, qos));
                 }
                 Err(refusal) => {
-                    if refusal == Refusal::NotAuthorized {
-                        self.stats.acl_subscribe_denied += 1;
+                    match refusal {
+                        Refusal::NotAuthorized => self.stats.acl_subscribe_denied += 1,
+                        Refusal::TooMany => self.stats.limit_subscriptions_refused += 1,
+                        Refusal::InvalidFilter => {}
                     }
                     tracing::debug!(?conn, filter, ?refusal, "subscription refused");
                     codes.push(SUBACK_FAILURE);
@@ -90,6 +95,15 @@ impl Broker {
         if let Some(Some(acl)) = self.session_acl.get(sid.0 as usize) {
             if !acl.may_subscribe(filter) {
                 return Err(Refusal::NotAuthorized);
+            }
+        }
+        let max = self.config.limits.max_subscriptions;
+        if max > 0 {
+            if let Some(s) = self.sessions.get(sid.0 as usize).and_then(Option::as_ref) {
+                // A filter the session holds only changes its QoS.
+                if s.subscription(filter).is_none() && s.subscription_count() >= max {
+                    return Err(Refusal::TooMany);
+                }
             }
         }
         Ok(requested)

@@ -1,8 +1,9 @@
 //! SUBSCRIBE and UNSUBSCRIBE, and the barrier that orders a SUBACK after
 //! every route update and retained message.
 
-use crate::mqtt::broker::world_tests::{publish, World};
+use crate::mqtt::broker::world_tests::{publish, World, LIMITS};
 use crate::mqtt::codec::{Packet, Subscribe, Unsubscribe};
+use crate::mqtt::session::SessionLimits;
 use crate::mqtt::QoS;
 
 #[test]
@@ -129,4 +130,47 @@ fn unsubscribe_stops_delivery_and_invalid_filter_gets_0x80() {
     assert_eq!(w.received(c), vec![Packet::UnsubAck(3)]);
     w.send(c, publish("a/b", "x", QoS::AtMostOnce, false, 0));
     assert!(w.publishes(c).is_empty());
+}
+
+#[test]
+fn filters_beyond_the_limit_get_0x80_and_are_counted() {
+    // [MQTT-3.9.3-2]: a SUBACK return code may be 0x80 (failure) for a
+    // filter the server does not grant; the others are still granted.
+    let limits = SessionLimits {
+        max_subscriptions: 2,
+        ..LIMITS
+    };
+    let mut w = World::with_limits(2, limits);
+    let c = w.connect(&w.id_on(1, "many"));
+    let filters = ["a/1", "a/2", "a/3"]
+        .iter()
+        .map(|f| (f.to_string(), QoS::AtMostOnce))
+        .collect();
+    w.send(c, Packet::Subscribe(Subscribe { pkid: 5, filters }));
+    assert_eq!(
+        w.received(c).last(),
+        Some(&Packet::SubAck {
+            pkid: 5,
+            codes: vec![0, 0, 0x80]
+        })
+    );
+    // Re-subscribing a held filter (a new QoS) is not a new filter.
+    w.subscribe(c, "a/1", QoS::AtLeastOnce);
+    assert!(matches!(w.received(c).last(), Some(Packet::SubAck { codes, .. }) if codes == &[1]));
+    w.subscribe(c, "a/4", QoS::AtMostOnce);
+    assert!(matches!(w.received(c).last(), Some(Packet::SubAck { codes, .. }) if codes == &[0x80]));
+    assert_eq!(w.shards[1].stats().limit_subscriptions_refused, 2);
+    // The refused filter was neither held nor routed.
+    w.send(c, publish("a/3", "x", QoS::AtMostOnce, false, 0));
+    assert!(w.publishes(c).is_empty());
+    // Room again after an UNSUBSCRIBE.
+    w.send(
+        c,
+        Packet::Unsubscribe(Unsubscribe {
+            pkid: 6,
+            filters: vec!["a/2".into()],
+        }),
+    );
+    w.subscribe(c, "a/3", QoS::AtMostOnce);
+    assert!(matches!(w.received(c).last(), Some(Packet::SubAck { codes, .. }) if codes == &[0]));
 }

@@ -34,6 +34,12 @@ pub struct ShardStats {
     pub acl_subscribe_denied: u64,
     /// Deliveries (retained included) the ACL kept from a subscriber.
     pub acl_receive_denied: u64,
+    /// SUBSCRIBE filters answered 0x80 beyond `max_subscriptions`.
+    pub limit_subscriptions_refused: u64,
+    /// Connections closed for a QoS 2 PUBLISH beyond `max_awaiting_pubrel`.
+    pub limit_awaiting_pubrel_closed: u64,
+    /// Retained PUBLISHes delivered but not retained, the store being full.
+    pub limit_retained_refused: u64,
 }
 
 /// Why the shell refused a CONNECT at authentication, for the counters.
@@ -57,12 +63,15 @@ impl ShardStats {
         self.acl_publish_denied += other.acl_publish_denied;
         self.acl_subscribe_denied += other.acl_subscribe_denied;
         self.acl_receive_denied += other.acl_receive_denied;
+        self.limit_subscriptions_refused += other.limit_subscriptions_refused;
+        self.limit_awaiting_pubrel_closed += other.limit_awaiting_pubrel_closed;
+        self.limit_retained_refused += other.limit_retained_refused;
     }
 
     /// The Prometheus lines of these counters (the sums over shards).
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let lines: [(&str, &str, u64); 7] = [
+        let lines: [(&str, &str, u64); 10] = [
             ("shardmq_clients_connected", "gauge", self.clients_connected),
             (
                 "shardmq_auth_bad_credentials_total",
@@ -93,6 +102,21 @@ impl ShardStats {
                 "shardmq_acl_receive_denied_total",
                 "counter",
                 self.acl_receive_denied,
+            ),
+            (
+                "shardmq_limit_subscriptions_refused_total",
+                "counter",
+                self.limit_subscriptions_refused,
+            ),
+            (
+                "shardmq_limit_awaiting_pubrel_closed_total",
+                "counter",
+                self.limit_awaiting_pubrel_closed,
+            ),
+            (
+                "shardmq_limit_retained_refused_total",
+                "counter",
+                self.limit_retained_refused,
             ),
         ];
         for (name, kind, value) in lines {

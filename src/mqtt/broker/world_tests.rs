@@ -12,6 +12,7 @@ use super::{owner_shard, Access, Broker, BrokerConfig, ConnId, RemoteMsg, ShardI
 use crate::mqtt::codec::{
     decode, Connect, ConnectReturnCode, LastWill, Packet, Publish, Subscribe,
 };
+use crate::mqtt::retained::RetainedLimits;
 use crate::mqtt::session::SessionLimits;
 use crate::mqtt::topic::{matches, TopicName};
 use crate::mqtt::QoS;
@@ -21,6 +22,8 @@ pub(super) const LIMITS: SessionLimits = SessionLimits {
     max_queued_messages: 16,
     queue_qos0_offline: false,
     max_outbox_bytes: 1 << 16,
+    max_subscriptions: 0,
+    max_awaiting_pubrel: 0,
 };
 
 pub(super) struct World {
@@ -38,9 +41,14 @@ pub(super) struct Client {
 
 impl World {
     pub(super) fn new(shards: usize) -> World {
+        World::with_limits(shards, LIMITS)
+    }
+
+    pub(super) fn with_limits(shards: usize, limits: SessionLimits) -> World {
         let now = Instant::now();
         let config = BrokerConfig {
-            limits: LIMITS,
+            limits,
+            retained: RetainedLimits::default(),
             sys_interval: None,
         };
         World {

@@ -13,6 +13,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use shardmq::mqtt::broker::{owner_shard, Broker, BrokerConfig, ConnId, ShardId};
 use shardmq::mqtt::codec::{decode, Packet};
+use shardmq::mqtt::retained::RetainedLimits;
 use shardmq::mqtt::session::SessionLimits;
 
 const LIMITS: SessionLimits = SessionLimits {
@@ -20,12 +21,18 @@ const LIMITS: SessionLimits = SessionLimits {
     max_queued_messages: 8,
     queue_qos0_offline: true,
     max_outbox_bytes: 4096,
+    max_subscriptions: 4,
+    max_awaiting_pubrel: 4,
 };
 
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let config = BrokerConfig {
         limits: LIMITS,
+        retained: RetainedLimits {
+            max_messages: 4,
+            max_bytes: 256,
+        },
         sys_interval: Some(Duration::from_secs(1)),
     };
     let mut broker = Broker::new(ShardId(0), 2, config, now);
