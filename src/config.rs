@@ -82,6 +82,9 @@ pub struct MqttConfig {
     /// Messages queued per session (offline, or beyond the inflight window);
     /// newer messages are dropped, and counted, beyond it.
     pub max_queued_messages: usize,
+    /// Bytes (topic names and payloads) queued per session; 0 is no limit.
+    /// Newer messages are dropped, and counted, beyond it.
+    pub max_queued_bytes: usize,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
     /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
@@ -135,6 +138,7 @@ impl Default for MqttConfig {
             connect_timeout_s: 10,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
             max_subscriptions_per_client: 1000,
@@ -325,6 +329,7 @@ impl Config {
                 max_outbox_bytes: mqtt.max_outbox_bytes,
                 max_subscriptions: mqtt.max_subscriptions_per_client,
                 max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
+                max_queued_bytes: mqtt.max_queued_bytes,
             },
             retained: crate::mqtt::retained::RetainedLimits {
                 max_messages: mqtt.max_retained_messages,
@@ -437,6 +442,7 @@ mod tests {
         assert_eq!(s.connection_limits.max_connections, 0, "off by default");
         assert_eq!(s.retained.max_messages, 100_000);
         assert_eq!(s.retained.max_bytes, 64 << 20);
+        assert_eq!(s.limits.max_queued_bytes, 16 << 20);
         let c = Config::from_toml(
             "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
              max_connections = 7\nmax_connections_per_address = 8\n\

@@ -113,6 +113,7 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
             max_outbox_bytes: 1 << 20,
             max_subscriptions: 0,
             max_awaiting_pubrel: 0,
+            max_queued_bytes: 0,
         },
         connection_limits: crate::shard::ConnectionLimits::default(),
         retained: crate::mqtt::retained::RetainedLimits::default(),

@@ -299,6 +299,10 @@ impl Broker {
                     }
                 }
                 Delivery::Dropped => self.stats.messages_dropped += 1,
+                Delivery::DroppedBytes => {
+                    self.stats.messages_dropped += 1;
+                    self.stats.limit_queued_bytes_dropped += 1;
+                }
             }
         }
         self.scratch = matched;

@@ -260,3 +260,29 @@ fn retained_store_limits_refuse_new_topics_but_deliver() {
     w.send(publisher, publish("r/c", "3", QoS::AtMostOnce, true, 0));
     assert!(w.shards.iter().all(|s| s.retained.get("r/c").is_some()));
 }
+
+#[test]
+fn an_offline_queue_past_its_bytes_drops_and_counts() {
+    let limits = SessionLimits {
+        max_queued_bytes: 10,
+        ..LIMITS
+    };
+    let mut w = World::with_limits(2, limits);
+    let sub_id = w.id_on(0, "sub");
+    let sub = w.connect_with(&sub_id, false, 0, None);
+    w.subscribe(sub, "q/1", QoS::AtLeastOnce);
+    w.shards[0].connection_lost(sub.conn);
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    // "q/1" and 3 bytes: 6 a message, so only the first is queued.
+    for pkid in 1..=3 {
+        w.send(
+            publisher,
+            publish("q/1", "abc", QoS::AtLeastOnce, false, pkid),
+        );
+    }
+    let stats = w.shards[0].stats();
+    assert_eq!(stats.limit_queued_bytes_dropped, 2);
+    assert_eq!(stats.messages_dropped, 2);
+    let sub = w.connect_with(&sub_id, false, 0, None);
+    assert_eq!(w.publishes(sub).len(), 1);
+}

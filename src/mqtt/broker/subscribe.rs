@@ -165,6 +165,7 @@ impl Broker {
         };
         let mut sent = 0u64;
         let mut dropped = 0u64;
+        let mut dropped_bytes = 0u64;
         let mut denied = 0u64;
         let acl = self.session_acl[pending.session.0 as usize].as_deref();
         for (filter, granted) in &pending.granted {
@@ -183,11 +184,16 @@ impl Broker {
                     Delivery::Sent => sent += 1,
                     Delivery::Queued => {}
                     Delivery::Dropped => dropped += 1,
+                    Delivery::DroppedBytes => {
+                        dropped += 1;
+                        dropped_bytes += 1;
+                    }
                 }
             });
         }
         self.stats.messages_sent += sent;
         self.stats.messages_dropped += dropped;
+        self.stats.limit_queued_bytes_dropped += dropped_bytes;
         self.stats.acl_receive_denied += denied;
         self.woken.push(pending.conn);
     }

@@ -40,6 +40,9 @@ pub struct ShardStats {
     pub limit_awaiting_pubrel_closed: u64,
     /// Retained PUBLISHes delivered but not retained, the store being full.
     pub limit_retained_refused: u64,
+    /// Messages dropped for a session's `max_queued_bytes` (also in
+    /// `messages_dropped`).
+    pub limit_queued_bytes_dropped: u64,
 }
 
 /// Why the shell refused a CONNECT at authentication, for the counters.
@@ -66,12 +69,13 @@ impl ShardStats {
         self.limit_subscriptions_refused += other.limit_subscriptions_refused;
         self.limit_awaiting_pubrel_closed += other.limit_awaiting_pubrel_closed;
         self.limit_retained_refused += other.limit_retained_refused;
+        self.limit_queued_bytes_dropped += other.limit_queued_bytes_dropped;
     }
 
     /// The Prometheus lines of these counters (the sums over shards).
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let lines: [(&str, &str, u64); 10] = [
+        let lines: [(&str, &str, u64); 11] = [
             ("shardmq_clients_connected", "gauge", self.clients_connected),
             (
                 "shardmq_auth_bad_credentials_total",
@@ -117,6 +121,11 @@ impl ShardStats {
                 "shardmq_limit_retained_refused_total",
                 "counter",
                 self.limit_retained_refused,
+            ),
+            (
+                "shardmq_limit_queued_bytes_dropped_total",
+                "counter",
+                self.limit_queued_bytes_dropped,
             ),
         ];
         for (name, kind, value) in lines {

@@ -24,6 +24,7 @@ pub(super) const LIMITS: SessionLimits = SessionLimits {
     max_outbox_bytes: 1 << 16,
     max_subscriptions: 0,
     max_awaiting_pubrel: 0,
+    max_queued_bytes: 0,
 };
 
 pub(super) struct World {

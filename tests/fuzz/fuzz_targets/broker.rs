@@ -23,6 +23,7 @@ const LIMITS: SessionLimits = SessionLimits {
     max_outbox_bytes: 4096,
     max_subscriptions: 4,
     max_awaiting_pubrel: 4,
+    max_queued_bytes: 256,
 };
 
 fuzz_target!(|data: &[u8]| {
