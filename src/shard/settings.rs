@@ -30,6 +30,9 @@ pub struct Settings {
     pub limits: SessionLimits,
     /// Retained messages: count and bytes.
     pub retained: crate::mqtt::retained::RetainedLimits,
+    /// Bytes queued over all sessions of the broker (each shard gets its
+    /// share); 0 is no limit.
+    pub max_queued_bytes_total: usize,
     /// Sockets in total, connections and CONNECTs per second per address.
     pub connection_limits: super::limits::ConnectionLimits,
     /// `$SYS` publication period; `None` publishes none.

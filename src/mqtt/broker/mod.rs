@@ -135,6 +135,9 @@ pub struct BrokerConfig {
     /// Bounds of the retained store, checked by the shard a message is
     /// published on (see `routing::route`).
     pub retained: RetainedLimits,
+    /// Bytes queued over all sessions of this shard; 0 is no limit. The
+    /// shell gives each shard its part of the broker-wide bound.
+    pub max_queued_bytes_shard: usize,
     pub sys_interval: Option<Duration>,
 }
 
@@ -220,6 +223,8 @@ pub struct Broker {
     /// Shards (bit per shard, this one included) under pressure.
     pressure: u64,
     service_events: VecDeque<ServiceEvent>,
+    /// Bytes queued over all sessions (`Session::queued_bytes`).
+    queued_bytes: usize,
 }
 
 impl Broker {
@@ -254,6 +259,7 @@ impl Broker {
             behind: HashSet::new(),
             pressure: 0,
             service_events: VecDeque::new(),
+            queued_bytes: 0,
         }
     }
 
@@ -319,6 +325,31 @@ impl Broker {
     pub fn tick(&mut self, now: Instant) {
         self.expire_keepalives(now);
         self.tick_sys(now);
+    }
+
+    /// The limits for a session holding `queued` bytes: its own bound on
+    /// queued bytes, lowered to what the shard's bound leaves.
+    fn limits_for(&self, queued: usize) -> SessionLimits {
+        let mut limits = self.config.limits;
+        let shard_max = self.config.max_queued_bytes_shard;
+        if shard_max > 0 {
+            let room = shard_max.saturating_sub(self.queued_bytes);
+            // At least 1: 0 would mean no limit.
+            let cap = queued.saturating_add(room).max(1);
+            limits.max_queued_bytes = match limits.max_queued_bytes {
+                0 => cap,
+                own => own.min(cap),
+            };
+        }
+        limits
+    }
+
+    /// A session's queue went from `before` to `after` bytes.
+    fn account_queued(&mut self, before: usize, after: usize) {
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_add(after)
+            .saturating_sub(before);
     }
 
     fn write(&mut self, conn: ConnId, encode: impl FnOnce(&mut BytesMut)) {

@@ -152,7 +152,12 @@ impl Broker {
         let before = c.outbox.len();
         match ack(s, &mut c.outbox) {
             AckOutcome::Advanced => {
+                let queued = s.queued_bytes();
                 self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
+                // Pumping only takes from the queue.
+                self.queued_bytes = self
+                    .queued_bytes
+                    .saturating_sub(queued.saturating_sub(s.queued_bytes()));
             }
             AckOutcome::Stale => {}
             AckOutcome::WrongKind => {
@@ -268,9 +273,15 @@ impl Broker {
         } else {
             message
         };
-        let limits = self.config.limits;
         let high_water = self.high_water();
         for &(sid, sub_qos) in &matched {
+            let Some(queued) = self.sessions[sid.0 as usize]
+                .as_ref()
+                .map(Session::queued_bytes)
+            else {
+                continue;
+            };
+            let limits = self.limits_for(queued);
             let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
                 continue;
             };
@@ -294,6 +305,9 @@ impl Broker {
                     }
                 }
                 Delivery::Queued => {
+                    self.queued_bytes = self
+                        .queued_bytes
+                        .saturating_add(session.queued_bytes().saturating_sub(queued));
                     if conn.is_some() && session.queued_len() >= high_water {
                         self.fell_behind(sid);
                     }

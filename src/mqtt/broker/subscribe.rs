@@ -146,7 +146,10 @@ impl Broker {
     /// messages of those filters (§3.3.1.3).
     fn finish_subscribe(&mut self, pending: PendingSuback) {
         self.activate(pending.session, &pending.granted);
-        let limits = self.config.limits;
+        let queued = self.sessions[pending.session.0 as usize]
+            .as_ref()
+            .map_or(0, |s| s.queued_bytes());
+        let limits = self.limits_for(queued);
         let Some(c) = self
             .conns
             .get_mut(pending.conn.0 as usize)
@@ -192,6 +195,9 @@ impl Broker {
             });
         }
         self.stats.messages_sent += sent;
+        // Delivering only adds to the queue.
+        let added = s.queued_bytes().saturating_sub(queued);
+        self.queued_bytes = self.queued_bytes.saturating_add(added);
         self.stats.messages_dropped += dropped;
         self.stats.limit_queued_bytes_dropped += dropped_bytes;
         self.stats.acl_receive_denied += denied;

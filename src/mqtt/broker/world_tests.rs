@@ -50,6 +50,7 @@ impl World {
         let config = BrokerConfig {
             limits,
             retained: RetainedLimits::default(),
+            max_queued_bytes_shard: 0,
             sys_interval: None,
         };
         World {

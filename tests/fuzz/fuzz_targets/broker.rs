@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let config = BrokerConfig {
         limits: LIMITS,
+        max_queued_bytes_shard: 512,
         retained: RetainedLimits {
             max_messages: 4,
             max_bytes: 256,
