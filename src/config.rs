@@ -75,6 +75,11 @@ pub struct MqttConfig {
     /// Largest packet accepted (fixed header included); checked from the fixed
     /// header, before the body is buffered.
     pub max_packet_size: usize,
+    /// `max_packet_size` on the TLS listener; 0 takes `max_packet_size`.
+    pub tls_max_packet_size: usize,
+    /// `max_packet_size` on the WebSocket listeners (it bounds a frame too);
+    /// 0 takes `max_packet_size`.
+    pub websocket_max_packet_size: usize,
     /// Time a new socket has to deliver a complete CONNECT.
     pub connect_timeout_s: u64,
     /// Outgoing QoS 1/2 messages in flight per client before queueing.
@@ -132,12 +137,25 @@ impl Default for ServerConfig {
     }
 }
 
+impl MqttConfig {
+    /// A listener's packet size: its own, or `max_packet_size` for 0.
+    fn packet_size_or_default(&self, size: usize) -> usize {
+        if size == 0 {
+            self.max_packet_size
+        } else {
+            size
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             max_packet_size: 1 << 20,
+            tls_max_packet_size: 0,
+            websocket_max_packet_size: 0,
             connect_timeout_s: 10,
             max_inflight: 32,
             max_queued_messages: 1000,
@@ -210,11 +228,26 @@ impl Config {
             });
         }
         // Below 5 bytes not even a PINGREQ fits with its length check.
-        if self.mqtt.max_packet_size < 5 || self.mqtt.max_packet_size > 268_435_460 {
-            return Err(ConfigError::Invalid {
-                key: "mqtt.max_packet_size",
-                message: "must be within 5..=268435460 bytes".to_string(),
-            });
+        let sizes = [
+            ("mqtt.max_packet_size", self.mqtt.max_packet_size),
+            (
+                "mqtt.tls_max_packet_size",
+                self.mqtt
+                    .packet_size_or_default(self.mqtt.tls_max_packet_size),
+            ),
+            (
+                "mqtt.websocket_max_packet_size",
+                self.mqtt
+                    .packet_size_or_default(self.mqtt.websocket_max_packet_size),
+            ),
+        ];
+        for (key, size) in sizes {
+            if !(5..=268_435_460).contains(&size) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be within 5..=268435460 bytes".to_string(),
+                });
+            }
         }
         if self.mqtt.max_inflight == 0 {
             return Err(ConfigError::Invalid {
@@ -323,6 +356,8 @@ impl Config {
             pin_cores: self.server.pin_cores,
             mqtt_listen: mqtt.enabled.then_some(mqtt.listen),
             max_packet_size: mqtt.max_packet_size,
+            tls_max_packet_size: mqtt.packet_size_or_default(mqtt.tls_max_packet_size),
+            websocket_max_packet_size: mqtt.packet_size_or_default(mqtt.websocket_max_packet_size),
             mqtt_proxy_protocol: mqtt.proxy_protocol,
             connect_timeout: self.connect_timeout(),
             tls: None,
@@ -478,5 +513,12 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::from_toml("[mqtt]\nmax_packet_size = 2\n").unwrap();
         assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\ntls_max_packet_size = 2\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\nwebsocket_max_packet_size = 4096\n").unwrap();
+        c.validate().unwrap();
+        let s = c.shard_settings();
+        assert_eq!(s.websocket_max_packet_size, 4096);
+        assert_eq!(s.tls_max_packet_size, 1 << 20, "0 takes max_packet_size");
     }
 }

@@ -103,6 +103,8 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         pin_cores: false,
         mqtt_listen: Some("127.0.0.1:0".parse().expect("address")),
         max_packet_size: 1 << 20,
+        tls_max_packet_size: 1 << 20,
+        websocket_max_packet_size: 1 << 20,
         mqtt_proxy_protocol: false,
         connect_timeout: Duration::from_secs(10),
         tls: None,

@@ -20,6 +20,11 @@ pub struct Settings {
     /// Largest packet a client may send (not service connections, which
     /// set their own).
     pub max_packet_size: usize,
+    /// The same on the TLS listener.
+    pub tls_max_packet_size: usize,
+    /// The same on the WebSocket listeners (`ws` and `wss`), where it also
+    /// bounds a frame.
+    pub websocket_max_packet_size: usize,
     /// Expect a PROXY protocol header before the CONNECT on `mqtt_listen`.
     pub mqtt_proxy_protocol: bool,
     /// Time for a new socket to send its CONNECT (after its TLS handshake

@@ -294,6 +294,9 @@ impl Broker {
     /// The peer sent bytes that are not a valid packet.
     pub fn handle_decode_error(&mut self, conn: ConnId, error: &DecodeError) {
         tracing::debug!(?conn, %error, "malformed packet");
+        if matches!(error, DecodeError::PacketTooLarge { .. }) {
+            self.stats.limit_packet_too_large += 1;
+        }
         self.close(conn, CloseReason::ProtocolError);
     }
 

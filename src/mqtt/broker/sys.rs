@@ -43,6 +43,9 @@ pub struct ShardStats {
     /// Messages dropped for a session's `max_queued_bytes` (also in
     /// `messages_dropped`).
     pub limit_queued_bytes_dropped: u64,
+    /// Connections closed for a packet past their listener's
+    /// `max_packet_size` (also in `protocol_errors`).
+    pub limit_packet_too_large: u64,
 }
 
 /// Why the shell refused a CONNECT at authentication, for the counters.
@@ -70,12 +73,13 @@ impl ShardStats {
         self.limit_awaiting_pubrel_closed += other.limit_awaiting_pubrel_closed;
         self.limit_retained_refused += other.limit_retained_refused;
         self.limit_queued_bytes_dropped += other.limit_queued_bytes_dropped;
+        self.limit_packet_too_large += other.limit_packet_too_large;
     }
 
     /// The Prometheus lines of these counters (the sums over shards).
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let lines: [(&str, &str, u64); 11] = [
+        let lines: [(&str, &str, u64); 12] = [
             ("shardmq_clients_connected", "gauge", self.clients_connected),
             (
                 "shardmq_auth_bad_credentials_total",
@@ -126,6 +130,11 @@ impl ShardStats {
                 "shardmq_limit_queued_bytes_dropped_total",
                 "counter",
                 self.limit_queued_bytes_dropped,
+            ),
+            (
+                "shardmq_limit_packet_too_large_total",
+                "counter",
+                self.limit_packet_too_large,
             ),
         ];
         for (name, kind, value) in lines {
