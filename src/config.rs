@@ -93,6 +93,9 @@ pub struct MqttConfig {
     /// Bytes queued over every session of the broker; 0 is no limit. Each
     /// shard holds its share (the value divided by the shard count).
     pub max_queued_bytes_total: usize,
+    /// Messages queued over every session of the broker; 0 is no limit.
+    /// Each shard holds its share, as for `max_queued_bytes_total`.
+    pub max_queued_messages_total: usize,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
     /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
@@ -161,6 +164,7 @@ impl Default for MqttConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 << 20,
             max_queued_bytes_total: 1 << 30,
+            max_queued_messages_total: 1_000_000,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
             max_subscriptions_per_client: 1000,
@@ -375,6 +379,7 @@ impl Config {
                 max_bytes: mqtt.max_retained_bytes,
             },
             max_queued_bytes_total: mqtt.max_queued_bytes_total,
+            max_queued_messages_total: mqtt.max_queued_messages_total,
             connection_limits: crate::shard::ConnectionLimits {
                 max_connections: mqtt.max_connections,
                 max_connections_per_address: mqtt.max_connections_per_address,
@@ -484,6 +489,7 @@ mod tests {
         assert_eq!(s.retained.max_bytes, 64 << 20);
         assert_eq!(s.limits.max_queued_bytes, 16 << 20);
         assert_eq!(s.max_queued_bytes_total, 1 << 30);
+        assert_eq!(s.max_queued_messages_total, 1_000_000);
         let c = Config::from_toml(
             "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
              max_connections = 7\nmax_connections_per_address = 8\n\

@@ -49,6 +49,27 @@ pub struct SessionLimits {
     pub max_queued_bytes: usize,
 }
 
+/// What a queue holds: topic names and payloads, and messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSize {
+    pub bytes: usize,
+    pub messages: usize,
+}
+
+impl QueueSize {
+    /// This total after one of its queues went from `before` to `after`.
+    pub fn moved(self, before: QueueSize, after: QueueSize) -> QueueSize {
+        QueueSize {
+            bytes: self
+                .bytes
+                .saturating_add(after.bytes)
+                .saturating_sub(before.bytes),
+            messages: (self.messages.saturating_add(after.messages))
+                .saturating_sub(before.messages),
+        }
+    }
+}
+
 /// Where an outgoing QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Await {
@@ -319,6 +340,13 @@ impl Session {
     /// Bytes of queued messages, topic names and payloads.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
+    }
+
+    pub fn queue_size(&self) -> QueueSize {
+        QueueSize {
+            bytes: self.queued_bytes,
+            messages: self.queue.len(),
+        }
     }
 
     fn inflight_mut(&mut self, pkid: u16) -> Option<&mut Inflight> {

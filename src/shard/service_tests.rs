@@ -120,6 +120,7 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         connection_limits: crate::shard::ConnectionLimits::default(),
         retained: crate::mqtt::retained::RetainedLimits::default(),
         max_queued_bytes_total: 0,
+        max_queued_messages_total: 0,
         sys_interval: None,
         http_listen: None,
         websocket: None,

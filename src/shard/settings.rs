@@ -38,6 +38,8 @@ pub struct Settings {
     /// Bytes queued over all sessions of the broker (each shard gets its
     /// share); 0 is no limit.
     pub max_queued_bytes_total: usize,
+    /// Messages queued over all sessions of the broker, likewise.
+    pub max_queued_messages_total: usize,
     /// Sockets in total, connections and CONNECTs per second per address.
     pub connection_limits: super::limits::ConnectionLimits,
     /// `$SYS` publication period; `None` publishes none.

@@ -124,11 +124,11 @@ impl Broker {
         let (sent, before, after) = {
             let c = self.conns[conn.0 as usize].as_mut().expect("live");
             let s = self.sessions[session.0 as usize].as_mut().expect("live");
-            let before = s.queued_bytes();
+            let before = s.queue_size();
             let sent = s.resume(&mut c.outbox, &limits);
-            (sent, before, s.queued_bytes())
+            (sent, before, s.queue_size())
         };
-        self.account_queued(before, after);
+        self.queued = self.queued.moved(before, after);
         self.stats.messages_sent += sent as u64;
         self.woken.push(conn);
         conn
@@ -228,7 +228,7 @@ impl Broker {
         let Some(mut session) = self.sessions[sid.0 as usize].take() else {
             return;
         };
-        self.account_queued(session.queued_bytes(), 0);
+        self.queued = self.queued.moved(session.queue_size(), Default::default());
         for (filter, _) in session.take_subscriptions() {
             self.index_unsubscribe(&filter, sid);
         }

@@ -152,12 +152,9 @@ impl Broker {
         let before = c.outbox.len();
         match ack(s, &mut c.outbox) {
             AckOutcome::Advanced => {
-                let queued = s.queued_bytes();
+                let queued = s.queue_size();
                 self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
-                // Pumping only takes from the queue.
-                self.queued_bytes = self
-                    .queued_bytes
-                    .saturating_sub(queued.saturating_sub(s.queued_bytes()));
+                self.queued = self.queued.moved(queued, s.queue_size());
             }
             AckOutcome::Stale => {}
             AckOutcome::WrongKind => {
@@ -277,7 +274,7 @@ impl Broker {
         for &(sid, sub_qos) in &matched {
             let Some(queued) = self.sessions[sid.0 as usize]
                 .as_ref()
-                .map(Session::queued_bytes)
+                .map(Session::queue_size)
             else {
                 continue;
             };
@@ -305,14 +302,15 @@ impl Broker {
                     }
                 }
                 Delivery::Queued => {
-                    self.queued_bytes = self
-                        .queued_bytes
-                        .saturating_add(session.queued_bytes().saturating_sub(queued));
+                    self.queued = self.queued.moved(queued, session.queue_size());
                     if conn.is_some() && session.queued_len() >= high_water {
                         self.fell_behind(sid);
                     }
                 }
-                Delivery::Dropped => self.stats.messages_dropped += 1,
+                Delivery::Dropped => {
+                    let len = session.queued_len();
+                    self.note_dropped(&limits, len);
+                }
                 Delivery::DroppedBytes => {
                     self.stats.messages_dropped += 1;
                     self.stats.limit_queued_bytes_dropped += 1;

@@ -148,7 +148,7 @@ impl Broker {
         self.activate(pending.session, &pending.granted);
         let queued = self.sessions[pending.session.0 as usize]
             .as_ref()
-            .map_or(0, |s| s.queued_bytes());
+            .map_or(Default::default(), |s| s.queue_size());
         let limits = self.limits_for(queued);
         let Some(c) = self
             .conns
@@ -195,9 +195,7 @@ impl Broker {
             });
         }
         self.stats.messages_sent += sent;
-        // Delivering only adds to the queue.
-        let added = s.queued_bytes().saturating_sub(queued);
-        self.queued_bytes = self.queued_bytes.saturating_add(added);
+        self.queued = self.queued.moved(queued, s.queue_size());
         self.stats.messages_dropped += dropped;
         self.stats.limit_queued_bytes_dropped += dropped_bytes;
         self.stats.acl_receive_denied += denied;

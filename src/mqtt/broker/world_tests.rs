@@ -51,6 +51,7 @@ impl World {
             limits,
             retained: RetainedLimits::default(),
             max_queued_bytes_shard: 0,
+            max_queued_messages_shard: 0,
             sys_interval: None,
         };
         World {

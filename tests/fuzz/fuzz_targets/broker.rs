@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let config = BrokerConfig {
         limits: LIMITS,
         max_queued_bytes_shard: 512,
+        max_queued_messages_shard: 12,
         retained: RetainedLimits {
             max_messages: 4,
             max_bytes: 256,
