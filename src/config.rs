@@ -75,6 +75,11 @@ pub struct MqttConfig {
     /// Largest packet accepted (fixed header included); checked from the fixed
     /// header, before the body is buffered.
     pub max_packet_size: usize,
+    /// `max_packet_size` on the TLS listener; 0 takes `max_packet_size`.
+    pub tls_max_packet_size: usize,
+    /// `max_packet_size` on the WebSocket listeners (it bounds a frame too);
+    /// 0 takes `max_packet_size`.
+    pub websocket_max_packet_size: usize,
     /// Time a new socket has to deliver a complete CONNECT.
     pub connect_timeout_s: u64,
     /// Outgoing QoS 1/2 messages in flight per client before queueing.
@@ -82,6 +87,15 @@ pub struct MqttConfig {
     /// Messages queued per session (offline, or beyond the inflight window);
     /// newer messages are dropped, and counted, beyond it.
     pub max_queued_messages: usize,
+    /// Bytes (topic names and payloads) queued per session; 0 is no limit.
+    /// Newer messages are dropped, and counted, beyond it.
+    pub max_queued_bytes: usize,
+    /// Bytes queued over every session of the broker; 0 is no limit. Each
+    /// shard holds its share (the value divided by the shard count).
+    pub max_queued_bytes_total: usize,
+    /// Messages queued over every session of the broker; 0 is no limit.
+    /// Each shard holds its share, as for `max_queued_bytes_total`.
+    pub max_queued_messages_total: usize,
     /// Queue QoS 0 messages for offline persistent sessions too.
     pub queue_qos0_offline: bool,
     /// Bytes buffered for a connection's socket before QoS 0 deliveries to it
@@ -126,15 +140,31 @@ impl Default for ServerConfig {
     }
 }
 
+impl MqttConfig {
+    /// A listener's packet size: its own, or `max_packet_size` for 0.
+    fn packet_size_or_default(&self, size: usize) -> usize {
+        if size == 0 {
+            self.max_packet_size
+        } else {
+            size
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             enabled: true,
             listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             max_packet_size: 1 << 20,
+            tls_max_packet_size: 0,
+            websocket_max_packet_size: 0,
             connect_timeout_s: 10,
             max_inflight: 32,
             max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+            max_queued_bytes_total: 1 << 30,
+            max_queued_messages_total: 1_000_000,
             queue_qos0_offline: false,
             max_outbox_bytes: 1 << 20,
             max_subscriptions_per_client: 1000,
@@ -202,11 +232,26 @@ impl Config {
             });
         }
         // Below 5 bytes not even a PINGREQ fits with its length check.
-        if self.mqtt.max_packet_size < 5 || self.mqtt.max_packet_size > 268_435_460 {
-            return Err(ConfigError::Invalid {
-                key: "mqtt.max_packet_size",
-                message: "must be within 5..=268435460 bytes".to_string(),
-            });
+        let sizes = [
+            ("mqtt.max_packet_size", self.mqtt.max_packet_size),
+            (
+                "mqtt.tls_max_packet_size",
+                self.mqtt
+                    .packet_size_or_default(self.mqtt.tls_max_packet_size),
+            ),
+            (
+                "mqtt.websocket_max_packet_size",
+                self.mqtt
+                    .packet_size_or_default(self.mqtt.websocket_max_packet_size),
+            ),
+        ];
+        for (key, size) in sizes {
+            if !(5..=268_435_460).contains(&size) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be within 5..=268435460 bytes".to_string(),
+                });
+            }
         }
         if self.mqtt.max_inflight == 0 {
             return Err(ConfigError::Invalid {
@@ -315,6 +360,8 @@ impl Config {
             pin_cores: self.server.pin_cores,
             mqtt_listen: mqtt.enabled.then_some(mqtt.listen),
             max_packet_size: mqtt.max_packet_size,
+            tls_max_packet_size: mqtt.packet_size_or_default(mqtt.tls_max_packet_size),
+            websocket_max_packet_size: mqtt.packet_size_or_default(mqtt.websocket_max_packet_size),
             mqtt_proxy_protocol: mqtt.proxy_protocol,
             connect_timeout: self.connect_timeout(),
             tls: None,
@@ -325,11 +372,14 @@ impl Config {
                 max_outbox_bytes: mqtt.max_outbox_bytes,
                 max_subscriptions: mqtt.max_subscriptions_per_client,
                 max_awaiting_pubrel: mqtt.max_awaiting_pubrel,
+                max_queued_bytes: mqtt.max_queued_bytes,
             },
             retained: crate::mqtt::retained::RetainedLimits {
                 max_messages: mqtt.max_retained_messages,
                 max_bytes: mqtt.max_retained_bytes,
             },
+            max_queued_bytes_total: mqtt.max_queued_bytes_total,
+            max_queued_messages_total: mqtt.max_queued_messages_total,
             connection_limits: crate::shard::ConnectionLimits {
                 max_connections: mqtt.max_connections,
                 max_connections_per_address: mqtt.max_connections_per_address,
@@ -437,6 +487,9 @@ mod tests {
         assert_eq!(s.connection_limits.max_connections, 0, "off by default");
         assert_eq!(s.retained.max_messages, 100_000);
         assert_eq!(s.retained.max_bytes, 64 << 20);
+        assert_eq!(s.limits.max_queued_bytes, 16 << 20);
+        assert_eq!(s.max_queued_bytes_total, 1 << 30);
+        assert_eq!(s.max_queued_messages_total, 1_000_000);
         let c = Config::from_toml(
             "[mqtt]\nmax_subscriptions_per_client = 5\nmax_awaiting_pubrel = 6\n\
              max_connections = 7\nmax_connections_per_address = 8\n\
@@ -466,5 +519,12 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::from_toml("[mqtt]\nmax_packet_size = 2\n").unwrap();
         assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\ntls_max_packet_size = 2\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\nwebsocket_max_packet_size = 4096\n").unwrap();
+        c.validate().unwrap();
+        let s = c.shard_settings();
+        assert_eq!(s.websocket_max_packet_size, 4096);
+        assert_eq!(s.tls_max_packet_size, 1 << 20, "0 takes max_packet_size");
     }
 }

@@ -473,3 +473,22 @@ fn sighup_reloads_the_certificate_files_and_keeps_them_on_a_bad_one() {
     assert_eq!(warnings, 1, "one warning line per bad reload");
     let _ = std::fs::remove_dir_all(&served);
 }
+
+#[test]
+fn the_tls_listener_has_its_own_max_packet_size() {
+    let pki = Pki::new("tls-max-packet");
+    let server = tls_server(1, &pki, "[mqtt]\ntls_max_packet_size = 64\n");
+    let big = publish_qos1("big", 1, &[7u8; 100]);
+    // The plain listener keeps `max_packet_size` (1 MiB).
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.mqtt)).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp.write_all(&connect_packet("plain-big")).unwrap();
+    assert_eq!(read_packet(&mut tcp).unwrap().0, 0x20);
+    tcp.write_all(&big).unwrap();
+    assert_eq!(read_packet(&mut tcp).unwrap(), (0x40, vec![0, 1]), "PUBACK");
+    // Past 64 bytes on the TLS listener: closed, nothing acknowledged.
+    let mut tls = tls_mqtt(&pki, server.tls, None, "tls-big");
+    tls.write_all(&big).unwrap();
+    assert!(closed_within_wait(&mut tls), "{}", server.output());
+    server.wait_metric("shardmq_limit_packet_too_large_total", 1);
+}

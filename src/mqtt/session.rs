@@ -8,7 +8,9 @@
 //! 1. `inflight.len() <= limits.max_inflight`; a message is queued only when
 //!    the window is full or the client is offline.
 //! 2. Every packet id in `inflight` is non-zero and unique.
-//! 3. `queue.len() <= limits.max_queued_messages`.
+//! 3. `queue.len() <= limits.max_queued_messages`, and `queued_bytes`, the
+//!    topic names and payloads of the queue, is at most
+//!    `limits.max_queued_bytes` (when not 0).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -41,6 +43,31 @@ pub struct SessionLimits {
     /// Inbound QoS 2 ids one session may hold awaiting PUBREL; 0 is no
     /// limit. A new QoS 2 PUBLISH beyond it closes the connection.
     pub max_awaiting_pubrel: usize,
+    /// Bytes (topic names and payloads) queued per session; 0 is no limit.
+    /// A message that would pass it is dropped, like one beyond
+    /// `max_queued_messages`.
+    pub max_queued_bytes: usize,
+}
+
+/// What a queue holds: topic names and payloads, and messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSize {
+    pub bytes: usize,
+    pub messages: usize,
+}
+
+impl QueueSize {
+    /// This total after one of its queues went from `before` to `after`.
+    pub fn moved(self, before: QueueSize, after: QueueSize) -> QueueSize {
+        QueueSize {
+            bytes: self
+                .bytes
+                .saturating_add(after.bytes)
+                .saturating_sub(before.bytes),
+            messages: (self.messages.saturating_add(after.messages))
+                .saturating_sub(before.messages),
+        }
+    }
 }
 
 /// Where an outgoing QoS 1/2 message stands in its acknowledgement flow.
@@ -84,6 +111,8 @@ pub enum Delivery {
     Queued,
     /// Dropped: queue full, outbox full for QoS 0, or QoS 0 while offline.
     Dropped,
+    /// Dropped: the queue holds `max_queued_bytes`.
+    DroppedBytes,
 }
 
 #[derive(Debug)]
@@ -95,6 +124,7 @@ pub struct Session {
     next_pkid: u16,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Message>,
+    queued_bytes: usize,
     incoming_qos2: HashSet<u16>,
 }
 
@@ -108,6 +138,7 @@ impl Session {
             next_pkid: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            queued_bytes: 0,
             incoming_qos2: HashSet::new(),
         }
     }
@@ -234,6 +265,13 @@ impl Session {
         if self.queue.len() >= limits.max_queued_messages {
             return Delivery::Dropped;
         }
+        let size = queued_size(&message);
+        if limits.max_queued_bytes > 0
+            && self.queued_bytes.saturating_add(size) > limits.max_queued_bytes
+        {
+            return Delivery::DroppedBytes;
+        }
+        self.queued_bytes += size;
         // Compact: a queued message may wait long, and a slice would pin the
         // whole read buffer it was parsed from.
         self.queue.push_back(Message {
@@ -280,10 +318,10 @@ impl Session {
                 break;
             };
             if front.qos == QoS::AtMostOnce {
-                let message = self.queue.pop_front().expect("front exists");
+                let message = self.dequeue().expect("front exists");
                 encode(out, &message, 0, false);
             } else if self.inflight.len() < usize::from(limits.max_inflight) {
-                let message = self.queue.pop_front().expect("front exists");
+                let message = self.dequeue().expect("front exists");
                 self.send_inflight(message, out);
             } else {
                 break;
@@ -291,6 +329,24 @@ impl Session {
             sent += 1;
         }
         sent
+    }
+
+    fn dequeue(&mut self) -> Option<Message> {
+        let message = self.queue.pop_front()?;
+        self.queued_bytes -= queued_size(&message);
+        Some(message)
+    }
+
+    /// Bytes of queued messages, topic names and payloads.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn queue_size(&self) -> QueueSize {
+        QueueSize {
+            bytes: self.queued_bytes,
+            messages: self.queue.len(),
+        }
     }
 
     fn inflight_mut(&mut self, pkid: u16) -> Option<&mut Inflight> {
@@ -365,6 +421,11 @@ impl Session {
     }
 }
 
+/// What a queued message counts against `max_queued_bytes`.
+fn queued_size(message: &Message) -> usize {
+    message.topic.as_str().len() + message.payload.len()
+}
+
 fn with_qos(message: &Message, qos: QoS) -> Message {
     Message {
         qos,
@@ -396,6 +457,7 @@ mod tests {
         max_outbox_bytes: 1024,
         max_subscriptions: 0,
         max_awaiting_pubrel: 0,
+        max_queued_bytes: 0,
     };
 
     fn message(qos: QoS) -> Message {
@@ -448,6 +510,35 @@ mod tests {
         );
         s.pump(&mut out, &LIMITS);
         assert_eq!(publish_ids(&mut out), vec![(3, false)]);
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes() {
+        // "a/b" and "x": 4 bytes a message.
+        let limits = SessionLimits {
+            max_queued_bytes: 9,
+            ..LIMITS
+        };
+        let mut s = Session::new("c".into(), false);
+        let mut out = BytesMut::new();
+        let q1 = message(QoS::AtLeastOnce);
+        let outcomes: Vec<_> = (0..3)
+            .map(|_| s.deliver(&q1, QoS::AtLeastOnce, &mut out, &limits))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [Delivery::Queued, Delivery::Queued, Delivery::DroppedBytes]
+        );
+        assert_eq!(s.queued_bytes(), 8);
+        // Sending from the queue frees its bytes.
+        assert_eq!(s.resume(&mut out, &limits), 2);
+        assert_eq!(s.queued_bytes(), 0);
+        assert_eq!(
+            s.deliver(&q1, QoS::AtLeastOnce, &mut out, &limits),
+            Delivery::Queued,
+            "the window (2) is full: queued again"
+        );
+        assert_eq!(s.queued_bytes(), 4);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub(super) async fn run_handoff(shard: Rc<Shard>, handoff: Handoff) {
         handoff.unread,
         handoff.acl,
         handoff.slot,
+        handoff.max_packet_size,
     )
     .await;
 }
@@ -55,6 +56,7 @@ pub(super) async fn run(
     rbuf: BytesMut,
     acl: Option<Arc<dyn Access>>,
     slot: Slot,
+    max_packet_size: usize,
 ) {
     let peer = stream.peer_addr();
     tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
@@ -75,7 +77,7 @@ pub(super) async fn run(
                 .broker
                 .borrow_mut()
                 .connect_with_acl(Instant::now(), *connect, acl);
-            (conn, shard.settings.max_packet_size)
+            (conn, max_packet_size)
         }
     };
     shard.after_input();

@@ -47,6 +47,18 @@ pub(super) enum Kind {
     Wss,
 }
 
+impl Kind {
+    /// The largest packet a client of this listener may send.
+    fn max_packet_size(self, shard: &Shard) -> usize {
+        let settings = &shard.settings;
+        match self {
+            Kind::Mqtt => settings.max_packet_size,
+            Kind::Tls => settings.tls_max_packet_size,
+            Kind::Ws | Kind::Wss => settings.websocket_max_packet_size,
+        }
+    }
+}
+
 pub(super) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, kind: Kind) {
     loop {
         match listener.accept().await {
@@ -209,7 +221,7 @@ async fn open_tls(shard: &Shard, mut tcp: TcpStream, proxy: bool) -> Option<Stre
 /// deadline of the same length.
 async fn open_ws(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
     let ws = shard.settings.websocket.as_ref()?;
-    let max_frame = shard.settings.max_packet_size;
+    let max_frame = Kind::Ws.max_packet_size(shard);
     let (peer, early) = match ws.proxy_protocol {
         true => proxy_header(shard, &mut tcp, ws.handshake_timeout).await?,
         false => (None, BytesMut::new()),
@@ -222,7 +234,7 @@ async fn open_ws(shard: &Shard, mut tcp: TcpStream) -> Option<Stream> {
 /// under the TLS deadline, then the upgrade under the upgrade deadline.
 async fn open_wss(shard: &Shard, tcp: TcpStream) -> Option<Stream> {
     let ws = shard.settings.websocket.as_ref()?;
-    let max_frame = shard.settings.max_packet_size;
+    let max_frame = Kind::Wss.max_packet_size(shard);
     let tls = open_tls(shard, tcp, ws.proxy_protocol).await?;
     upgraded(shard, ws, tls.websocket_over_tls(&ws.policy, max_frame)).await
 }
@@ -316,7 +328,7 @@ async fn connect_phase(
     kind: Kind,
     slot: Slot,
 ) {
-    let max = shard.settings.max_packet_size;
+    let max = kind.max_packet_size(&shard);
     let first = glommio::timer::timeout(deadline, async {
         Ok(read_first_packet(&mut stream, &mut rbuf, max).await)
     })
@@ -376,7 +388,7 @@ async fn connect_phase(
         // A task of its own rather than awaited here: this task's future
         // is sized for the CONNECT phase too (about 1 KiB against the
         // driver's 560 B), and an idle connection would carry it for life.
-        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl, slot)).detach();
+        glommio::spawn_local(conn::run(shard, stream, connect, rbuf, acl, slot, max)).detach();
         return;
     }
     match stream.into_moving() {
@@ -387,6 +399,7 @@ async fn connect_phase(
                 unread: rbuf,
                 acl,
                 slot,
+                max_packet_size: max,
             };
             shard.stage(owner, ShardMsg::Handoff(Box::new(handoff)));
         }

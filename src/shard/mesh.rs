@@ -39,6 +39,8 @@ pub struct Handoff {
     pub acl: Option<std::sync::Arc<dyn crate::mqtt::broker::Access>>,
     /// The socket's place in the connection total.
     pub slot: super::limits::Slot,
+    /// The largest packet its listener takes.
+    pub max_packet_size: usize,
 }
 
 /// The two ends a shard holds: `senders[j]` to shard j, `receivers[i]` from

@@ -471,6 +471,8 @@ async fn run_shard(
     let broker_config = BrokerConfig {
         limits: settings.limits,
         retained: settings.retained,
+        max_queued_bytes_shard: settings.max_queued_bytes_total.div_ceil(shards.max(1)),
+        max_queued_messages_shard: settings.max_queued_messages_total.div_ceil(shards.max(1)),
         sys_interval: settings.sys_interval,
     };
     let settings_auth = settings.auth.clone();

@@ -20,6 +20,11 @@ pub struct Settings {
     /// Largest packet a client may send (not service connections, which
     /// set their own).
     pub max_packet_size: usize,
+    /// The same on the TLS listener.
+    pub tls_max_packet_size: usize,
+    /// The same on the WebSocket listeners (`ws` and `wss`), where it also
+    /// bounds a frame.
+    pub websocket_max_packet_size: usize,
     /// Expect a PROXY protocol header before the CONNECT on `mqtt_listen`.
     pub mqtt_proxy_protocol: bool,
     /// Time for a new socket to send its CONNECT (after its TLS handshake
@@ -30,6 +35,11 @@ pub struct Settings {
     pub limits: SessionLimits,
     /// Retained messages: count and bytes.
     pub retained: crate::mqtt::retained::RetainedLimits,
+    /// Bytes queued over all sessions of the broker (each shard gets its
+    /// share); 0 is no limit.
+    pub max_queued_bytes_total: usize,
+    /// Messages queued over all sessions of the broker, likewise.
+    pub max_queued_messages_total: usize,
     /// Sockets in total, connections and CONNECTs per second per address.
     pub connection_limits: super::limits::ConnectionLimits,
     /// `$SYS` publication period; `None` publishes none.

@@ -121,11 +121,14 @@ impl Broker {
         self.session_acl[session.0 as usize] = acl;
         self.session_conn[session.0 as usize] = Some(conn);
         let limits = self.config.limits;
-        let sent = {
+        let (sent, before, after) = {
             let c = self.conns[conn.0 as usize].as_mut().expect("live");
             let s = self.sessions[session.0 as usize].as_mut().expect("live");
-            s.resume(&mut c.outbox, &limits)
+            let before = s.queue_size();
+            let sent = s.resume(&mut c.outbox, &limits);
+            (sent, before, s.queue_size())
         };
+        self.queued = self.queued.moved(before, after);
         self.stats.messages_sent += sent as u64;
         self.woken.push(conn);
         conn
@@ -225,6 +228,7 @@ impl Broker {
         let Some(mut session) = self.sessions[sid.0 as usize].take() else {
             return;
         };
+        self.queued = self.queued.moved(session.queue_size(), Default::default());
         for (filter, _) in session.take_subscriptions() {
             self.index_unsubscribe(&filter, sid);
         }

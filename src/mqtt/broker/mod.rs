@@ -77,7 +77,7 @@ use bytes::{Bytes, BytesMut};
 use crate::mqtt::codec::{self, DecodeError, Packet};
 use crate::mqtt::index::SubscriptionIndex;
 use crate::mqtt::retained::{RetainedLimits, RetainedStore};
-use crate::mqtt::session::{Message, Session, SessionLimits};
+use crate::mqtt::session::{Message, QueueSize, Session, SessionLimits};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
@@ -135,6 +135,11 @@ pub struct BrokerConfig {
     /// Bounds of the retained store, checked by the shard a message is
     /// published on (see `routing::route`).
     pub retained: RetainedLimits,
+    /// Bytes queued over all sessions of this shard; 0 is no limit. The
+    /// shell gives each shard its part of the broker-wide bound.
+    pub max_queued_bytes_shard: usize,
+    /// Messages queued over all sessions of this shard; 0 is no limit.
+    pub max_queued_messages_shard: usize,
     pub sys_interval: Option<Duration>,
 }
 
@@ -220,6 +225,8 @@ pub struct Broker {
     /// Shards (bit per shard, this one included) under pressure.
     pressure: u64,
     service_events: VecDeque<ServiceEvent>,
+    /// What all sessions queue (`Session::queue_size`).
+    queued: QueueSize,
 }
 
 impl Broker {
@@ -254,6 +261,7 @@ impl Broker {
             behind: HashSet::new(),
             pressure: 0,
             service_events: VecDeque::new(),
+            queued: QueueSize::default(),
         }
     }
 
@@ -288,6 +296,9 @@ impl Broker {
     /// The peer sent bytes that are not a valid packet.
     pub fn handle_decode_error(&mut self, conn: ConnId, error: &DecodeError) {
         tracing::debug!(?conn, %error, "malformed packet");
+        if matches!(error, DecodeError::PacketTooLarge { .. }) {
+            self.stats.limit_packet_too_large += 1;
+        }
         self.close(conn, CloseReason::ProtocolError);
     }
 
@@ -319,6 +330,40 @@ impl Broker {
     pub fn tick(&mut self, now: Instant) {
         self.expire_keepalives(now);
         self.tick_sys(now);
+    }
+
+    /// The limits for a session whose queue holds `queued`: its own bounds
+    /// on queued bytes and messages, lowered to what the shard's leave.
+    fn limits_for(&self, queued: QueueSize) -> SessionLimits {
+        let mut limits = self.config.limits;
+        let shard_max = self.config.max_queued_bytes_shard;
+        if shard_max > 0 {
+            let room = shard_max.saturating_sub(self.queued.bytes);
+            // At least 1: 0 would mean no limit.
+            let cap = queued.bytes.saturating_add(room).max(1);
+            limits.max_queued_bytes = match limits.max_queued_bytes {
+                0 => cap,
+                own => own.min(cap),
+            };
+        }
+        let shard_max = self.config.max_queued_messages_shard;
+        if shard_max > 0 {
+            let room = shard_max.saturating_sub(self.queued.messages);
+            let cap = queued.messages.saturating_add(room);
+            limits.max_queued_messages = limits.max_queued_messages.min(cap);
+        }
+        limits
+    }
+
+    /// Counts a drop, and whether the shard's bound on queued messages
+    /// made it: `limits` came from `limits_for`, the queue holds `len`.
+    fn note_dropped(&mut self, limits: &SessionLimits, len: usize) {
+        self.stats.messages_dropped += 1;
+        if limits.max_queued_messages < self.config.limits.max_queued_messages
+            && len >= limits.max_queued_messages
+        {
+            self.stats.limit_queued_messages_dropped += 1;
+        }
     }
 
     fn write(&mut self, conn: ConnId, encode: impl FnOnce(&mut BytesMut)) {

@@ -152,7 +152,9 @@ impl Broker {
         let before = c.outbox.len();
         match ack(s, &mut c.outbox) {
             AckOutcome::Advanced => {
+                let queued = s.queue_size();
                 self.stats.messages_sent += s.pump(&mut c.outbox, &limits) as u64;
+                self.queued = self.queued.moved(queued, s.queue_size());
             }
             AckOutcome::Stale => {}
             AckOutcome::WrongKind => {
@@ -268,9 +270,15 @@ impl Broker {
         } else {
             message
         };
-        let limits = self.config.limits;
         let high_water = self.high_water();
         for &(sid, sub_qos) in &matched {
+            let Some(queued) = self.sessions[sid.0 as usize]
+                .as_ref()
+                .map(Session::queue_size)
+            else {
+                continue;
+            };
+            let limits = self.limits_for(queued);
             let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
                 continue;
             };
@@ -294,11 +302,19 @@ impl Broker {
                     }
                 }
                 Delivery::Queued => {
+                    self.queued = self.queued.moved(queued, session.queue_size());
                     if conn.is_some() && session.queued_len() >= high_water {
                         self.fell_behind(sid);
                     }
                 }
-                Delivery::Dropped => self.stats.messages_dropped += 1,
+                Delivery::Dropped => {
+                    let len = session.queued_len();
+                    self.note_dropped(&limits, len);
+                }
+                Delivery::DroppedBytes => {
+                    self.stats.messages_dropped += 1;
+                    self.stats.limit_queued_bytes_dropped += 1;
+                }
             }
         }
         self.scratch = matched;

@@ -260,3 +260,83 @@ fn retained_store_limits_refuse_new_topics_but_deliver() {
     w.send(publisher, publish("r/c", "3", QoS::AtMostOnce, true, 0));
     assert!(w.shards.iter().all(|s| s.retained.get("r/c").is_some()));
 }
+
+#[test]
+fn an_offline_queue_past_its_bytes_drops_and_counts() {
+    let limits = SessionLimits {
+        max_queued_bytes: 10,
+        ..LIMITS
+    };
+    let mut w = World::with_limits(2, limits);
+    let sub_id = w.id_on(0, "sub");
+    let sub = w.connect_with(&sub_id, false, 0, None);
+    w.subscribe(sub, "q/1", QoS::AtLeastOnce);
+    w.shards[0].connection_lost(sub.conn);
+    let publisher = w.connect(&w.id_on(1, "pub"));
+    // "q/1" and 3 bytes: 6 a message, so only the first is queued.
+    for pkid in 1..=3 {
+        w.send(
+            publisher,
+            publish("q/1", "abc", QoS::AtLeastOnce, false, pkid),
+        );
+    }
+    let stats = w.shards[0].stats();
+    assert_eq!(stats.limit_queued_bytes_dropped, 2);
+    assert_eq!(stats.messages_dropped, 2);
+    let sub = w.connect_with(&sub_id, false, 0, None);
+    assert_eq!(w.publishes(sub).len(), 1);
+}
+
+#[test]
+fn the_shard_bound_on_queued_bytes_spans_sessions() {
+    let mut w = World::new(1);
+    w.shards[0].config.max_queued_bytes_shard = 10;
+    let a = w.connect_with("a", false, 0, None);
+    let b = w.connect_with("b", false, 0, None);
+    w.subscribe(a, "q/1", QoS::AtLeastOnce);
+    w.subscribe(b, "q/1", QoS::AtLeastOnce);
+    w.shards[0].connection_lost(a.conn);
+    w.shards[0].connection_lost(b.conn);
+    let publisher = w.connect("pub");
+    // 6 bytes a message: a's copy fits, b's would pass 10.
+    w.send(publisher, publish("q/1", "abc", QoS::AtLeastOnce, false, 1));
+    assert_eq!(w.shards[0].queued.bytes, 6);
+    assert_eq!(w.shards[0].stats().limit_queued_bytes_dropped, 1);
+    // a comes back: its queue drains and frees the shard's bytes.
+    let a = w.connect_with("a", false, 0, None);
+    assert_eq!(w.publishes(a).len(), 1);
+    assert_eq!(w.shards[0].queued.bytes, 0);
+    w.send(publisher, publish("q/1", "def", QoS::AtLeastOnce, false, 2));
+    assert_eq!(w.shards[0].queued.bytes, 6, "b's copy is queued now");
+    // A session that ends takes its bytes with it.
+    let b = w.connect_with("b", true, 0, None);
+    assert!(w.publishes(b).is_empty());
+    assert_eq!(w.shards[0].queued.bytes, 0);
+}
+
+#[test]
+fn the_shard_bound_on_queued_messages_spans_sessions() {
+    let mut w = World::new(1);
+    w.shards[0].config.max_queued_messages_shard = 3;
+    let a = w.connect_with("a", false, 0, None);
+    let b = w.connect_with("b", false, 0, None);
+    w.subscribe(a, "q/1", QoS::AtLeastOnce);
+    w.subscribe(b, "q/1", QoS::AtLeastOnce);
+    w.shards[0].connection_lost(a.conn);
+    w.shards[0].connection_lost(b.conn);
+    let publisher = w.connect("pub");
+    // Two copies each: the fourth finds the shard's three taken.
+    for pkid in 1..=2 {
+        w.send(
+            publisher,
+            publish("q/1", "m", QoS::AtLeastOnce, false, pkid),
+        );
+    }
+    assert_eq!(w.shards[0].queued.messages, 3);
+    let stats = w.shards[0].stats();
+    assert_eq!(stats.limit_queued_messages_dropped, 1);
+    assert_eq!(stats.messages_dropped, 1);
+    let a = w.connect_with("a", false, 0, None);
+    assert_eq!(w.publishes(a).len(), 2);
+    assert_eq!(w.shards[0].queued.messages, 1);
+}

@@ -146,7 +146,10 @@ impl Broker {
     /// messages of those filters (§3.3.1.3).
     fn finish_subscribe(&mut self, pending: PendingSuback) {
         self.activate(pending.session, &pending.granted);
-        let limits = self.config.limits;
+        let queued = self.sessions[pending.session.0 as usize]
+            .as_ref()
+            .map_or(Default::default(), |s| s.queue_size());
+        let limits = self.limits_for(queued);
         let Some(c) = self
             .conns
             .get_mut(pending.conn.0 as usize)
@@ -165,6 +168,7 @@ impl Broker {
         };
         let mut sent = 0u64;
         let mut dropped = 0u64;
+        let mut dropped_bytes = 0u64;
         let mut denied = 0u64;
         let acl = self.session_acl[pending.session.0 as usize].as_deref();
         for (filter, granted) in &pending.granted {
@@ -183,11 +187,17 @@ impl Broker {
                     Delivery::Sent => sent += 1,
                     Delivery::Queued => {}
                     Delivery::Dropped => dropped += 1,
+                    Delivery::DroppedBytes => {
+                        dropped += 1;
+                        dropped_bytes += 1;
+                    }
                 }
             });
         }
         self.stats.messages_sent += sent;
+        self.queued = self.queued.moved(queued, s.queue_size());
         self.stats.messages_dropped += dropped;
+        self.stats.limit_queued_bytes_dropped += dropped_bytes;
         self.stats.acl_receive_denied += denied;
         self.woken.push(pending.conn);
     }

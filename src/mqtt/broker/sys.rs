@@ -40,6 +40,15 @@ pub struct ShardStats {
     pub limit_awaiting_pubrel_closed: u64,
     /// Retained PUBLISHes delivered but not retained, the store being full.
     pub limit_retained_refused: u64,
+    /// Messages dropped for a session's `max_queued_bytes` (also in
+    /// `messages_dropped`).
+    pub limit_queued_bytes_dropped: u64,
+    /// Connections closed for a packet past their listener's
+    /// `max_packet_size` (also in `protocol_errors`).
+    pub limit_packet_too_large: u64,
+    /// Messages dropped for the shard's share of `max_queued_messages_total`
+    /// (also in `messages_dropped`).
+    pub limit_queued_messages_dropped: u64,
 }
 
 /// Why the shell refused a CONNECT at authentication, for the counters.
@@ -66,12 +75,15 @@ impl ShardStats {
         self.limit_subscriptions_refused += other.limit_subscriptions_refused;
         self.limit_awaiting_pubrel_closed += other.limit_awaiting_pubrel_closed;
         self.limit_retained_refused += other.limit_retained_refused;
+        self.limit_queued_bytes_dropped += other.limit_queued_bytes_dropped;
+        self.limit_packet_too_large += other.limit_packet_too_large;
+        self.limit_queued_messages_dropped += other.limit_queued_messages_dropped;
     }
 
     /// The Prometheus lines of these counters (the sums over shards).
     pub fn write_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let lines: [(&str, &str, u64); 10] = [
+        let lines: [(&str, &str, u64); 13] = [
             ("shardmq_clients_connected", "gauge", self.clients_connected),
             (
                 "shardmq_auth_bad_credentials_total",
@@ -117,6 +129,21 @@ impl ShardStats {
                 "shardmq_limit_retained_refused_total",
                 "counter",
                 self.limit_retained_refused,
+            ),
+            (
+                "shardmq_limit_queued_bytes_dropped_total",
+                "counter",
+                self.limit_queued_bytes_dropped,
+            ),
+            (
+                "shardmq_limit_packet_too_large_total",
+                "counter",
+                self.limit_packet_too_large,
+            ),
+            (
+                "shardmq_limit_queued_messages_dropped_total",
+                "counter",
+                self.limit_queued_messages_dropped,
             ),
         ];
         for (name, kind, value) in lines {

@@ -24,6 +24,7 @@ pub(super) const LIMITS: SessionLimits = SessionLimits {
     max_outbox_bytes: 1 << 16,
     max_subscriptions: 0,
     max_awaiting_pubrel: 0,
+    max_queued_bytes: 0,
 };
 
 pub(super) struct World {
@@ -49,6 +50,8 @@ impl World {
         let config = BrokerConfig {
             limits,
             retained: RetainedLimits::default(),
+            max_queued_bytes_shard: 0,
+            max_queued_messages_shard: 0,
             sys_interval: None,
         };
         World {

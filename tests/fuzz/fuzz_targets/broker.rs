@@ -23,12 +23,15 @@ const LIMITS: SessionLimits = SessionLimits {
     max_outbox_bytes: 4096,
     max_subscriptions: 4,
     max_awaiting_pubrel: 4,
+    max_queued_bytes: 256,
 };
 
 fuzz_target!(|data: &[u8]| {
     let mut now = Instant::now();
     let config = BrokerConfig {
         limits: LIMITS,
+        max_queued_bytes_shard: 512,
+        max_queued_messages_shard: 12,
         retained: RetainedLimits {
             max_messages: 4,
             max_bytes: 256,
