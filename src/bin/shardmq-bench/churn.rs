@@ -23,7 +23,7 @@ use super::cli::{ChurnArgs, GlobalOpts};
 use super::client::Conn;
 use super::clock;
 use super::control::{bump, Control};
-use super::doorbell::{self, Rings};
+use super::doorbell::Rings;
 use super::fleet::{self, sleep_until, Fleet, ProgressLine, ThreadStart};
 use super::load::{Snapshot, START_DELAY};
 use super::perf::{self, KernelEvents};
@@ -31,8 +31,7 @@ use super::report::{
     cpu_split_row, kernel_event_rows, latency_rows, stall_row, thousands, Percentiles, Table,
 };
 use super::stats::{new_histogram, Problem, ProblemCounts};
-use super::sys;
-use super::worker::{wait_for_go, Finished, Timeline};
+use super::worker::{enlist, wait_for_go, Timeline};
 
 /// A busy executor still runs its timers this often.
 const PREEMPT: Duration = Duration::from_millis(1);
@@ -250,15 +249,7 @@ fn spawn(
 
 async fn run_thread(start: ThreadStart, settings: Arc<Settings>, clients: usize) -> ChurnStats {
     let (index, control) = (start.index, start.control);
-    let _finished = Finished(control.clone(), index);
-    control.set_thread_ids(index, sys::current_thread(), sys::current_tid());
-    let rings = Rc::new(Rings::default());
-    let bell = glommio::spawn_local(doorbell::listen(
-        start.doorbell,
-        rings.clone(),
-        control.clone(),
-        index,
-    ));
+    let (_finished, rings, bell) = enlist(index, &control, start.doorbell);
     control.set_ready(false);
     let mut seen = 0;
     let Some(go) = wait_for_go(&control, &rings, &mut seen).await else {

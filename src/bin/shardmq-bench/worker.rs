@@ -220,15 +220,7 @@ async fn run(setup: ThreadSetup) -> ThreadStats {
         plan,
         doorbell,
     } = setup;
-    let _finished = Finished(control.clone(), index);
-    control.set_thread_ids(index, sys::current_thread(), sys::current_tid());
-    let rings = Rc::new(Rings::default());
-    let bell = glommio::spawn_local(doorbell::listen(
-        doorbell,
-        rings.clone(),
-        control.clone(),
-        index,
-    ));
+    let (_finished, rings, bell) = enlist(index, &control, doorbell);
     let slots = plan.publishers.len() + plan.subscribers.len() + plan.idle.len();
     let local = Rc::new(Local::new(control.clone(), index, settings.clone(), slots));
     let (opened, failed) = setup::open_all(&local, plan).await;
@@ -240,6 +232,26 @@ async fn run(setup: ThreadSetup) -> ThreadStats {
     }
     drop(bell);
     local.stats.take()
+}
+
+/// What every executor thread of a fleet does first: tells the main thread
+/// its ids (for kicks), and starts its bell task. The `Finished` must live
+/// as long as the thread's work; the bell task ends when its handle drops.
+pub fn enlist(
+    index: usize,
+    control: &Arc<Control>,
+    doorbell: OwnedFd,
+) -> (Finished, Rc<Rings>, glommio::Task<()>) {
+    let finished = Finished(control.clone(), index);
+    control.set_thread_ids(index, sys::current_thread(), sys::current_tid());
+    let rings = Rc::new(Rings::default());
+    let bell = glommio::spawn_local(doorbell::listen(
+        doorbell,
+        rings.clone(),
+        control.clone(),
+        index,
+    ));
+    (finished, rings, bell)
 }
 
 /// Tells the main thread this thread is done, even if it panicked, so

@@ -35,11 +35,10 @@ use super::tally::{BackendTally, DeviceTally};
 use crate::client::{Conn, Login};
 use crate::clock;
 use crate::control::{bump, Control};
-use crate::doorbell::{self, Rings};
+use crate::doorbell::Rings;
 use crate::fleet::ThreadStart;
 use crate::stats::{new_histogram, Problem, ProblemCounts};
-use crate::sys;
-use crate::worker::{wait_for_go, Finished, Timeline};
+use crate::worker::{enlist, wait_for_go, Timeline};
 use shardmq::voice::identity;
 
 /// A busy executor still runs its timers (the sender's) this often.
@@ -349,15 +348,7 @@ async fn run(setup: ThreadSetup) -> VoiceStats {
         listener,
     } = setup;
     let (index, control) = (start.index, start.control);
-    let _finished = Finished(control.clone(), index);
-    control.set_thread_ids(index, sys::current_thread(), sys::current_tid());
-    let rings = Rc::new(Rings::default());
-    let bell = glommio::spawn_local(doorbell::listen(
-        start.doorbell,
-        rings.clone(),
-        control.clone(),
-        index,
-    ));
+    let (_finished, rings, bell) = enlist(index, &control, start.doorbell);
     let local = Rc::new(Local::new(control.clone(), index, settings, devices.len()));
     // SAFETY: `listener` is an owned, bound and listening TCP socket (see
     // `backend::listen`); `into_raw_fd` passes its ownership to the
