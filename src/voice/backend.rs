@@ -137,11 +137,14 @@ pub fn client_config(ca_file: &str) -> Result<Arc<ClientConfig>, BackendError> {
             roots.add(cert).map_err(|e| ca_error(e.to_string()))?;
         }
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| BackendError::Rustls(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    // The upgrade is HTTP/1.1; some TLS front ends refuse a client that
+    // names no protocol.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

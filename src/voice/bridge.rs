@@ -99,7 +99,9 @@ pub(crate) async fn run(
         Err(e) => {
             tracing::warn!(conv, backend = %backend.url(), error = %e, "chat backend unreachable");
             service.count(|c| match &e {
-                ConnectError::Resolve(_) => c.backend_resolve_failures += 1,
+                ConnectError::Resolve(_) | ConnectError::Timeout(Step::Resolving) => {
+                    c.backend_resolve_failures += 1;
+                }
                 ConnectError::Tls(reason, _) => c.backend_tls_failures[reason.index()] += 1,
                 _ => {}
             });
@@ -120,7 +122,25 @@ enum ConnectError {
     #[error("WebSocket: {0}")]
     WebSocket(String),
     #[error("no answer within {CONNECT_TIMEOUT:?} ({0})")]
-    Timeout(&'static str),
+    Timeout(Step),
+}
+
+/// Where the connect deadline passed (the TLS handshake's is a TLS failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Resolving,
+    Connecting,
+    Upgrading,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Resolving => "resolving",
+            Step::Connecting => "connecting",
+            Step::Upgrading => "WebSocket upgrade",
+        })
+    }
 }
 
 async fn connect(
@@ -143,14 +163,14 @@ async fn connect(
 
     let addrs = within(deadline, backend.addresses())
         .await
-        .ok_or(ConnectError::Timeout("resolving"))?
+        .ok_or(ConnectError::Timeout(Step::Resolving))?
         .map_err(ConnectError::Resolve)?;
     let mut stream = Err(ConnectError::Connect(std::io::ErrorKind::NotFound.into()));
     for &addr in addrs.iter() {
         stream = match within(deadline, ClientStream::connect(addr)).await {
             Some(Ok(s)) => Ok(s),
             Some(Err(e)) => Err(ConnectError::Connect(e)),
-            None => Err(ConnectError::Timeout("connecting")),
+            None => Err(ConnectError::Timeout(Step::Connecting)),
         };
         if stream.is_ok() || Instant::now() >= deadline {
             break;
@@ -173,7 +193,7 @@ async fn connect(
         async_tungstenite::client_async_with_config(request, stream, Some(config)),
     )
     .await
-    .ok_or(ConnectError::Timeout("WebSocket upgrade"))?
+    .ok_or(ConnectError::Timeout(Step::Upgrading))?
     .map(|(ws, _)| ws)
     .map_err(|e| ConnectError::WebSocket(e.to_string()))
 }
