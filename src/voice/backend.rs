@@ -177,10 +177,21 @@ pub struct ResolveError {
     message: String,
 }
 
+/// A name lookup, run on the blocking thread: the system's, or a test's.
+type LookupFn = fn(&str, u16) -> Result<Vec<SocketAddr>, String>;
+
+fn system_lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map(Iterator::collect)
+        .map_err(|e| e.to_string())
+}
+
 /// One shard's handle on a backend: the spec, and its last lookup.
 pub struct Backend {
     spec: BackendSpec,
     lookup: RefCell<Lookup>,
+    lookup_fn: LookupFn,
 }
 
 enum Lookup {
@@ -195,9 +206,14 @@ enum Lookup {
 
 impl Backend {
     pub fn new(spec: BackendSpec) -> Rc<Backend> {
+        Self::with_lookup(spec, system_lookup)
+    }
+
+    fn with_lookup(spec: BackendSpec, lookup_fn: LookupFn) -> Rc<Backend> {
         Rc::new(Backend {
             spec,
             lookup: RefCell::new(Lookup::Never),
+            lookup_fn,
         })
     }
 
@@ -257,13 +273,9 @@ impl Backend {
     async fn resolve(self: Rc<Self>) {
         let host = self.spec.host.clone();
         let port = self.spec.port;
+        let lookup = self.lookup_fn;
         let found = glommio::executor()
-            .spawn_blocking(move || {
-                (host.as_str(), port)
-                    .to_socket_addrs()
-                    .map(Iterator::collect::<Vec<_>>)
-                    .map_err(|e| e.to_string())
-            })
+            .spawn_blocking(move || lookup(&host, port))
             .await;
         let result = match found {
             Ok(addrs) if !addrs.is_empty() => Ok(Rc::from(addrs)),

@@ -157,6 +157,35 @@ fn a_name_is_looked_up_once_for_concurrent_askers_then_cached() {
     });
 }
 
+/// Released by the test's other task; a lookup that runs on the shard
+/// thread would keep that task from ever running.
+static GATE: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>> = std::sync::Mutex::new(None);
+
+fn gated_lookup(_host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let gate = GATE.lock().unwrap().take().ok_or("no gate")?;
+    gate.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "the shard never ran while the lookup waited".to_string())?;
+    Ok(vec![SocketAddr::from(([127, 0, 0, 2], port))])
+}
+
+#[test]
+fn a_lookup_leaves_the_shard_thread_free() {
+    let (open, gate) = std::sync::mpsc::channel();
+    *GATE.lock().unwrap() = Some(gate);
+    on_executor(async move {
+        let urls = vec!["ws://backend.example:8000/".to_string()];
+        let backend = Backend::with_lookup(specs(&urls, "").unwrap().remove(0), gated_lookup);
+        let asking = glommio::spawn_local({
+            let backend = backend.clone();
+            async move { backend.addresses().await }
+        });
+        // Runs only if the shard thread is free while the lookup waits.
+        glommio::spawn_local(async move { open.send(()).unwrap() }).await;
+        let addrs = asking.await.unwrap();
+        assert_eq!(&addrs[..], &[SocketAddr::from(([127, 0, 0, 2], 8000))]);
+    });
+}
+
 #[test]
 fn a_failed_lookup_is_an_error_for_every_asker() {
     on_executor(async {
