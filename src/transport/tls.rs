@@ -27,10 +27,9 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use std::ops::DerefMut;
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
