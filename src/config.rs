@@ -505,6 +505,22 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_shows_the_defaults() {
+        // Its `#key = value` lines, uncommented, must give the defaults.
+        let text = include_str!("../tuning/shardmq.toml");
+        let uncommented: Vec<&str> = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => line,
+            })
+            .collect();
+        let shown = Config::from_toml(&uncommented.join("\n")).unwrap();
+        assert_eq!(format!("{shown:?}"), format!("{:?}", Config::default()));
+        shown.validate().unwrap();
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.mqtt.listen.port(), 1883);
