@@ -166,15 +166,17 @@ def test_ready_after_listening_then_watchdog_then_stopping_on_sigterm(start, abs
     client.close()
 
 
-def test_watchdog_pid_of_another_process_sends_no_keepalives(start):
+def test_watchdog_pid_of_another_process_sends_no_keepalives_and_sigint_drains(start):
     manager = start.manager()
     env = {"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"}
     broker = start(env=env)
     manager.wait_for("READY=1", timeout=15)
     with pytest.raises(AssertionError):
         manager.wait_for("WATCHDOG=1", timeout=1.5)
-    broker.signal(signal.SIGTERM)
-    assert broker.wait(30) == 0
+    # SIGINT (Ctrl-C) drains as SIGTERM does.
+    broker.signal(signal.SIGINT)
+    manager.wait_for("STOPPING=1", timeout=10)
+    assert broker.wait(30) == 0, broker.log()
 
 
 def stuck_subscriber(port: int) -> RawClient:
@@ -247,15 +249,21 @@ def test_a_drain_past_shutdown_timeout_exits_anyway(start):
     sub.close()
 
 
-def test_a_second_sigterm_exits_at_once(start):
+def test_draining_stops_accepting_and_a_second_sigterm_exits_at_once(start):
     broker = start("[server]\nshutdown_timeout_s = 600\n" + BIG_OUTBOX)
     broker.wait_accepting()
     sub = stuck_subscriber(broker.port)
     publish_acked(broker.port, backlog_messages(1024), 1024)
     broker.signal(signal.SIGTERM)
     broker.wait_log("stopping")
+    # Draining: the listener is closed, so new clients are refused...
+    deadline = time.monotonic() + 10
+    while broker.accepts():
+        assert time.monotonic() < deadline, "still accepting while draining"
+        time.sleep(0.05)
+    # ...and the process waits for the subscriber that reads nothing.
     with pytest.raises(subprocess.TimeoutExpired):
-        broker.wait(1)  # draining: held by the subscriber that reads nothing
+        broker.wait(1)
     broker.signal(signal.SIGTERM)
     assert broker.wait(30) == 1, broker.log()
     assert "second stop signal" in broker.log()
