@@ -703,3 +703,6 @@ async fn tick(shard: Rc<Shard>) {
 
 #[cfg(test)]
 mod service_tests;
+
+#[cfg(test)]
+mod drain_tests;
