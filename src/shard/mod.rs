@@ -16,6 +16,8 @@
 mod arena;
 mod auth;
 mod conn;
+mod control;
+mod drain;
 mod limits;
 mod listener;
 pub mod mesh;
@@ -24,6 +26,7 @@ pub mod reload;
 mod service;
 mod settings;
 
+pub use control::{late_shards, Control};
 pub use limits::ConnectionLimits;
 pub use service::{Service, ServiceFactory};
 pub use settings::{Settings, TlsListener};
@@ -92,6 +95,8 @@ pub struct Server {
     tls_config: Option<crate::transport::ServerConfigHolder>,
     /// Sends every shard what a reload read (`reload`).
     pub reloader: reload::Reloader,
+    /// Health pings and the drain, for the process's control threads.
+    pub control: Arc<Control>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -127,6 +132,7 @@ impl Server {
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
         let admission = Arc::new(limits::Admission::new(&settings.connection_limits));
+        let control = Arc::new(Control::new(shards));
         let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
         let (reloader, receivers) = reload::channels(shards, tls_config.clone());
         let mut receivers = receivers.into_iter();
@@ -145,12 +151,13 @@ impl Server {
             let services = services.clone();
             let counters = counters.clone();
             let admission = admission.clone();
+            let control = control.clone();
             let auth = (snapshot.clone(), receivers.next());
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
                 .spawn(move || {
-                    let shared = (counters, admission);
+                    let shared = (counters, admission, control);
                     run_shard(i, settings, endpoints, services, shared, auth, ready)
                 })
                 .map_err(|e| StartError::Executor {
@@ -179,6 +186,7 @@ impl Server {
             tls_listen,
             tls_config,
             reloader,
+            control,
             handles,
         })
     }
@@ -198,7 +206,14 @@ impl Server {
         }
     }
 
-    /// Waits for the shards; they run until the process ends.
+    /// Asks every shard to drain (see `control`): stop accepting, flush
+    /// and close every connection, then end. Returns at once.
+    pub fn drain(&self, publish_wills: bool) {
+        self.control.drain(publish_wills);
+    }
+
+    /// Waits for the shards; they run until the process ends or a drain
+    /// ends them.
     pub fn join(self) {
         for h in self.handles {
             let _ = h.join();
@@ -285,6 +300,12 @@ pub struct Shard {
     pub(crate) gate: RefCell<crate::auth::Gate>,
     /// Reloads sent to this shard (`reload`).
     reloads: Option<reload::ReloadReceiver>,
+    /// Health pings and the drain, shared with the process.
+    control: Arc<Control>,
+    /// The drain has begun on this shard: no new connection runs.
+    draining: Cell<bool>,
+    /// The shard's main task, waiting for a drain to be asked.
+    drain_waker: RefCell<Option<Waker>>,
 }
 
 impl Shard {
@@ -459,7 +480,11 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
-    (transport, admission): (Arc<crate::transport::Counters>, Arc<limits::Admission>),
+    (transport, admission, control): (
+        Arc<crate::transport::Counters>,
+        Arc<limits::Admission>,
+        Arc<Control>,
+    ),
     auth: (
         Arc<crate::auth::AuthSnapshot>,
         Option<reload::ReloadReceiver>,
@@ -521,13 +546,18 @@ async fn run_shard(
             crate::auth::VerifyCache::new(settings_auth.verify_cache_max, rand::random()),
         )),
         reloads: auth.1,
+        control,
+        draining: Cell::new(false),
+        drain_waker: RefCell::new(None),
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
     }
+    // Stopped first in a drain; the mesh and the tick run until the end.
+    let mut listeners = Vec::new();
     if index == 0 {
         if let Some(addr) = shard.settings.http_listen {
-            serve_http(&shard, addr);
+            listeners.extend(serve_http(&shard, addr));
         }
     }
     let mut tasks = Vec::new();
@@ -546,42 +576,41 @@ async fn run_shard(
         }
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
-    if let Some(ws_listener) = ws_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            ws_listener,
-            listener::Kind::Ws,
-        )));
-    }
-    if let Some(wss_listener) = wss_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            wss_listener,
-            listener::Kind::Wss,
-        )));
-    }
-    if let Some(tls_listener) = tls_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            tls_listener,
-            listener::Kind::Tls,
-        )));
+    // The shard's store is loaded here, before its listeners accept and
+    // before it reports ready: the process tells systemd READY=1 only once
+    // every shard has.
+    let kinds = [
+        (listener, listener::Kind::Mqtt),
+        (ws_listener, listener::Kind::Ws),
+        (wss_listener, listener::Kind::Wss),
+        (tls_listener, listener::Kind::Tls),
+    ];
+    for (bound, kind) in kinds {
+        if let Some(bound) = bound {
+            listeners.push(glommio::spawn_local(listener::accept_loop(
+                shard.clone(),
+                bound,
+                kind,
+            )));
+        }
     }
     let _ = ready.send(Ok(()));
-    match listener {
-        Some(listener) => listener::accept_loop(shard, listener, listener::Kind::Mqtt).await,
-        None => std::future::pending::<()>().await,
-    }
+    drain::asked(&shard).await;
+    drain::run(&shard, listeners).await;
+    // The final flush of the shard's store goes here: after the last
+    // connection closed (nothing more changes), before the executor ends.
     drop(tasks);
+    shard.control.note_stopped();
 }
 
-/// Serves the services' HTTP routes and `/metrics` on shard 0.
-fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) {
+/// Serves the services' HTTP routes and `/metrics` on shard 0; the task
+/// serves until dropped.
+fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) -> Option<glommio::Task<()>> {
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(%addr, error = %e, "cannot listen for HTTP");
-            return;
+            return None;
         }
     };
     let mut router = Router::default();
@@ -595,7 +624,10 @@ fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) {
         Rc::new(metrics::Metrics(Rc::downgrade(shard))),
     ));
     tracing::info!(%addr, "HTTP listening");
-    glommio::spawn_local(crate::http::serve(listener, Rc::new(router))).detach();
+    Some(glommio::spawn_local(crate::http::serve(
+        listener,
+        Rc::new(router),
+    )))
 }
 
 /// Drains batches staged for shard `to` into its channel, awaiting space.
@@ -659,6 +691,8 @@ async fn tick(shard: Rc<Shard>) {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
         reload::apply_pending(&shard);
+        shard.control.answer(usize::from(shard.id.0));
+        drain::check(&shard);
         shard.broker.borrow_mut().tick(now);
         for service in &shard.services {
             service.tick(&shard, now);
@@ -669,3 +703,6 @@ async fn tick(shard: Rc<Shard>) {
 
 #[cfg(test)]
 mod service_tests;
+
+#[cfg(test)]
+mod drain_tests;

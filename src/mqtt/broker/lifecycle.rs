@@ -33,6 +33,10 @@ pub enum CloseReason {
     /// ids awaiting PUBREL). Its will is published, as for any close the
     /// client did not ask for [MQTT-3.1.2-8].
     LimitExceeded,
+    /// The server stops cleanly (`Broker::shut_down`). Not the client's
+    /// failure, so by default no will; `will` says whether this shutdown
+    /// publishes them (`[server] will_on_shutdown`).
+    Shutdown { will: bool },
 }
 
 impl CloseReason {
@@ -44,6 +48,7 @@ impl CloseReason {
                 | CloseReason::KeepaliveExpired
                 | CloseReason::TakenOver
                 | CloseReason::LimitExceeded
+                | CloseReason::Shutdown { will: true }
         )
     }
 }

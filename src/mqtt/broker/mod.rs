@@ -84,6 +84,7 @@ use crate::mqtt::QoS;
 mod lifecycle;
 mod pressure;
 mod routing;
+mod shutdown;
 mod subscribe;
 mod sys;
 
