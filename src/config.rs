@@ -145,7 +145,7 @@ impl Default for ServerConfig {
             pin_cores: true,
             log: "info".to_string(),
             shutdown_timeout_s: 10,
-            will_on_shutdown: false,
+            will_on_shutdown: true,
         }
     }
 }

@@ -33,9 +33,9 @@ pub enum CloseReason {
     /// ids awaiting PUBREL). Its will is published, as for any close the
     /// client did not ask for [MQTT-3.1.2-8].
     LimitExceeded,
-    /// The server stops cleanly (`Broker::shut_down`). Not the client's
-    /// failure, so by default no will; `will` says whether this shutdown
-    /// publishes them (`[server] will_on_shutdown`).
+    /// The server stops cleanly (`Broker::shut_down`). A close without
+    /// DISCONNECT, so by default the will goes out [MQTT-3.1.2-8]; `will`
+    /// is false only when `[server] will_on_shutdown` turns that off.
     Shutdown { will: bool },
 }
 

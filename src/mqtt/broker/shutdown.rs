@@ -2,18 +2,14 @@
 //! [`CloseReason::Shutdown`], its outbox left for the shell to flush.
 //!
 //! # Wills
-//! [MQTT-3.1.2-8] publishes a will when "the network connection is closed
-//! without the client sending DISCONNECT", and §3.1.2.5 lists what counts:
-//! an I/O error or network failure, a missed keepalive, the client closing
-//! without DISCONNECT, the server closing the connection because of a
-//! protocol error. A stop of the server is none of them: the
-//! client did nothing wrong and will reconnect to the restarted server, so
-//! a will would tell its watchers of a failure that did not happen. By
-//! default a clean shutdown publishes no wills; `[server] will_on_shutdown
-//! = true` publishes them. mosquitto differs: 2.0.11 publishes the wills
-//! of the clients still connected when it stops on SIGTERM (a retained
-//! will is in its saved database after the restart), so a fleet moving
-//! from it that watches presence through wills sets `will_on_shutdown`.
+//! [MQTT-3.1.2-8]: the will "MUST be published when the Network Connection
+//! is subsequently closed unless the Will Message has been deleted by the
+//! Server on receipt of a DISCONNECT Packet". A stop of the server closes
+//! the connection without the client's DISCONNECT, so by default the wills
+//! go out, as mosquitto does on SIGTERM: to persistent sessions' queues and
+//! the retained store, which outlive the stop. `[server] will_on_shutdown =
+//! false` keeps them, against the rule, for fleets whose watchers would
+//! take a planned restart for a failure.
 
 use super::{Broker, CloseReason, ConnId};
 

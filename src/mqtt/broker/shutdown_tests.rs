@@ -1,5 +1,5 @@
-//! Shutdown: every connection closes, wills only when asked, outboxes kept
-//! for the shell to flush.
+//! Shutdown: every connection closes, wills published unless switched off,
+//! outboxes kept for the shell to flush.
 
 use bytes::Bytes;
 
@@ -42,15 +42,15 @@ fn wills_after_shutdown(publish_wills: bool) -> Vec<String> {
 }
 
 #[test]
-fn a_clean_shutdown_publishes_no_will_by_default_mqtt_3_1_2_8() {
-    // The client neither failed nor broke the protocol: the server went
-    // away, so this is not a close [MQTT-3.1.2-8] publishes a will for.
-    assert!(wills_after_shutdown(false).is_empty());
+fn a_clean_shutdown_publishes_the_wills_mqtt_3_1_2_8() {
+    // The connection closes without the client's DISCONNECT: the will
+    // MUST be published [MQTT-3.1.2-8], whoever closed it.
+    assert_eq!(wills_after_shutdown(true), ["will/dev"]);
 }
 
 #[test]
-fn will_on_shutdown_publishes_the_wills() {
-    assert_eq!(wills_after_shutdown(true), ["will/dev"]);
+fn will_on_shutdown_false_keeps_them() {
+    assert!(wills_after_shutdown(false).is_empty());
 }
 
 #[test]
