@@ -285,3 +285,13 @@ fn secure_broker_ca_elsewhere() -> String {
     std::fs::write(&path, ca.self_signed(&key).unwrap().pem()).unwrap();
     path.to_string_lossy().into_owned()
 }
+
+#[test]
+fn voice_refuses_a_transport_its_devices_do_not_speak() {
+    let cli = cli(1, "--transport ws voice --devices 1");
+    let Scenario::Voice(args) = &cli.scenario else {
+        unreachable!("parsed as voice");
+    };
+    let error = voice::run(&cli.global, args).unwrap_err();
+    assert!(error.contains("--transport"), "{error}");
+}
