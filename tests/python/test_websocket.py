@@ -131,8 +131,10 @@ def test_websocket_and_tcp_clients_exchange_messages(ws_broker, clients):
     tcp_clients[1].publish("to/ws", big, qos=1)
     for t in tcp_clients:
         assert [m.payload for m in t.wait_messages(1)] == [b"from ws"]
+    # Two publishers: MQTT orders messages per publisher only
+    # [MQTT-4.6.0-6], and theirs may run on different shards.
     for w in ws_clients:
-        assert [m.payload for m in w.wait_messages(2)] == [b"from tcp", big]
+        assert sorted(m.payload for m in w.wait_messages(2)) == sorted([b"from tcp", big])
 
 
 def test_a_packet_may_span_frames_and_fragments(ws_broker, clients):
