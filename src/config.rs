@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::auth::config::AuthConfig;
+pub use crate::shard::store::PersistenceConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
@@ -38,6 +39,7 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub persistence: PersistenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -324,6 +326,9 @@ impl Config {
             key: e.key,
             message: e.message,
         })?;
+        self.persistence
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "mqtt.connect_timeout_s",
@@ -394,6 +399,8 @@ impl Config {
                 .settings(self.tls.enabled())
                 .filter(|_| mqtt.enabled),
             auth: self.auth.clone(),
+            persistence: self.persistence.settings(),
+            session_expiry: self.persistence.session_expiry(),
         }
     }
 

@@ -125,6 +125,8 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         http_listen: None,
         websocket: None,
         auth: crate::auth::AuthConfig::default(),
+        persistence: None,
+        session_expiry: None,
     };
     let server = Server::start(settings, services).expect("shards start");
     server.listen.expect("listening")
