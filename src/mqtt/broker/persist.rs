@@ -500,3 +500,7 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "persist_tests.rs"]
+mod tests;
