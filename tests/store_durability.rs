@@ -496,3 +496,48 @@ async fn store_check_prints_what_the_store_holds() {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn compaction_keeps_the_live_state_and_shrinks_the_log() {
+    if shardmq_only() {
+        return;
+    }
+    let store = StoreDir::new();
+    let toml = store.toml("sync") + "compact_min_bytes = 4096\n";
+    let broker = Broker::start_with(1, &toml);
+    park_subscriber(&broker, "compacted", "c/q", 1).await;
+    let mut p = Raw::connect(&broker, "p").await;
+    p.send(&publish("c/q", 1, 1, b"queued")).await;
+    p.expect(&puback(1)).await;
+    // One retained topic rewritten many times: the log grows, the live
+    // state does not.
+    let mut written = 0;
+    for i in 0..400u16 {
+        let payload = format!("value-{i:03}-{}", "x".repeat(100));
+        p.send(&publish_raw(0x03, b"c/r", i + 2, payload.as_bytes()))
+            .await;
+        p.expect(&puback(i + 2)).await;
+        written += payload.len();
+    }
+    let log_len = std::fs::metadata(store.log(0)).unwrap().len() as usize;
+    assert!(
+        log_len < written / 4,
+        "compacted: {log_len} bytes on disk for {written} bytes written"
+    );
+    kill9(broker);
+    let broker = Broker::start_with(1, &toml);
+    let mut s = Raw::connect(&broker, "late").await;
+    s.subscribe(1, &[("c/r", 0)], &[0]).await;
+    let r = s.recv_publish().await;
+    assert!(
+        text(&r.payload).starts_with("value-399-"),
+        "{}",
+        text(&r.payload)
+    );
+    let mut c = Connect::new("compacted");
+    c.clean = false;
+    let mut sub = Raw::open(&broker).await;
+    sub.send(&c.encode()).await;
+    sub.expect(&connack(true, 0)).await;
+    assert_eq!(text(&sub.recv_publish_acked().await.payload), "queued");
+}

@@ -411,34 +411,23 @@ pub(crate) async fn run_writer(shard: Rc<Shard>) {
 }
 
 async fn wait_for_work(shard: &Shard, store: &ShardStore) {
-    let ready = || store.urgent.get() || shard.broker.borrow().uncommitted();
-    let wait = poll_fn(|cx| {
-        if (store.durability == Durability::Sync || store.urgent.get()) && ready() {
-            return Poll::Ready(());
-        }
-        *store.writer.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
-    });
-    if store.durability == Durability::Sync {
-        wait.await;
-        return;
-    }
+    let sync = store.durability == Durability::Sync;
     loop {
-        let tick = async {
-            glommio::timer::sleep(store.flush_interval).await;
-        };
-        futures_lite::future::or(tick, async {
-            poll_fn(|cx| {
-                if store.urgent.get() {
-                    return Poll::Ready(());
-                }
-                *store.writer.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            })
-            .await
-        })
-        .await;
-        if ready() {
+        // `sync`: woken by `after_input` as soon as records are appended.
+        // `periodic`: the interval, or an urgent flush, whichever first.
+        let woken = poll_fn(|cx| {
+            if store.urgent.get() || (sync && shard.broker.borrow().uncommitted()) {
+                return Poll::Ready(());
+            }
+            *store.writer.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        if sync {
+            woken.await;
+        } else {
+            futures_lite::future::or(woken, glommio::timer::sleep(store.flush_interval)).await;
+        }
+        if store.urgent.get() || shard.broker.borrow().uncommitted() {
             return;
         }
     }
