@@ -270,6 +270,7 @@ impl Broker {
         if reason == CloseReason::ProtocolError {
             self.stats.protocol_errors += 1;
         }
+        self.forget_held(conn);
         if let Some(sid) = session {
             // An offline session's queue is bounded by policy, not pressure.
             self.caught_up(sid);

@@ -290,6 +290,21 @@ impl Broker {
         }
     }
 
+    /// The connection closes: its held acknowledgements are dropped (its
+    /// id may serve another connection before they would go), and the
+    /// filters of its held SUBACKs take effect without the SUBACK, as
+    /// after a barrier that completes on a closed connection.
+    pub(super) fn forget_held(&mut self, conn: ConnId) {
+        self.persist.held_acks.retain(|h| h.conn != conn);
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.persist.held_subacks)
+            .into_iter()
+            .partition(|(_, p)| p.conn == conn);
+        self.persist.held_subacks = others;
+        for (_, pending) in mine {
+            self.activate(pending.session, &pending.granted);
+        }
+    }
+
     /// A SUBACK for filters of a persistent session waits, in `sync` mode,
     /// for their records to be durable; `None` when it is held.
     pub(super) fn hold_suback(&mut self, pending: PendingSuback) -> Option<PendingSuback> {

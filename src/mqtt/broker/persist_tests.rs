@@ -324,3 +324,20 @@ fn a_snapshot_rebuilds_the_same_state() {
         ]
     );
 }
+
+#[test]
+fn a_held_ack_dies_with_its_connection() {
+    let mut s = Stored::new(1, Durability::Sync);
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    s.w.received(p);
+    s.w.send(p, publish("r", "1", QoS::AtLeastOnce, true, 5));
+    s.w.shards[0].connection_lost(p.conn);
+    s.w.shards[0].release(p.conn);
+    // The next connection may take the same id; it must not get the ack.
+    let q = s.w.connect(&s.w.id_on(0, "next"));
+    assert_eq!(q.conn, p.conn, "the slot is reused");
+    s.w.received(q);
+    s.commit_all();
+    assert!(s.w.received(q).is_empty());
+    assert!(!s.w.shards[0].is_paused(q.conn));
+}

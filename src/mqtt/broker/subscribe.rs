@@ -34,7 +34,7 @@ pub(super) struct PendingSuback {
     pub(super) session: SessionId,
     pkid: u16,
     codes: Vec<u8>,
-    granted: Vec<(String, QoS)>,
+    pub(super) granted: Vec<(String, QoS)>,
     acks_missing: usize,
 }
 
@@ -222,7 +222,7 @@ impl Broker {
 
     /// Puts the granted filters in the index, unless the session dropped
     /// them (UNSUBSCRIBE, clean end) while the barrier was pending.
-    fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
+    pub(super) fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
         let Some(session) = self.sessions[sid.0 as usize].as_ref() else {
             return;
         };
