@@ -262,3 +262,57 @@ fn expiry_drops_sessions_away_longer_than_the_limit() {
     left.sort();
     assert_eq!(left, ["connected", "recent"]);
 }
+
+/// Not a check: writes a one-shard store for restart-time measurements.
+/// `SHARDMQ_STORE_GEN=DIR,RETAINED,SESSIONS cargo test --lib
+/// write_a_large_store -- --ignored`: RETAINED retained messages of 64
+/// bytes, SESSIONS persistent sessions with one filter and one queued QoS 1
+/// message each.
+#[test]
+#[ignore]
+fn write_a_large_store() {
+    let spec = std::env::var("SHARDMQ_STORE_GEN").expect("SHARDMQ_STORE_GEN=DIR,RETAINED,SESSIONS");
+    let parts: Vec<&str> = spec.split(',').collect();
+    let dir = std::path::Path::new(parts[0]);
+    let (retained, sessions): (usize, usize) =
+        (parts[1].parse().unwrap(), parts[2].parse().unwrap());
+    std::fs::create_dir_all(dir.join("shard-0")).unwrap();
+    std::fs::write(dir.join("shards"), "1\n").unwrap();
+    let mut file = header().to_vec();
+    let payload = Bytes::from(vec![b'v'; 64]);
+    for i in 0..retained {
+        encode(
+            &mut file,
+            &Record::Retain {
+                topic: TopicName::from_string(format!("fleet/{}/{}/state", i / 1000, i)).unwrap(),
+                qos: QoS::AtLeastOnce,
+                payload: payload.clone(),
+            },
+        );
+    }
+    for i in 0..sessions {
+        let client_id = format!("device-{i}");
+        encode(
+            &mut file,
+            &Record::Open {
+                client_id: client_id.clone(),
+            },
+        );
+        encode(
+            &mut file,
+            &Record::Subscribe {
+                client_id: client_id.clone(),
+                filter: format!("cmd/{i}"),
+                qos: QoS::AtLeastOnce,
+            },
+        );
+        encode(
+            &mut file,
+            &Record::Enqueue {
+                client_id,
+                message: message(&format!("cmd/{i}"), "reboot", QoS::AtLeastOnce),
+            },
+        );
+    }
+    std::fs::write(dir.join("shard-0").join("store.log"), file).unwrap();
+}
