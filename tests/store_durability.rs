@@ -541,3 +541,87 @@ async fn compaction_keeps_the_live_state_and_shrinks_the_log() {
     sub.expect(&connack(true, 0)).await;
     assert_eq!(text(&sub.recv_publish_acked().await.payload), "queued");
 }
+
+/// Not a check (no timing is asserted): QoS 1 p2p over persistent
+/// sessions for each durability mode, printed. Run with
+/// `cargo test --test store_durability durability_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn durability_throughput() {
+    let pairs: usize = std::env::var("PAIRS").map_or(50, |v| v.parse().unwrap());
+    let secs: u64 = std::env::var("SECS").map_or(5, |v| v.parse().unwrap());
+    for durability in ["none", "periodic", "sync"] {
+        let store = StoreDir::new();
+        let broker = Broker::start_with(1, &store.toml(durability));
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for i in 0..pairs {
+            let topic = format!("p2p/{i}");
+            let (sub_id, pub_id) = (format!("tp-sub-{i}"), format!("tp-pub-{i}"));
+            let mut c = Connect::new(&sub_id);
+            c.clean = false;
+            let mut sub = Raw::connect_with(&broker, &c).await;
+            sub.subscribe(1, &[(&topic, 1)], &[1]).await;
+            let delivered = delivered.clone();
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < stop {
+                    let Ok(p) =
+                        tokio::time::timeout(Duration::from_millis(200), sub.recv_publish_acked())
+                            .await
+                    else {
+                        continue;
+                    };
+                    let _ = p;
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+            let addr = broker.addr();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.set_nodelay(true).unwrap();
+                let (mut rd, mut wr) = stream.into_split();
+                let mut c = Connect::new(&pub_id);
+                c.clean = false;
+                wr.write_all(&c.encode()).await.unwrap();
+                let mut ack = [0u8; 4];
+                rd.read_exact(&mut ack).await.unwrap();
+                let (mut next, mut inflight) = (0u32, 0u32);
+                while Instant::now() < stop {
+                    let mut batch = Vec::new();
+                    while inflight < 32 {
+                        let pkid = (next % 60_000 + 1) as u16;
+                        batch.extend_from_slice(&publish(&topic, 1, pkid, &[b'x'; 64]));
+                        next += 1;
+                        inflight += 1;
+                    }
+                    if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+                        return;
+                    }
+                    match tokio::time::timeout(Duration::from_millis(200), rd.read_exact(&mut ack))
+                        .await
+                    {
+                        Ok(Ok(_)) => {
+                            inflight -= 1;
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(_)) => return,
+                        Err(_) => {}
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        println!(
+            "durability {durability:8}: {pairs} pairs, {:8.0} PUBACKs/s, {:8.0} delivered/s",
+            acked.load(Ordering::Relaxed) as f64 / secs as f64,
+            delivered.load(Ordering::Relaxed) as f64 / secs as f64,
+        );
+        drop(broker);
+    }
+}

@@ -15,14 +15,16 @@
 //! appended, so "durable" is one comparison.
 //!
 //! # Held acknowledgements (`sync`)
-//! A PUBACK or PUBREC waits, with its connection paused (no further packet
-//! is read, so acks keep their order), until (a) this shard has committed
+//! A PUBACK or PUBREC waits, and the acks of the connection's later
+//! PUBLISHes wait behind it (acks keep their order; the connection is
+//! paused only past `HELD_ACKS_PER_CONN_MAX`), until (a) this shard has committed
 //! the journal up to the end of the PUBLISH's records, and (b) every shard
 //! the message was forwarded to has answered `Durable`: each answers after
 //! its own commit of what it had appended when the question arrived, which
 //! the FIFO channel puts after the copy. A SUBACK that adds filters to a
 //! persistent session waits likewise for the local commit.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::subscribe::PendingSuback;
@@ -56,6 +58,11 @@ pub struct Persistence {
     pub unix_ms_at_start: u64,
 }
 
+/// Acknowledgements one connection may have held before it is no longer
+/// read: a publisher that pipelines keeps its window full without growing
+/// the broker's memory without bound.
+const HELD_ACKS_PER_CONN_MAX: usize = 64;
+
 /// How often offline sessions are checked for expiry.
 const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -68,7 +75,6 @@ pub(super) enum Ack {
 
 #[derive(Debug)]
 struct HeldAck {
-    conn: ConnId,
     ack: Ack,
     local_end: u64,
     token: u64,
@@ -82,7 +88,12 @@ pub(super) struct Persist {
     journal: Vec<u8>,
     appended: u64,
     committed: u64,
-    held_acks: Vec<HeldAck>,
+    /// Per connection, its held acknowledgements in PUBLISH order.
+    held_acks: HashMap<ConnId, VecDeque<HeldAck>>,
+    /// The connection of each token some shard has yet to answer.
+    held_tokens: HashMap<u64, ConnId>,
+    /// Connections paused for holding `HELD_ACKS_PER_CONN_MAX`.
+    held_paused: HashSet<ConnId>,
     held_subacks: Vec<(u64, PendingSuback)>,
     /// `Durable` questions of other shards: (position, shard, token).
     remote_waits: Vec<(u64, ShardId, u64)>,
@@ -211,7 +222,7 @@ impl Broker {
         for (_, from, token) in ready {
             self.send(from, RemoteMsg::DurableAck(token));
         }
-        self.release_acks();
+        self.release_all_acks();
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.persist.held_subacks)
             .into_iter()
             .partition(|(at, _)| *at <= committed);
@@ -232,17 +243,32 @@ impl Broker {
     }
 
     pub(super) fn handle_durable_ack(&mut self, token: u64) {
-        if let Some(h) = self.persist.held_acks.iter_mut().find(|h| h.token == token) {
+        let Some(&conn) = self.persist.held_tokens.get(&token) else {
+            return;
+        };
+        let held = self
+            .persist
+            .held_acks
+            .get_mut(&conn)
+            .and_then(|q| q.iter_mut().find(|h| h.token == token));
+        let missing = held.map_or(0, |h| {
             h.remote_missing = h.remote_missing.saturating_sub(1);
+            h.remote_missing
+        });
+        if missing == 0 {
+            self.persist.held_tokens.remove(&token);
+            self.release_acks(conn);
         }
-        self.release_acks();
     }
 
     /// Sends `ack` now, or holds it (`sync`) until this shard and the
     /// shards in `targets` (a bit per shard) have made the PUBLISH durable.
+    /// Acks of one connection go out in the order of its PUBLISHes
+    /// [MQTT-4.6.0-2], [MQTT-4.6.0-3]: one held holds those after it.
     pub(super) fn acknowledge(&mut self, conn: ConnId, ack: Ack, targets: u64) {
         let remote_missing = targets.count_ones();
-        if !self.persist.sync() || (self.persist.durable() && remote_missing == 0) {
+        let behind = self.persist.held_acks.contains_key(&conn);
+        if !self.persist.sync() || (!behind && self.persist.durable() && remote_missing == 0) {
             self.write_ack(conn, ack);
             return;
         }
@@ -253,15 +279,22 @@ impl Broker {
                 self.send(ShardId(shard as u16), RemoteMsg::Durable(token));
             }
         }
-        self.persist.held_acks.push(HeldAck {
-            conn,
+        if remote_missing > 0 {
+            self.persist.held_tokens.insert(token, conn);
+        }
+        let local_end = self.persist.appended;
+        let queue = self.persist.held_acks.entry(conn).or_default();
+        queue.push_back(HeldAck {
             ack,
-            local_end: self.persist.appended,
+            local_end,
             token,
             remote_missing,
         });
-        if let Some(c) = self.conn_mut(conn) {
-            c.paused = true;
+        if queue.len() >= HELD_ACKS_PER_CONN_MAX {
+            self.persist.held_paused.insert(conn);
+            if let Some(c) = self.conn_mut(conn) {
+                c.paused = true;
+            }
         }
     }
 
@@ -272,21 +305,42 @@ impl Broker {
         });
     }
 
-    fn release_acks(&mut self) {
+    /// Writes the acks of `conn` that are durable, in order, up to the
+    /// first that is not.
+    fn release_acks(&mut self, conn: ConnId) {
         let committed = self.persist.committed;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.persist.held_acks)
-            .into_iter()
-            .partition(|h| h.local_end <= committed && h.remote_missing == 0);
-        self.persist.held_acks = waiting;
-        for h in ready {
-            let Some(c) = self.conn_mut(h.conn) else {
-                continue;
-            };
-            c.paused = false;
-            if c.closing.is_none() {
-                self.write_ack(h.conn, h.ack);
+        let Some(queue) = self.persist.held_acks.get_mut(&conn) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while let Some(h) = queue.front() {
+            if h.local_end > committed || h.remote_missing > 0 {
+                break;
             }
-            self.woken.push(h.conn);
+            ready.extend(queue.pop_front().map(|h| h.ack));
+        }
+        let left = queue.len();
+        if left == 0 {
+            self.persist.held_acks.remove(&conn);
+        }
+        if ready.is_empty() {
+            return;
+        }
+        for ack in ready {
+            self.write_ack(conn, ack);
+        }
+        if left < HELD_ACKS_PER_CONN_MAX && self.persist.held_paused.remove(&conn) {
+            if let Some(c) = self.conn_mut(conn) {
+                c.paused = false;
+            }
+            self.woken.push(conn);
+        }
+    }
+
+    fn release_all_acks(&mut self) {
+        let conns: Vec<ConnId> = self.persist.held_acks.keys().copied().collect();
+        for conn in conns {
+            self.release_acks(conn);
         }
     }
 
@@ -295,7 +349,12 @@ impl Broker {
     /// filters of its held SUBACKs take effect without the SUBACK, as
     /// after a barrier that completes on a closed connection.
     pub(super) fn forget_held(&mut self, conn: ConnId) {
-        self.persist.held_acks.retain(|h| h.conn != conn);
+        if let Some(queue) = self.persist.held_acks.remove(&conn) {
+            for h in queue {
+                self.persist.held_tokens.remove(&h.token);
+            }
+        }
+        self.persist.held_paused.remove(&conn);
         let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.persist.held_subacks)
             .into_iter()
             .partition(|(_, p)| p.conn == conn);

@@ -198,15 +198,30 @@ fn sync_holds_the_puback_until_every_shard_with_a_copy_committed() {
     let p = s.w.connect(&s.w.id_on(0, "pub"));
     s.w.received(p);
     s.w.send(p, publish("t", "1", QoS::AtLeastOnce, false, 5));
-    assert!(s.w.shards[0].is_paused(p.conn), "later packets wait");
+    // Later PUBLISHes go on; their acks wait behind the first.
+    s.w.send(p, publish("u", "2", QoS::AtLeastOnce, false, 6));
     s.commit(0);
     assert!(
         s.w.received(p).is_empty(),
         "shard 1 holds the copy and has not committed"
     );
     s.commit(1);
-    assert_eq!(s.w.received(p), [Packet::PubAck(5)]);
+    // In PUBLISH order [MQTT-4.6.0-2].
+    assert_eq!(s.w.received(p), [Packet::PubAck(5), Packet::PubAck(6)]);
+}
+
+#[test]
+fn a_publisher_with_too_many_held_acks_is_paused() {
+    let mut s = Stored::new(1, Durability::Sync);
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    s.w.received(p);
+    for pkid in 1..=64 {
+        s.w.send(p, publish("r", "x", QoS::AtLeastOnce, true, pkid));
+    }
+    assert!(s.w.shards[0].is_paused(p.conn));
+    s.commit_all();
     assert!(!s.w.shards[0].is_paused(p.conn));
+    assert_eq!(s.w.received(p).len(), 64);
 }
 
 #[test]
@@ -340,4 +355,18 @@ fn a_held_ack_dies_with_its_connection() {
     s.commit_all();
     assert!(s.w.received(q).is_empty());
     assert!(!s.w.shards[0].is_paused(q.conn));
+}
+
+#[test]
+fn a_retained_publish_waits_for_every_shard() {
+    let mut s = Stored::new(4, Durability::Sync);
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    s.w.received(p);
+    s.w.send(p, publish("r", "1", QoS::AtLeastOnce, true, 5));
+    for i in 0..3 {
+        s.commit(i);
+        assert!(s.w.received(p).is_empty(), "shard 3 has not committed");
+    }
+    s.commit(3);
+    assert_eq!(s.w.received(p), [Packet::PubAck(5)]);
 }
