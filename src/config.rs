@@ -50,7 +50,15 @@ pub struct ServerConfig {
     /// Pin each shard's thread to a core (shard i on core i mod cores).
     pub pin_cores: bool,
     /// Log filter, as `RUST_LOG` would take it: `info`, `warn`, `shardmq=debug`.
+    /// SIGHUP reads it again.
     pub log: String,
+    /// On SIGTERM, how long the drain (flush and close every connection)
+    /// may take before the process exits anyway.
+    pub shutdown_timeout_s: u64,
+    /// Publish the wills of the clients still connected when the server
+    /// stops cleanly (see `mqtt::broker::shutdown` for why the default is
+    /// not to).
+    pub will_on_shutdown: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -138,6 +146,8 @@ impl Default for ServerConfig {
             shards: Shards::Auto(AutoWord::Auto),
             pin_cores: true,
             log: "info".to_string(),
+            shutdown_timeout_s: 10,
+            will_on_shutdown: true,
         }
     }
 }
@@ -353,6 +363,55 @@ impl Config {
         self.voice.enabled && !self.voice.external_broker.enabled()
     }
 
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_timeout_s)
+    }
+
+    /// What a reload (SIGHUP) makes of `new`, the file read again, with
+    /// `self` in force: the configuration in force after it, and the
+    /// sections where `new` differs in settings that take effect only after
+    /// a restart. Reloaded: the log filter, the users and ACL, the TLS
+    /// certificates (while the TLS listener stays on), and the shutdown
+    /// settings; everything else stays as it was.
+    pub fn reloaded(&self, new: &Config) -> (Config, Vec<&'static str>) {
+        let mut kept = self.clone();
+        kept.server.log.clone_from(&new.server.log);
+        kept.server.shutdown_timeout_s = new.server.shutdown_timeout_s;
+        kept.server.will_on_shutdown = new.server.will_on_shutdown;
+        kept.auth.password_file.clone_from(&new.auth.password_file);
+        kept.auth.acl_file.clone_from(&new.auth.acl_file);
+        kept.auth.allow_anonymous = new.auth.allow_anonymous;
+        kept.auth.acl_default = new.auth.acl_default;
+        if self.tls.enabled() && new.tls.enabled() {
+            // New connections get the new certificate set; turning the
+            // listener on or off is a restart.
+            kept.tls.cert_file.clone_from(&new.tls.cert_file);
+            kept.tls.key_file.clone_from(&new.tls.key_file);
+            kept.tls.ca_file.clone_from(&new.tls.ca_file);
+            kept.tls.client_certs = new.tls.client_certs;
+            kept.tls.tls13_only = new.tls.tls13_only;
+        }
+        // A section's Debug form shows every field: comparing it spares
+        // each section a PartialEq kept in step with its fields.
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let sections: [(&'static str, bool); 7] = [
+            ("server", differs(&kept.server, &new.server)),
+            ("mqtt", differs(&kept.mqtt, &new.mqtt)),
+            ("http", differs(&kept.http, &new.http)),
+            ("voice", differs(&kept.voice, &new.voice)),
+            ("websocket", differs(&kept.websocket, &new.websocket)),
+            ("tls", differs(&kept.tls, &new.tls)),
+            ("auth", differs(&kept.auth, &new.auth)),
+        ];
+        let restart = sections
+            .into_iter()
+            .filter(|&(_, changed)| changed)
+            .map(|(name, _)| name)
+            .collect();
+        (kept, restart)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.mqtt.connect_timeout_s)
     }
@@ -428,6 +487,45 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_takes_what_it_can_and_names_what_needs_a_restart() {
+        let old = Config::from_toml("[server]\nlog = \"info\"\nshards = 2\n").unwrap();
+        let new = Config::from_toml(
+            "[server]\nlog = \"debug\"\nshards = 4\nshutdown_timeout_s = 3\n\
+             [mqtt]\nlisten = \"127.0.0.1:1884\"\n[auth]\nacl_file = \"/etc/acl\"\n",
+        )
+        .unwrap();
+        let (kept, restart) = old.reloaded(&new);
+        assert_eq!(restart, ["server", "mqtt"]);
+        assert_eq!(kept.server.log, "debug");
+        assert_eq!(kept.server.shutdown_timeout_s, 3);
+        assert_eq!(kept.auth.acl_file.as_deref(), Some(Path::new("/etc/acl")));
+        assert_eq!(
+            kept.server.shards,
+            Shards::Count(2),
+            "in force until a restart"
+        );
+        assert_eq!(kept.mqtt.listen, old.mqtt.listen);
+        let (_, none) = old.reloaded(&Config::from_toml("[server]\nshards = 2\n").unwrap());
+        assert!(none.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn the_packaged_config_shows_the_defaults() {
+        // Its `#key = value` lines, uncommented, must give the defaults.
+        let text = include_str!("../tuning/shardmq.toml");
+        let uncommented: Vec<&str> = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) => rest,
+                _ => line,
+            })
+            .collect();
+        let shown = Config::from_toml(&uncommented.join("\n")).unwrap();
+        assert_eq!(format!("{shown:?}"), format!("{:?}", Config::default()));
+        shown.validate().unwrap();
+    }
 
     #[test]
     fn empty_file_is_the_defaults() {

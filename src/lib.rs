@@ -7,5 +7,6 @@ pub mod config;
 pub mod http;
 pub mod mqtt;
 pub mod shard;
+pub mod systemd;
 pub mod transport;
 pub mod voice;

@@ -1,4 +1,7 @@
-//! The `shardmq` server binary: command line, configuration, logging, start.
+//! The `shardmq` server binary: command line, configuration, logging, start,
+//! and the process's life under a service manager: READY=1 once every
+//! listener is bound, SIGHUP reloads, SIGTERM or SIGINT drains (see
+//! `signals`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,8 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shardmq::config::{Config, Shards};
 use shardmq::shard::Server;
+use shardmq::systemd::{self, State};
 
 mod passwd;
+mod signals;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -119,12 +124,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.server.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let log = signals::init_logging(&config.server.log);
+    // Before the shards start: a SIGTERM during start-up then drains
+    // rather than kills, and SIGHUP never ends the process.
+    let mut signals = match signals::Signals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardmq: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let shards = config.shard_count();
     let mut services = Vec::new();
     if config.voice.enabled {
@@ -168,23 +177,31 @@ fn main() -> ExitCode {
     if let Some(listen) = tls_listen {
         tracing::info!(%listen, "shardmq serving MQTT over TLS");
     }
-    if let Err(e) = server
-        .reloader
-        .clone()
-        .watch_sighup(config.auth.clone(), config.tls.clone())
-    {
-        tracing::warn!(error = %e, "cannot watch SIGHUP; reloads are off");
+    let status = match server.listen {
+        Some(listen) => {
+            tracing::info!(%listen, shards, "shardmq serving MQTT");
+            format!("serving MQTT on {listen} with {shards} shards")
+        }
+        None => {
+            tracing::info!(
+                shards,
+                "shardmq running without its broker (external broker mode)"
+            );
+            format!("running {shards} shards without the broker")
+        }
+    };
+    // Every shard has bound its listeners (and loaded its store) by now.
+    let notifier = systemd::Notifier::from_env();
+    notifier.notify(&[State::Ready, State::Status(status)]);
+    if let Err(e) = systemd::start_watchdog(&notifier, server.control.clone()) {
+        tracing::warn!(error = %e, "cannot start the watchdog thread");
     }
-    if let Some(listen) = server.listen {
-        tracing::info!(%listen, shards, "shardmq serving MQTT");
-    } else {
-        tracing::info!(
-            shards,
-            "shardmq running without its broker (external broker mode)"
-        );
-    }
-    server.join();
-    ExitCode::SUCCESS
+    let reload = signals::Reload {
+        load: Box::new(move || load(&cli)),
+        log,
+    };
+    let config = signals.serve(config, &server, &reload);
+    signals::stop(server, &config, &notifier, signals)
 }
 
 fn load(cli: &Cli) -> Result<Config, shardmq::config::ConfigError> {

@@ -625,3 +625,39 @@ async fn durability_throughput() {
         drop(broker);
     }
 }
+
+#[tokio::test]
+async fn sigterm_flushes_what_the_periodic_window_holds() {
+    if shardmq_only() {
+        return;
+    }
+    let store = StoreDir::new();
+    // A window far longer than the test: only the shutdown's flush can
+    // have written the message.
+    let toml = store
+        .toml("periodic")
+        .replace("flush_interval_ms = 100", "flush_interval_ms = 600000");
+    let mut broker = Broker::start_with(1, &toml);
+    park_subscriber(&broker, "drained", "d/#", 1).await;
+    let mut p = Raw::connect(&broker, "p").await;
+    p.send(&publish("d/1", 1, 1, b"kept")).await;
+    p.expect(&puback(1)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    while !broker.exited() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(broker);
+    let broker = Broker::start_with(1, &toml);
+    let mut c = Connect::new("drained");
+    c.clean = false;
+    let mut sub = Raw::open(&broker).await;
+    sub.send(&c.encode()).await;
+    sub.expect(&connack(true, 0)).await;
+    assert_eq!(text(&sub.recv_publish_acked().await.payload), "kept");
+}

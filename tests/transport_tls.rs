@@ -266,19 +266,7 @@ fn tls_sessions_are_handed_to_the_owner_shard() {
     let mut want: Vec<String> = (0..16).map(|i| format!("from-{i}")).collect();
     want.sort();
     assert_eq!(got, want);
-    let output = server.output();
-    let shard_of = |kind: &str, id: &str| {
-        output
-            .lines()
-            .find(|l| l.contains(kind) && l.contains(&format!("client_id={id} ")))
-            .and_then(|l| l.split("shard=").nth(1))
-            .and_then(|rest| rest.split(' ').next())
-            .map(str::to_string)
-    };
-    let moved = (0..16)
-        .map(|i| format!("handoff-pub-{i}"))
-        .filter(|id| shard_of("CONNECT received", id) != shard_of("connection runs", id))
-        .count();
+    let moved = server.handed_off((0..16).map(|i| format!("handoff-pub-{i}")));
     assert!(moved > 0, "no TLS session crossed shards");
 }
 

@@ -43,6 +43,13 @@ SCENARIO_NAMES = {
     "churn": "connection churn, 100 clients",
     "voice": "voice, 400 devices",
     "voice-1000": "voice, 1,000 devices",
+    "tls-p2p-q0": "TLS, p2p 50 pairs, QoS 0",
+    "tls-p2p-q1": "TLS, p2p 50 pairs, QoS 1, window 32",
+    "tls-conns": "TLS, idle connections",
+    "ws-p2p-q0": "WebSocket, p2p 50 pairs, QoS 0",
+    "ws-p2p-q1": "WebSocket, p2p 50 pairs, QoS 1, window 32",
+    "wss-p2p-q0": "WebSocket over TLS, p2p 50 pairs, QoS 0",
+    "wss-p2p-q1": "WebSocket over TLS, p2p 50 pairs, QoS 1, window 32",
 }
 SHORT_NAMES = {
     "latency": "10k msg/s",
@@ -55,8 +62,13 @@ SHORT_NAMES = {
 }
 FLEET_SCENARIOS = ["fleet-q0", "fleet-q1"]
 VOICE_SCENARIOS = ["voice", "voice-1000"]
+# MQTT over TLS and WebSocket: <transport>-<plain scenario>.
+SECURE_SCENARIOS = [
+    "tls-p2p-q0", "tls-p2p-q1", "ws-p2p-q0", "ws-p2p-q1", "wss-p2p-q0", "wss-p2p-q1", "tls-conns"
+]
+IDLE_SCENARIOS = ("conns", "tls-conns")
 # Scenarios whose headline figure is better when lower.
-LOWER_IS_BETTER = ("latency", "conns", "fleet-q0", "fleet-q1", "voice", "voice-1000")
+LOWER_IS_BETTER = ("latency", "conns", "tls-conns", "fleet-q0", "fleet-q1", "voice", "voice-1000")
 # The voice shape of issue 9: 400 devices streaming 100 frames each way,
 # and what the Node reference gateway (which cannot be installed here) and
 # shardmq spent on it then, as the issue's table states them.
@@ -162,7 +174,7 @@ class Run:
         latency scenario, more delivered/s for the others."""
         runs = [(b, self.report(b, scenario)) for b in MOSQUITTOS]
         runs = [(b, r) for b, r in runs if r is not None]
-        if scenario == "conns":
+        if scenario in IDLE_SCENARIOS:
             runs = [(b, r) for b, r in runs if b == "mosquitto"]
         if not runs:
             return None, None
@@ -342,7 +354,7 @@ def headline(scenario):
     """(name, metric, format) of a scenario's main figure."""
     if scenario == "latency":
         return "p99", p99, fmt_us
-    if scenario == "conns":
+    if scenario in IDLE_SCENARIOS:
         return "RSS/connection", rss_per_conn, lambda v: f"{count(v)} B"
     if scenario in FLEET_SCENARIOS:
         return "broker CPU µs/msg", cpu_per_million, fmt_cpu
@@ -410,7 +422,7 @@ def summary(base, started):
         return
     with open(base + ".json", encoding="utf-8") as f:
         r = json.load(f)
-    if scenario == "conns":
+    if scenario in IDLE_SCENARIOS:
         print(
             f"{head} {r.get('established', 0):,}/{r.get('requested', 0):,} connections, "
             f"RSS/conn {count(rss_per_conn(r))} B{took}"
@@ -534,6 +546,86 @@ def conns_table(run):
                 + ", ".join(f"{k} ×{v}" for k, v in errors.items())
                 + "."
             )
+    return rows, notes
+
+
+def secure_table(run):
+    """MQTT over TLS, WebSocket and both: throughput and CPU per message
+    against mosquitto on the same transport, and against the same broker
+    over plain TCP when the run has that scenario too; idle connections
+    over TLS."""
+    scenarios = [sc for sc in SECURE_SCENARIOS if sc in run.scenarios and sc != "tls-conns"]
+    rows, notes = [], []
+    if scenarios:
+        rows += [
+            "| Scenario | Broker | delivered/s | × mosquitto | × own TCP | broker CPU µs / msg "
+            "| × mosquitto | × own TCP | p50 | p99 | lost | cores: broker / generator |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+    for scenario in scenarios:
+        plain = scenario.split("-", 1)[1]
+        ref, base = run.reference(scenario)
+        for broker in run.brokers:
+            status, r = run.result(broker, scenario)
+            if status is None:
+                continue
+            name = SCENARIO_NAMES[scenario]
+            if r is None:
+                rows.append(f"| {name} | {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 9)
+                continue
+            tcp = run.report(broker, plain)
+            gen_cores, broker_cores = dig(r, "bench", "cores"), dig(r, "server", "cores")
+            cores = " / ".join("—" if c is None else f"{c:.2f}" for c in (broker_cores, gen_cores))
+            if gen_cores is not None and broker_cores is not None and gen_cores >= SATURATED > broker_cores:
+                cores += " †"
+            note = run.note(broker, scenario)
+            if note and note.startswith("‡"):
+                cores += " ‡"
+            mark = " ◆" if broker == ref else ""
+            rows.append(
+                f"| {name} | {BROKER_NAMES[broker]}{mark} | {count(delivered(r))} "
+                f"| {fmt_ratio(ratio(delivered(r), delivered(base)))} "
+                f"| {fmt_ratio(ratio(delivered(r), delivered(tcp)))} "
+                f"| {fmt_cpu(cpu_per_million(r))} "
+                f"| {fmt_ratio(ratio(cpu_per_million(r), cpu_per_million(base)))} "
+                f"| {fmt_ratio(ratio(cpu_per_million(r), cpu_per_million(tcp)))} "
+                f"| {fmt_us(latency(r, 'p50_us'))} | {fmt_us(p99(r))} | {loss(r)} | {cores} |"
+            )
+            extra = [note] if note else []
+            errors = {k: v for k, v in (r.get("errors") or {}).items() if v}
+            if errors:
+                extra.append("generator saw " + ", ".join(f"{k} ×{v}" for k, v in errors.items()))
+            if extra:
+                notes.append(f"- {name}, {BROKER_NAMES[broker]}: " + "; ".join(extra) + ".")
+    if "tls-conns" in run.scenarios:
+        if rows:
+            rows.append("")
+        rows += [
+            "| Idle connections over TLS | established | connects/s | RSS / connection "
+            "| × mosquitto | × own TCP | broker RSS before → after |",
+            "|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        base = run.base("tls-conns")
+        for broker in run.brokers:
+            status, r = run.result(broker, "tls-conns")
+            if status is None:
+                continue
+            if r is None:
+                rows.append(f"| {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 5)
+                continue
+            before = dig(r, "server", "before", "vm_rss_kib")
+            after = dig(r, "server", "after", "vm_rss_kib")
+            span = "—" if before is None or after is None else f"{before / 1024:.1f} → {after / 1024:.1f} MiB"
+            tcp = run.report(broker, "conns")
+            rows.append(
+                f"| {BROKER_NAMES[broker]} | {count(r.get('established'))} of {count(r.get('requested'))} "
+                f"| {count(r.get('connects_per_s'))} | {count(rss_per_conn(r))} B "
+                f"| {fmt_ratio(ratio(rss_per_conn(r), rss_per_conn(base)))} "
+                f"| {fmt_ratio(ratio(rss_per_conn(r), rss_per_conn(tcp)))} | {span} |"
+            )
+            note = run.note(broker, "tls-conns")
+            if note:
+                notes.append(f"- idle connections over TLS, {BROKER_NAMES[broker]}: {note}.")
     return rows, notes
 
 
@@ -1031,6 +1123,7 @@ def write(run_path, md_path, png_path):
     fleet_rows, fleet_notes = fleet_table(run)
     churn_rows, churn_notes = churn_table(run)
     voice_rows, voice_notes = voice_table(run)
+    secure_rows, secure_notes = secure_table(run)
     # The script runs from the repository root.
     rel_run = os.path.relpath(run_path)
 
@@ -1156,6 +1249,21 @@ def write(run_path, md_path, png_path):
         )
         if voice_notes:
             out += ["", *voice_notes]
+    if secure_rows:
+        out += ["", "## Over TLS and WebSocket", "", *secure_rows, ""]
+        out.append(
+            f"The same scenarios on each broker's TLS listener (`tls-*`), `ws://` listener (`ws-*`) and "
+            f"`wss://` listener (`wss-*`): shardmq's `[tls]` and `[websocket]`, mosquitto's `listener` "
+            f"with `cafile`/`certfile`/`keyfile` and `protocol websockets` (libwebsockets). One ECDSA P-256 "
+            f"certificate for both, made at run time ({m.get('openssl') or 'openssl'}); `shardmq-bench "
+            f"--transport tls|ws|wss` is a rustls (ring) client, TLS 1.3 with both brokers, and sends one "
+            f"masked binary frame per write. Idle connections over TLS: {m.get('tls_conns', '?')} clients. "
+            f"× mosquitto is against the better mosquitto run (◆) on the same transport; × own TCP against "
+            f"the same broker's plain TCP run of the scenario, when this run has it. † the generator used "
+            f"≥ 90% of its core while the broker did not."
+        )
+        if secure_notes:
+            out += ["", *secure_notes]
     t3 = targets(run)
     if len(t3) > 2:
         out += ["", "## Targets", "", *t3]
@@ -1168,9 +1276,14 @@ def write(run_path, md_path, png_path):
     cs = cross_shard(run)
     if cs:
         out += ["", "## Cross-shard delivery", "", *cs]
-    out += ["", "![delivered/s and costs relative to mosquitto](results.png)", ""]
+    # The chart shows the plain TCP scenarios only.
+    charted = any(sc not in SECURE_SCENARIOS for sc in run.scenarios)
+    if charted:
+        out += ["", f"![delivered/s and costs relative to mosquitto]({os.path.basename(png_path)})", ""]
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(out))
+    if not charted:
+        return
     try:
         chart(run, png_path)
     except ImportError as e:

@@ -60,6 +60,11 @@ pub(super) async fn run(
 ) {
     let peer = stream.peer_addr();
     tracing::debug!(shard = shard.id.0, client_id = %connect.client_id, ?peer, "connection runs");
+    if shard.draining() {
+        // The server stops: this client is told to come back later.
+        super::listener::refuse(&mut stream, ConnectReturnCode::ServerUnavailable).await;
+        return;
+    }
     let address = peer.map(|p| p.ip());
     if let Some(ip) = address {
         if !shard.per_address.borrow_mut().hold(ip) {
@@ -93,6 +98,13 @@ pub(super) async fn run(
         match poll_fn(|cx| driver.poll(cx, &mut stream)).await {
             Event::Readable => driver.process(),
             Event::Closed => {
+                if driver.shard.draining() {
+                    // A clean stop: what the broker queued goes out first.
+                    // The process bounds how long that may take.
+                    driver.flush(&mut stream).await;
+                    let _ = stream.close().await;
+                    break;
+                }
                 // One try, no wait: a WebSocket sends its close frame if the
                 // socket takes it now; TCP shuts its write side, as the drop
                 // below would anyway.
@@ -191,6 +203,22 @@ impl Driver {
                 Poll::Pending
             }
         }
+    }
+
+    /// Writes the whole outbox, waiting for the socket; returns early if
+    /// the socket fails.
+    async fn flush(&self, stream: &mut Stream) {
+        poll_fn(|cx| {
+            let mut broker = self.shard.broker.borrow_mut();
+            let Some(outbox) = broker.outbox_mut(self.conn) else {
+                return Poll::Ready(());
+            };
+            match write_outbox(cx, stream, outbox) {
+                Ok(()) if !outbox.is_empty() => Poll::Pending,
+                _ => Poll::Ready(()),
+            }
+        })
+        .await;
     }
 
     /// Decodes and hands over every complete packet, unless the broker

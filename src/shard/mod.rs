@@ -16,6 +16,8 @@
 mod arena;
 mod auth;
 mod conn;
+mod control;
+mod drain;
 mod limits;
 mod listener;
 pub mod mesh;
@@ -25,6 +27,7 @@ mod service;
 mod settings;
 pub mod store;
 
+pub use control::{late_shards, Control};
 pub use limits::ConnectionLimits;
 pub use service::{Service, ServiceFactory};
 pub use settings::{Settings, TlsListener};
@@ -97,6 +100,8 @@ pub struct Server {
     tls_config: Option<crate::transport::ServerConfigHolder>,
     /// Sends every shard what a reload read (`reload`).
     pub reloader: reload::Reloader,
+    /// Health pings and the drain, for the process's control threads.
+    pub control: Arc<Control>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The lock on the store directory, held while the server runs.
     _store_lock: Option<std::fs::File>,
@@ -134,6 +139,7 @@ impl Server {
         let tls_config = settings.tls.as_ref().map(|t| t.config.clone());
         let counters = Arc::new(crate::transport::Counters::default());
         let admission = Arc::new(limits::Admission::new(&settings.connection_limits));
+        let control = Arc::new(Control::new(shards));
         let snapshot = Arc::new(reload::load_auth(&settings.auth)?);
         let (reloader, receivers) = reload::channels(shards, tls_config.clone());
         let mut receivers = receivers.into_iter();
@@ -163,6 +169,7 @@ impl Server {
             let services = services.clone();
             let counters = counters.clone();
             let admission = admission.clone();
+            let control = control.clone();
             let auth = (snapshot.clone(), receivers.next());
             let restored = stores
                 .get_mut(i)
@@ -176,7 +183,7 @@ impl Server {
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
                 .spawn(move || {
-                    let shared = (counters, admission, restored);
+                    let shared = (counters, admission, control, restored);
                     run_shard(i, settings, endpoints, services, shared, auth, ready)
                 })
                 .map_err(|e| StartError::Executor {
@@ -205,6 +212,7 @@ impl Server {
             tls_listen,
             tls_config,
             reloader,
+            control,
             handles,
             _store_lock: store_lock,
         })
@@ -225,7 +233,14 @@ impl Server {
         }
     }
 
-    /// Waits for the shards; they run until the process ends.
+    /// Asks every shard to drain (see `control`): stop accepting, flush
+    /// and close every connection, then end. Returns at once.
+    pub fn drain(&self, publish_wills: bool) {
+        self.control.drain(publish_wills);
+    }
+
+    /// Waits for the shards; they run until the process ends or a drain
+    /// ends them.
     pub fn join(self) {
         for h in self.handles {
             let _ = h.join();
@@ -314,6 +329,12 @@ pub struct Shard {
     reloads: Option<reload::ReloadReceiver>,
     /// The shard's store (`store`); `None` keeps state in memory only.
     store: Option<store::ShardStore>,
+    /// Health pings and the drain, shared with the process.
+    control: Arc<Control>,
+    /// The drain has begun on this shard: no new connection runs.
+    draining: Cell<bool>,
+    /// The shard's main task, waiting for a drain to be asked.
+    drain_waker: RefCell<Option<Waker>>,
 }
 
 impl Shard {
@@ -491,9 +512,10 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
-    (transport, admission, restored): (
+    (transport, admission, control, restored): (
         Arc<crate::transport::Counters>,
         Arc<limits::Admission>,
+        Arc<Control>,
         Option<store::Restored>,
     ),
     auth: (
@@ -578,13 +600,18 @@ async fn run_shard(
         )),
         reloads: auth.1,
         store: shard_store,
+        control,
+        draining: Cell::new(false),
+        drain_waker: RefCell::new(None),
     });
     for service in &shard.services {
         service.clone().start(shard.clone());
     }
+    // Stopped first in a drain; the mesh and the tick run until the end.
+    let mut listeners = Vec::new();
     if index == 0 {
         if let Some(addr) = shard.settings.http_listen {
-            serve_http(&shard, addr);
+            listeners.extend(serve_http(&shard, addr));
         }
     }
     let mut tasks = Vec::new();
@@ -606,42 +633,42 @@ async fn run_shard(
     if shard.store.is_some() {
         tasks.push(glommio::spawn_local(store::run_writer(shard.clone())));
     }
-    if let Some(ws_listener) = ws_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            ws_listener,
-            listener::Kind::Ws,
-        )));
-    }
-    if let Some(wss_listener) = wss_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            wss_listener,
-            listener::Kind::Wss,
-        )));
-    }
-    if let Some(tls_listener) = tls_listener {
-        tasks.push(glommio::spawn_local(listener::accept_loop(
-            shard.clone(),
-            tls_listener,
-            listener::Kind::Tls,
-        )));
+    // The shard's store was loaded before the executors started
+    // (`Server::start`), so the process tells systemd READY=1 only after
+    // every store is loaded.
+    let kinds = [
+        (listener, listener::Kind::Mqtt),
+        (ws_listener, listener::Kind::Ws),
+        (wss_listener, listener::Kind::Wss),
+        (tls_listener, listener::Kind::Tls),
+    ];
+    for (bound, kind) in kinds {
+        if let Some(bound) = bound {
+            listeners.push(glommio::spawn_local(listener::accept_loop(
+                shard.clone(),
+                bound,
+                kind,
+            )));
+        }
     }
     let _ = ready.send(Ok(()));
-    match listener {
-        Some(listener) => listener::accept_loop(shard, listener, listener::Kind::Mqtt).await,
-        None => std::future::pending::<()>().await,
-    }
+    drain::asked(&shard).await;
+    drain::run(&shard, listeners).await;
+    // The final flush of the shard's store: after the last connection
+    // closed (nothing more changes), before the executor ends.
+    shard.flush_store().await;
     drop(tasks);
+    shard.control.note_stopped();
 }
 
-/// Serves the services' HTTP routes and `/metrics` on shard 0.
-fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) {
+/// Serves the services' HTTP routes and `/metrics` on shard 0; the task
+/// serves until dropped.
+fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) -> Option<glommio::Task<()>> {
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(%addr, error = %e, "cannot listen for HTTP");
-            return;
+            return None;
         }
     };
     let mut router = Router::default();
@@ -655,7 +682,10 @@ fn serve_http(shard: &Rc<Shard>, addr: SocketAddr) {
         Rc::new(metrics::Metrics(Rc::downgrade(shard))),
     ));
     tracing::info!(%addr, "HTTP listening");
-    glommio::spawn_local(crate::http::serve(listener, Rc::new(router))).detach();
+    Some(glommio::spawn_local(crate::http::serve(
+        listener,
+        Rc::new(router),
+    )))
 }
 
 /// Drains batches staged for shard `to` into its channel, awaiting space.
@@ -719,6 +749,8 @@ async fn tick(shard: Rc<Shard>) {
         glommio::timer::sleep(TICK_INTERVAL).await;
         let now = Instant::now();
         reload::apply_pending(&shard);
+        shard.control.answer(usize::from(shard.id.0));
+        drain::check(&shard);
         shard.broker.borrow_mut().tick(now);
         for service in &shard.services {
             service.tick(&shard, now);
@@ -729,3 +761,6 @@ async fn tick(shard: Rc<Shard>) {
 
 #[cfg(test)]
 mod service_tests;
+
+#[cfg(test)]
+mod drain_tests;

@@ -1,6 +1,6 @@
-//! Reloading on SIGHUP: a thread of the server process waits for the
-//! signal, reads the files again and, when they parse, sends each shard the
-//! new immutable snapshot through its own bounded channel. A file that does
+//! Reloading on SIGHUP: the process's main thread takes the signal (the
+//! binary's `signals`), reads the files again and, when they parse, sends
+//! each shard the new immutable snapshot through its own bounded channel. A file that does
 //! not parse leaves every shard on the snapshot it has, with one warning
 //! saying why. The same signal reloads the TLS certificates and keys.
 //!
@@ -150,25 +150,6 @@ impl Reloader {
                 "TLS reload refused; the previous certificates stay"
             ),
         }
-    }
-
-    /// Starts the thread that reloads on every SIGHUP: users and ACL, then
-    /// the TLS files. Registering the handler also keeps SIGHUP from ending
-    /// the process.
-    pub fn watch_sighup(
-        self,
-        auth: AuthConfig,
-        tls: TlsConfig,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
-        std::thread::Builder::new()
-            .name("reload".to_string())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    self.reload_auth(&auth);
-                    self.reload_tls(&tls);
-                }
-            })
     }
 }
 

@@ -98,7 +98,14 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
             })
         }),
     ];
-    let settings = Settings {
+    let settings = two_shards_on_loopback();
+    let server = Server::start(settings, services).expect("shards start");
+    server.listen.expect("listening")
+}
+
+/// Two unpinned shards with an MQTT listener on a loopback port.
+pub(super) fn two_shards_on_loopback() -> Settings {
+    Settings {
         shards: 2,
         pin_cores: false,
         mqtt_listen: Some("127.0.0.1:0".parse().expect("address")),
@@ -127,13 +134,11 @@ fn start(seen: mpsc::Sender<Seen>) -> SocketAddr {
         auth: crate::auth::AuthConfig::default(),
         persistence: None,
         session_expiry: None,
-    };
-    let server = Server::start(settings, services).expect("shards start");
-    server.listen.expect("listening")
+    }
 }
 
 /// CONNECT as `client_id`, read the CONNACK, PUBLISH `payload` at QoS 0.
-fn connect_and_publish(addr: SocketAddr, client_id: &str, payload: &[u8]) -> TcpStream {
+pub(super) fn connect_and_publish(addr: SocketAddr, client_id: &str, payload: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut out = BytesMut::new();

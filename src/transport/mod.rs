@@ -9,11 +9,14 @@
 //! plain TCP one.
 //!
 //! Plain TCP, TLS, WebSocket over TCP (`ws`) and WebSocket over TLS (`wss`)
-//! are the transports.
+//! are the transports. [`client`] is the other direction: a stream this
+//! server dials (TCP, or TLS through the same adapter), for services that
+//! reach out, such as the voice gateway's chat backends.
 //! A PROXY protocol header ([`proxy`]) comes before any of them; the
 //! address it gives is the stream's [`Stream::peer_addr`] from then on,
 //! wherever the stream moves.
 
+pub mod client;
 pub mod counters;
 mod identity;
 pub mod proxy;
@@ -125,7 +128,9 @@ impl Stream {
         match self {
             // A wss stream is made from a handshaken TLS one.
             Stream::Tcp(_) | Stream::Ws(_) | Stream::Wss(_) => Ok(()),
-            Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_handshake(cx)).await,
+            Stream::Tls(s) => std::future::poll_fn(|cx| s.poll_handshake(cx))
+                .await
+                .map_err(|e| e.failure()),
         }
     }
 

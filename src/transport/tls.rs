@@ -1,4 +1,6 @@
-//! MQTT over TLS: a rustls `ServerConnection` over the accepted TCP socket.
+//! TLS over a TCP socket: a rustls `ServerConnection` over an accepted
+//! socket (MQTT over TLS, `wss`), or a `ClientConnection` over one this
+//! server dialled ([`super::client`]). One adapter drives either side.
 //!
 //! rustls is driven through its buffered sans-IO calls: `read_tls` takes
 //! ciphertext from the socket, `process_new_packets` decrypts it into the
@@ -25,10 +27,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection};
 
 use super::counters::HandshakeFailure;
 use super::tcp::Tcp;
@@ -39,13 +43,56 @@ use super::tcp::Tcp;
 const READS_PER_POLL: usize = 8;
 
 /// Boxed whole in [`super::Stream`]: a TLS connection costs one
-/// allocation, and a plain TCP one carries nothing of it.
-pub struct Tls {
+/// allocation, and a plain TCP one carries nothing of it. `S` is the
+/// session's side: the server's unless named.
+pub struct Tls<S = ServerConnection> {
     tcp: Tcp,
-    session: ServerConnection,
+    session: S,
 }
 
-impl Tls {
+/// Why a handshake did not complete, with rustls's own error kept for the
+/// caller to sort ([`HandshakeFailure::of`]) or to log.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The peer closed, or the socket failed, mid-handshake.
+    Closed,
+    Tls(rustls::Error),
+}
+
+impl HandshakeError {
+    pub fn failure(&self) -> HandshakeFailure {
+        match self {
+            HandshakeError::Closed => HandshakeFailure::Closed,
+            HandshakeError::Tls(e) => HandshakeFailure::of(e),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Closed => f.write_str("connection closed during the TLS handshake"),
+            HandshakeError::Tls(e) => write!(f, "TLS handshake: {e}"),
+        }
+    }
+}
+
+impl Tls<ClientConnection> {
+    /// A client session towards `name` over a socket just connected; the
+    /// handshake starts with the first poll.
+    pub(super) fn connect(
+        tcp: Tcp,
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<Box<Self>, rustls::Error> {
+        let session = ClientConnection::new(config, name)?;
+        Ok(Box::new(Tls { tcp, session }))
+    }
+}
+
+impl Tls<ServerConnection> {
     /// A session over a socket just accepted; `early` is what was read from
     /// the socket already (after a PROXY header) and belongs to TLS.
     pub(super) fn accept(
@@ -95,30 +142,36 @@ impl Tls {
         let leaf = self.session.peer_certificates()?.first()?;
         super::identity::of_certificate(leaf)
     }
+}
 
+/// Either side: `S` derefs to rustls's buffered connection of its side.
+impl<S, D> Tls<S>
+where
+    S: DerefMut<Target = ConnectionCommon<D>>,
+{
     /// Drives the handshake until it is complete and every handshake record
     /// is on the wire.
     pub(super) fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), HandshakeFailure>> {
+    ) -> Poll<Result<(), HandshakeError>> {
         for _ in 0..READS_PER_POLL {
             match self.poll_flush_records(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Poll::Ready(Err(HandshakeFailure::Closed)),
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(HandshakeError::Closed)),
                 Poll::Pending => return Poll::Pending,
             }
             if !self.session.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
             match self.read_records(cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(HandshakeFailure::Closed)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(HandshakeError::Closed)),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(ReadError::Io(_))) => {
-                    return Poll::Ready(Err(HandshakeFailure::Closed))
+                    return Poll::Ready(Err(HandshakeError::Closed))
                 }
                 Poll::Ready(Err(ReadError::Tls(e))) => {
-                    return Poll::Ready(Err(HandshakeFailure::of(&e)))
+                    return Poll::Ready(Err(HandshakeError::Tls(e)))
                 }
                 Poll::Pending => return Poll::Pending,
             }
@@ -273,7 +326,7 @@ impl Write for SocketIo<'_, '_> {
 }
 
 /// `wss`: the WebSocket framing over a TLS session whose handshake is done.
-impl super::ws::Inner for Tls {
+impl super::ws::Inner for Tls<ServerConnection> {
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         Tls::poll_read(self, cx, buf)
     }

@@ -2,24 +2,34 @@
 //! gateway's headers, sends the hello, then carries text and audio frames
 //! both ways until either side ends. Every decision about what a frame
 //! means is the gateway machine's; this task only moves frames.
+//!
+//! Connecting is four steps under one deadline: the backend's addresses
+//! (`backend`: looked up off the shard thread, cached briefly), TCP to the
+//! first that answers, the TLS handshake for `wss://` (server verified,
+//! SNI = the URL's host), the WebSocket upgrade. A failure in any of them
+//! ends the conversation as a backend that did not answer, and the lookup
+//! and TLS failures are counted by reason.
 
-use std::net::SocketAddr;
+use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::HeaderValue;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketStream;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use glommio::channels::local_channel::LocalReceiver;
-use glommio::net::TcpStream;
 
 use crate::shard::Shard;
+use crate::transport::client::ClientStream;
+use crate::voice::backend::{self, Backend, ResolveError};
+use crate::voice::metrics::BackendTlsFailure;
 use crate::voice::service::VoiceService;
 
-/// Time to connect and complete the WebSocket handshake.
+/// Time to resolve, connect, and complete the TLS and WebSocket handshakes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest backend message accepted: JSON and 60 ms Opus frames are far
@@ -39,54 +49,12 @@ pub enum BridgeCmd {
     Close,
 }
 
-/// A backend URL with its address resolved once, at start-up: a DNS lookup
-/// on a shard thread would stall every connection of the shard.
-#[derive(Debug, Clone)]
-pub struct Backend {
-    pub url: String,
-    pub addr: SocketAddr,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("invalid backend URL {0:?}")]
-    Url(String),
-    #[error("cannot resolve backend {url:?}: {source}")]
-    Resolve { url: String, source: std::io::Error },
-}
-
-impl Backend {
-    pub fn resolve(url: &str) -> Result<Backend, BackendError> {
-        let request = url
-            .into_client_request()
-            .map_err(|_| BackendError::Url(url.to_string()))?;
-        let uri = request.uri();
-        let host = uri
-            .host()
-            .ok_or_else(|| BackendError::Url(url.to_string()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
-            .map_err(|source| BackendError::Resolve {
-                url: url.to_string(),
-                source,
-            })?
-            .next()
-            .ok_or_else(|| BackendError::Url(url.to_string()))?;
-        Ok(Backend {
-            url: url.to_string(),
-            addr,
-        })
-    }
-}
-
 /// Runs the conversation's WebSocket until it ends, then tells the gateway.
 pub(crate) async fn run(
     service: Rc<VoiceService>,
     shard: Rc<Shard>,
     conv: u32,
-    backend: Backend,
+    backend: Rc<Backend>,
     headers: Vec<(&'static str, String)>,
     hello: String,
     rx: LocalReceiver<BridgeCmd>,
@@ -129,39 +97,111 @@ pub(crate) async fn run(
             }
         }
         Err(e) => {
-            tracing::warn!(conv, backend = %backend.url, error = %e, "chat backend unreachable");
+            tracing::warn!(conv, backend = %backend.url(), error = %e, "chat backend unreachable");
+            service.count(|c| match &e {
+                ConnectError::Resolve(_) | ConnectError::Timeout(Step::Resolving) => {
+                    c.backend_resolve_failures += 1;
+                }
+                ConnectError::Tls(reason, _) => c.backend_tls_failures[reason.index()] += 1,
+                _ => {}
+            });
         }
     }
     service.backend_closed(&shard, conv);
 }
 
+/// Why a backend could not be reached.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Resolve(ResolveError),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS ({reason}): {message}", reason = .0.name(), message = .1)]
+    Tls(BackendTlsFailure, String),
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
+    #[error("no answer within {CONNECT_TIMEOUT:?} ({0})")]
+    Timeout(Step),
+}
+
+/// Where the connect deadline passed (the TLS handshake's is a TLS failure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Resolving,
+    Connecting,
+    Upgrading,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Resolving => "resolving",
+            Step::Connecting => "connecting",
+            Step::Upgrading => "WebSocket upgrade",
+        })
+    }
+}
+
 async fn connect(
-    backend: &Backend,
+    backend: &Rc<Backend>,
     headers: Vec<(&'static str, String)>,
-) -> Result<async_tungstenite::WebSocketStream<TcpStream>, String> {
+) -> Result<WebSocketStream<ClientStream>, ConnectError> {
     let mut request = backend
-        .url
-        .as_str()
+        .url()
         .into_client_request()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ConnectError::WebSocket(e.to_string()))?;
     for (name, value) in headers {
-        let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+        let value =
+            HeaderValue::from_str(&value).map_err(|e| ConnectError::WebSocket(e.to_string()))?;
         request.headers_mut().insert(name, value);
     }
     let mut config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     config.max_message_size = Some(MAX_MESSAGE);
     config.max_frame_size = Some(MAX_MESSAGE);
-    let addr = backend.addr;
-    glommio::timer::timeout(CONNECT_TIMEOUT, async move {
-        let stream = TcpStream::connect(addr).await.map_err(|e| {
-            glommio::GlommioError::<()>::IoError(std::io::Error::other(e.to_string()))
-        })?;
-        let _ = stream.set_nodelay(true);
-        async_tungstenite::client_async_with_config(request, stream, Some(config))
-            .await
-            .map(|(ws, _)| ws)
-            .map_err(|e| glommio::GlommioError::IoError(std::io::Error::other(e.to_string())))
-    })
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+
+    let addrs = within(deadline, backend.addresses())
+        .await
+        .ok_or(ConnectError::Timeout(Step::Resolving))?
+        .map_err(ConnectError::Resolve)?;
+    let mut stream = Err(ConnectError::Connect(std::io::ErrorKind::NotFound.into()));
+    for &addr in addrs.iter() {
+        stream = match within(deadline, ClientStream::connect(addr)).await {
+            Some(Ok(s)) => Ok(s),
+            Some(Err(e)) => Err(ConnectError::Connect(e)),
+            None => Err(ConnectError::Timeout(Step::Connecting)),
+        };
+        if stream.is_ok() || Instant::now() >= deadline {
+            break;
+        }
+    }
+    let stream = stream.inspect_err(|_| backend.forget_addresses())?;
+    let stream = match backend.tls() {
+        Some(target) => match within(deadline, stream.start_tls(target)).await {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return Err(ConnectError::Tls(backend::tls_failure(&e), e.to_string())),
+            None => {
+                let why = "no answer before the deadline".to_string();
+                return Err(ConnectError::Tls(BackendTlsFailure::Timeout, why));
+            }
+        },
+        None => stream,
+    };
+    within(
+        deadline,
+        async_tungstenite::client_async_with_config(request, stream, Some(config)),
+    )
     .await
-    .map_err(|e| e.to_string())
+    .ok_or(ConnectError::Timeout(Step::Upgrading))?
+    .map(|(ws, _)| ws)
+    .map_err(|e| ConnectError::WebSocket(e.to_string()))
+}
+
+/// `f`'s output, or `None` once `deadline` has passed.
+async fn within<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    glommio::timer::timeout(left, async { Ok(f.await) })
+        .await
+        .ok()
 }

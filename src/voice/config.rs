@@ -38,11 +38,15 @@ pub struct VoiceConfig {
     pub public_port: u16,
     /// How datagrams reach the shard that owns their conversation.
     pub steering: Steering,
-    /// Chat backends (WebSocket URLs); one is picked per conversation.
+    /// Chat backends (`ws://` or `wss://` URLs); one is picked per
+    /// conversation.
     pub chat_servers: Vec<String>,
     /// Backends for the devices listed in `dev_macs`.
     pub dev_chat_servers: Vec<String>,
     pub dev_macs: Vec<String>,
+    /// CA certificates (PEM) that `wss://` backends' certificates must
+    /// chain to; "" = the system's roots.
+    pub chat_ca_file: String,
     /// Static bearer token for the backend, used when `backend_secret` is empty.
     pub backend_token: String,
     /// When set, each backend connection carries an HMAC token instead.
@@ -93,6 +97,7 @@ impl Default for VoiceConfig {
             chat_servers: vec!["ws://127.0.0.1:8000/xiaozhi/v1/?from=mqtt_gateway".to_string()],
             dev_chat_servers: Vec::new(),
             dev_macs: Vec::new(),
+            chat_ca_file: String::new(),
             backend_token: "test-token".to_string(),
             backend_secret: String::new(),
             backend_hello_timeout_s: 10,
@@ -100,6 +105,43 @@ impl Default for VoiceConfig {
             ota: Default::default(),
             external_broker: ExternalBrokerConfig::default(),
         }
+    }
+}
+
+/// A chat backend's URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// `wss://`.
+    pub tls: bool,
+    /// A name or an IP address (without an IPv6 literal's brackets).
+    pub host: String,
+    /// The URL's, else 80 for `ws://` and 443 for `wss://`.
+    pub port: u16,
+}
+
+impl BackendUrl {
+    pub fn parse(url: &str) -> Result<BackendUrl, String> {
+        use async_tungstenite::tungstenite::client::IntoClientRequest;
+        let tls = match url.split_once("://") {
+            Some(("ws", _)) => false,
+            Some(("wss", _)) => true,
+            _ => return Err("must start with ws:// or wss://".to_string()),
+        };
+        let request = url
+            .into_client_request()
+            .map_err(|e| format!("not a WebSocket URL: {e}"))?;
+        let uri = request.uri();
+        let host = uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .filter(|h| !h.is_empty())
+            .ok_or("no host")?;
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(BackendUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -130,12 +172,15 @@ impl VoiceConfig {
                 message: "at least one backend URL is needed".to_string(),
             });
         }
-        for url in self.chat_servers.iter().chain(&self.dev_chat_servers) {
-            if !url.starts_with("ws://") {
-                return Err(Invalid {
-                    key: "voice.chat_servers",
-                    message: format!("{url:?}: only ws:// URLs are supported"),
-                });
+        for (key, urls) in [
+            ("voice.chat_servers", &self.chat_servers),
+            ("voice.dev_chat_servers", &self.dev_chat_servers),
+        ] {
+            for url in urls {
+                BackendUrl::parse(url).map_err(|message| Invalid {
+                    key,
+                    message: format!("{url:?}: {message}"),
+                })?;
             }
         }
         self.ota.validate().map_err(|e| Invalid {
@@ -149,5 +194,55 @@ impl VoiceConfig {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_urls_of_both_schemes_are_taken_apart() {
+        let parse = |u: &str| BackendUrl::parse(u);
+        assert_eq!(
+            parse("ws://127.0.0.1:8000/xiaozhi/v1/?from=mqtt_gateway"),
+            Ok(BackendUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 8000
+            })
+        );
+        assert_eq!(
+            parse("wss://chat.example/xiaozhi/v1/"),
+            Ok(BackendUrl {
+                tls: true,
+                host: "chat.example".into(),
+                port: 443
+            })
+        );
+        assert_eq!(parse("ws://localhost/x").map(|u| u.port), Ok(80));
+        assert_eq!(
+            parse("wss://[::1]:9443/").map(|u| u.host),
+            Ok("::1".to_string())
+        );
+        assert!(parse("http://chat.example/").is_err());
+        assert!(parse("wss:///nohost").is_err());
+        assert!(parse("chat.example:443").is_err());
+    }
+
+    #[test]
+    fn wss_backends_pass_validation() {
+        let config = VoiceConfig {
+            chat_servers: vec!["wss://chat.example/xiaozhi/v1/".into()],
+            dev_chat_servers: vec!["ws://localhost:8000/".into()],
+            ..VoiceConfig::default()
+        };
+        assert!(config.validate().is_ok());
+        let bad = VoiceConfig {
+            dev_chat_servers: vec!["https://chat.example/".into()],
+            ..VoiceConfig::default()
+        };
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.key, "voice.dev_chat_servers");
     }
 }

@@ -42,6 +42,7 @@ use serde_json::Value;
 use crate::voice::audio::AudioChannel;
 use crate::voice::control::{self, Control};
 use crate::voice::identity::{self, DeviceId};
+use crate::voice::metrics::BackendTlsFailure;
 use crate::voice::packet::{self, DropReason, HEADER_LEN};
 
 /// A device, as the shell names it.
@@ -112,6 +113,10 @@ pub struct VoiceCounters {
     pub conversations_opened: u64,
     pub hello_errors: u64,
     pub backend_failures: u64,
+    /// `wss://` handshakes that failed, indexed like `BackendTlsFailure::ALL`.
+    pub backend_tls_failures: [u64; BackendTlsFailure::ALL.len()],
+    /// Backend host names that did not resolve.
+    pub backend_resolve_failures: u64,
     pub udp_in: u64,
     pub udp_out: u64,
     /// Datagrams that landed on another shard's socket and came over the mesh.
@@ -131,6 +136,14 @@ impl VoiceCounters {
         self.conversations_opened += other.conversations_opened;
         self.hello_errors += other.hello_errors;
         self.backend_failures += other.backend_failures;
+        for (a, b) in self
+            .backend_tls_failures
+            .iter_mut()
+            .zip(other.backend_tls_failures)
+        {
+            *a += b;
+        }
+        self.backend_resolve_failures += other.backend_resolve_failures;
         self.udp_in += other.udp_in;
         self.udp_out += other.udp_out;
         self.udp_forwarded += other.udp_forwarded;

@@ -7,6 +7,54 @@ use std::fmt::Write;
 use crate::voice::gateway::VoiceCounters;
 use crate::voice::packet::DropReason;
 
+/// Why a `wss://` backend's TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTlsFailure {
+    /// The backend's certificate is not trusted, has expired, or does not
+    /// name the URL's host.
+    Certificate,
+    /// The backend refused the handshake with an alert.
+    AlertReceived,
+    /// No protocol version or cipher suite in common.
+    Incompatible,
+    /// Not TLS, or TLS that cannot be parsed (a plain `ws://` server).
+    Protocol,
+    /// The backend closed the connection mid-handshake.
+    Closed,
+    /// The connect deadline passed during the handshake.
+    Timeout,
+    Other,
+}
+
+impl BackendTlsFailure {
+    pub const ALL: [BackendTlsFailure; 7] = [
+        BackendTlsFailure::Certificate,
+        BackendTlsFailure::AlertReceived,
+        BackendTlsFailure::Incompatible,
+        BackendTlsFailure::Protocol,
+        BackendTlsFailure::Closed,
+        BackendTlsFailure::Timeout,
+        BackendTlsFailure::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendTlsFailure::Certificate => "certificate",
+            BackendTlsFailure::AlertReceived => "alert_received",
+            BackendTlsFailure::Incompatible => "incompatible",
+            BackendTlsFailure::Protocol => "protocol",
+            BackendTlsFailure::Closed => "closed",
+            BackendTlsFailure::Timeout => "timeout",
+            BackendTlsFailure::Other => "other",
+        }
+    }
+
+    /// Its place in `ALL` and in `VoiceCounters::backend_tls_failures`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 pub fn render(c: &VoiceCounters) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
@@ -44,6 +92,12 @@ pub fn render(c: &VoiceCounters) -> String {
         "counter",
         "Backends that failed or did not answer the hello in time.",
         c.backend_failures,
+    );
+    metric(
+        "shardmq_voice_backend_resolve_failures_total",
+        "counter",
+        "Backend host names that did not resolve.",
+        c.backend_resolve_failures,
     );
     metric(
         "shardmq_voice_udp_received_total",
@@ -86,6 +140,17 @@ pub fn render(c: &VoiceCounters) -> String {
             reason.name()
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP shardmq_voice_backend_tls_failures_total TLS handshakes with wss:// backends that failed, by reason.\n# TYPE shardmq_voice_backend_tls_failures_total counter"
+    );
+    for (reason, n) in BackendTlsFailure::ALL.iter().zip(c.backend_tls_failures) {
+        let _ = writeln!(
+            out,
+            "shardmq_voice_backend_tls_failures_total{{reason=\"{}\"}} {n}",
+            reason.name()
+        );
+    }
     out
 }
 
@@ -108,5 +173,35 @@ mod tests {
         sum.add(&c);
         sum.add(&c);
         assert_eq!(sum.external_out_dropped, 6);
+    }
+
+    #[test]
+    fn backend_tls_and_resolve_failures_are_exported_and_summed() {
+        let mut c = VoiceCounters {
+            backend_resolve_failures: 2,
+            ..VoiceCounters::default()
+        };
+        c.backend_tls_failures[BackendTlsFailure::Certificate.index()] = 5;
+        let text = render(&c);
+        assert!(
+            text.contains("\nshardmq_voice_backend_tls_failures_total{reason=\"certificate\"} 5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nshardmq_voice_backend_tls_failures_total{reason=\"timeout\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nshardmq_voice_backend_resolve_failures_total 2\n"),
+            "{text}"
+        );
+        let mut sum = VoiceCounters::default();
+        sum.add(&c);
+        sum.add(&c);
+        assert_eq!(sum.backend_tls_failures[0], 10);
+        assert_eq!(sum.backend_resolve_failures, 4);
+        for (i, reason) in BackendTlsFailure::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
     }
 }

@@ -6,11 +6,13 @@
 //! conversation's UDP state), `identity` (device ids and credentials),
 //! `control` (JSON messages), `gateway` (one shard's machine), `config`
 //! (the `[voice]` section). Shell: `service` (the shard's side, plugged in
-//! as a `shard::Service`), `bridge` (backend WebSockets), `external`
+//! as a `shard::Service`), `bridge` (backend WebSockets), `backend`
+//! (backend URLs, name lookups, the TLS client configuration), `external`
 //! (external broker mode), `routes` (OTA and the management API on the HTTP
 //! listener), `bpf` (UDP steering), `udp` (batched UDP system calls).
 
 pub mod audio;
+mod backend;
 pub mod bpf;
 mod bridge;
 pub mod config;
@@ -28,7 +30,6 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use crate::shard::ServiceFactory;
-use bridge::Backend;
 use config::{Steering, VoiceConfig};
 use gateway::{Gateway, GatewayConfig};
 
@@ -41,7 +42,7 @@ pub enum VoiceStartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Backend(#[from] bridge::BackendError),
+    Backend(#[from] backend::BackendError),
     #[error("cannot resolve the external broker {address:?}: {source}")]
     ExternalBroker {
         address: String,
@@ -64,14 +65,14 @@ pub struct Started {
 }
 
 /// Binds the UDP group (one socket per shard, in shard order, so the
-/// reuseport program's index is the shard) and resolves the backends.
+/// reuseport program's index is the shard) and readies the backends (their
+/// URLs checked, the TLS roots read; names are resolved later, per
+/// conversation, off the shard threads).
 pub fn start(config: &VoiceConfig, shards: usize) -> Result<Started, VoiceStartError> {
-    let backends = config
-        .chat_servers
-        .iter()
-        .chain(&config.dev_chat_servers)
-        .map(|url| Backend::resolve(url))
-        .collect::<Result<Vec<_>, _>>()?;
+    let backends = backend::specs(
+        config.chat_servers.iter().chain(&config.dev_chat_servers),
+        &config.chat_ca_file,
+    )?;
     let external_broker = resolve_external_broker(config)?;
     let addr = config.udp_listen;
     let want_bpf = config.steering == Steering::Bpf && shards > 1;

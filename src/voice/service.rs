@@ -25,7 +25,8 @@ use crate::http::Route;
 use crate::mqtt::broker::{owner_shard, ConnId, ServiceEvent, ShardId};
 use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
-use crate::voice::bridge::{self, Backend, BridgeCmd};
+use crate::voice::backend::{Backend, BackendSpec};
+use crate::voice::bridge::{self, BridgeCmd};
 use crate::voice::config::VoiceConfig;
 use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
 use crate::voice::identity;
@@ -108,7 +109,7 @@ pub struct VoiceService {
     gateway: RefCell<Gateway>,
     socket: RefCell<Option<std::os::fd::OwnedFd>>,
     udp: std::cell::OnceCell<Rc<UdpSocket>>,
-    backends: Vec<Backend>,
+    backends: Vec<Rc<Backend>>,
     bridges: RefCell<HashMap<u32, LocalSender<BridgeCmd>>>,
     devices: RefCell<Devices>,
     mcp: RefCell<HashMap<u64, McpOrigin>>,
@@ -133,7 +134,7 @@ impl VoiceService {
         shards: usize,
         gateway: Gateway,
         socket: std::os::fd::OwnedFd,
-        backends: Vec<Backend>,
+        backends: Vec<BackendSpec>,
         external_broker: Vec<SocketAddr>,
     ) -> VoiceService {
         let devices = if config.external_broker.enabled() {
@@ -150,7 +151,7 @@ impl VoiceService {
             gateway: RefCell::new(gateway),
             socket: RefCell::new(Some(socket)),
             udp: std::cell::OnceCell::new(),
-            backends,
+            backends: backends.into_iter().map(Backend::new).collect(),
             bridges: RefCell::new(HashMap::new()),
             devices: RefCell::new(devices),
             mcp: RefCell::new(HashMap::new()),
@@ -170,6 +171,11 @@ impl VoiceService {
 
     fn udp(&self) -> Option<&Rc<UdpSocket>> {
         self.udp.get()
+    }
+
+    /// Counts in the shard's counters, for the shell's tasks.
+    pub(crate) fn count(&self, f: impl FnOnce(&mut VoiceCounters)) {
+        f(self.gateway.borrow_mut().counters_mut());
     }
 
     fn token(&self) -> u64 {
@@ -200,7 +206,8 @@ impl VoiceService {
                     headers,
                     hello,
                 } => {
-                    let Some(backend) = self.backends.iter().find(|b| b.url == url).cloned() else {
+                    let Some(backend) = self.backends.iter().find(|b| b.url() == url).cloned()
+                    else {
                         self.gateway
                             .borrow_mut()
                             .backend_closed(Instant::now(), conv);

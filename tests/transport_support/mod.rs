@@ -250,6 +250,22 @@ impl Server {
         }
     }
 
+    /// How many of `ids` were accepted on one shard and run on another,
+    /// read from the "CONNECT received" and "connection runs" debug lines.
+    pub fn handed_off(&self, ids: impl Iterator<Item = String>) -> usize {
+        let output = self.output();
+        let shard_of = |kind: &str, id: &str| {
+            output
+                .lines()
+                .find(|l| l.contains(kind) && l.contains(&format!("client_id={id} ")))
+                .and_then(|l| l.split("shard=").nth(1))
+                .and_then(|rest| rest.split(' ').next())
+                .map(str::to_string)
+        };
+        ids.filter(|id| shard_of("CONNECT received", id) != shard_of("connection runs", id))
+            .count()
+    }
+
     pub fn tls_failures(&self, reason: &str) -> u64 {
         self.metric(&format!(
             "shardmq_tls_handshake_failures_total{{reason=\"{reason}\"}}"

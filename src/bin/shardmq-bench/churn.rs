@@ -10,7 +10,6 @@
 //! connect to CONNACK) when it began there.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +30,7 @@ use super::report::{
     cpu_split_row, kernel_event_rows, latency_rows, stall_row, thousands, Percentiles, Table,
 };
 use super::stats::{new_histogram, Problem, ProblemCounts};
+use super::transport::Endpoint;
 use super::worker::{enlist, wait_for_go, Timeline};
 
 /// A busy executor still runs its timers this often.
@@ -43,7 +43,7 @@ const BACKOFF: Duration = Duration::from_millis(10);
 /// What every thread of a run shares, read-only.
 #[derive(Debug)]
 struct Settings {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     keepalive_s: u16,
     connect_timeout: Duration,
     warmup: Duration,
@@ -137,7 +137,7 @@ pub struct ChurnReport {
 pub fn run(global: &GlobalOpts, args: &ChurnArgs) -> Result<ChurnReport, String> {
     let threads = usize::from(global.threads);
     let settings = Arc::new(Settings {
-        addr: fleet::resolve(&global.host, global.port)?,
+        endpoint: Endpoint::new(global, fleet::resolve(&global.host, global.port)?)?,
         keepalive_s: global.keepalive,
         connect_timeout: global.connect_timeout,
         warmup: args.warmup,
@@ -306,7 +306,7 @@ async fn cycle_until_stop(local: Rc<Local>, client: usize) {
 async fn cycle(local: &Local, client_id: &str) -> Result<(), Problem> {
     let s = &local.settings;
     let began = clock::now_ns();
-    let conn = Conn::open(s.addr, client_id, s.keepalive_s, s.connect_timeout).await?;
+    let conn = Conn::open(&s.endpoint, client_id, s.keepalive_s, s.connect_timeout).await?;
     let connected = clock::now_ns();
     let progress = local.control.progress(local.index);
     bump(&progress.published, 1);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::payload::HEADER_LEN;
+use super::transport::Transport;
 use super::voice::frame::HEADER_LEN as FRAME_HEADER_LEN;
 
 const ABOUT: &str = "MQTT 3.1.1 load generator for shardmq, mosquitto, rumqttd or any broker";
@@ -46,6 +47,8 @@ Examples:
   shardmq-bench latency --rate 10000 --pairs 10 --json lat.json
   shardmq-bench conns --count 15000 --server-pid $(pidof mosquitto)
   shardmq-bench churn --clients 100 --duration 10s
+  shardmq-bench --transport tls --port 8883 --cafile ca.pem p2p --pairs 50
+  shardmq-bench --transport ws --port 8083 --ws-path /mqtt p2p --pairs 50 --qos 1
   shardmq-bench latency --rate 20000 --pairs 4000 --qos 1 --server-perf --server-pid $(pidof shardmq)
   shardmq-bench voice --devices 200 --backend-listen 127.0.0.1:8000
   taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
@@ -78,6 +81,34 @@ pub struct GlobalOpts {
     /// Broker TCP port.
     #[arg(long, global = true, default_value_t = 1883)]
     pub port: u16,
+
+    /// How clients reach the broker: MQTT over TCP, over TLS, over
+    /// WebSocket (ws), or over WebSocket over TLS (wss). Not for `voice`,
+    /// whose devices use TCP.
+    #[arg(long, global = true, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
+
+    /// CA certificates (PEM) the broker's certificate must chain to
+    /// (tls, wss).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub cafile: Option<String>,
+
+    /// Client certificate chain (PEM) to present (tls, wss).
+    #[arg(long, global = true, value_name = "PATH", requires = "key")]
+    pub cert: Option<String>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, value_name = "PATH", requires = "cert")]
+    pub key: Option<String>,
+
+    /// Name the broker's certificate must carry (tls, wss); default:
+    /// --host.
+    #[arg(long, global = true)]
+    pub server_name: Option<String>,
+
+    /// Path of the WebSocket upgrade request (ws, wss).
+    #[arg(long, global = true, default_value = "/mqtt")]
+    pub ws_path: String,
 
     /// Executor threads, each one io_uring event loop with its share of
     /// the connections.
@@ -564,6 +595,24 @@ mod tests {
         assert!(parse("20").is_ok());
         assert!(parse("1484").is_ok());
         assert!(parse("1485").is_err());
+    }
+
+    #[test]
+    fn transports_parse_and_a_certificate_needs_its_key() {
+        let cli = Cli::try_parse_from([
+            "shardmq-bench",
+            "--transport",
+            "wss",
+            "--cafile",
+            "ca.pem",
+            "p2p",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.transport, Transport::Wss);
+        assert_eq!(cli.global.ws_path, "/mqtt");
+        let only_cert = ["shardmq-bench", "--cert", "c.pem", "p2p"];
+        assert!(Cli::try_parse_from(only_cert).is_err());
+        assert!(Cli::try_parse_from(["shardmq-bench", "--transport", "quic", "p2p"]).is_err());
     }
 
     #[test]

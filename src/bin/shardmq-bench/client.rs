@@ -7,9 +7,12 @@
 //! driver appended to the write buffer in as few syscalls as the socket
 //! allows. Buffers keep their capacity, so the steady state allocates
 //! nothing.
+//!
+//! Over TLS or WebSocket the same buffers hold MQTT bytes: the socket
+//! side goes through the connection's [`Layers`], which decrypt and
+//! deframe after a read and frame and encrypt before a write.
 
 use std::future::{poll_fn, Future};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::stats::Problem;
+use super::transport::{check_upgrade, Endpoint, Layers};
 use shardmq::mqtt::codec::{self, Connect, ConnectReturnCode, Packet, Subscribe};
 use shardmq::mqtt::QoS;
 
@@ -52,6 +56,9 @@ pub struct Login<'a> {
 /// A connected MQTT client.
 pub struct Conn {
     stream: TcpStream,
+    /// TLS and WebSocket state; `None` on plain TCP, whose path stays
+    /// as direct as it was.
+    layers: Option<Box<Layers>>,
     rbuf: BytesMut,
     /// Bytes queued for the socket; drivers append packets here.
     pub wbuf: BytesMut,
@@ -64,7 +71,7 @@ impl Conn {
     /// Connects, sends CONNECT (clean session) and waits for a CONNACK
     /// that accepts it, all within `timeout`.
     pub async fn open(
-        addr: SocketAddr,
+        endpoint: &Endpoint,
         client_id: &str,
         keepalive_s: u16,
         timeout: Duration,
@@ -74,18 +81,18 @@ impl Conn {
             username: None,
             password: None,
         };
-        Conn::open_as(addr, &login, keepalive_s, timeout).await
+        Conn::open_as(endpoint, &login, keepalive_s, timeout).await
     }
 
     /// [`open`](Self::open) with a user name and password in CONNECT.
     pub async fn open_as(
-        addr: SocketAddr,
+        endpoint: &Endpoint,
         login: &Login<'_>,
         keepalive_s: u16,
         timeout: Duration,
     ) -> Result<Conn, Problem> {
         let deadline = glommio::timer::sleep(timeout);
-        let stream = match TcpStream::connect_timeout(addr, timeout).await {
+        let stream = match TcpStream::connect_timeout(endpoint.addr, timeout).await {
             Ok(stream) => stream,
             Err(e) if is_timeout(&e) => return Err(Problem::ConnectTimeout),
             Err(_) => return Err(Problem::ConnectError),
@@ -94,14 +101,43 @@ impl Conn {
         let _ = stream.set_nodelay(true);
         let mut conn = Conn {
             stream,
+            layers: endpoint.layers()?,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::with_capacity(256),
             chunk: READ_CHUNK_MIN,
             min_chunk: READ_CHUNK_MIN,
         };
-        let handshake = conn.connect_handshake(login, keepalive_s);
+        let handshake = async {
+            conn.transport_handshake(endpoint).await?;
+            conn.connect_handshake(login, keepalive_s).await
+        };
         within(deadline, Problem::ConnectTimeout, handshake).await?;
         Ok(conn)
+    }
+
+    /// The TLS handshake, then the WebSocket upgrade, as the endpoint
+    /// asks.
+    async fn transport_handshake(&mut self, endpoint: &Endpoint) -> Result<(), Problem> {
+        while self.layers.as_ref().is_some_and(|l| l.handshaking()) {
+            self.flush().await?;
+            poll_fn(|cx| self.poll_pull(cx)).await?;
+        }
+        let Some((request, accept)) = endpoint.upgrade_request() else {
+            return Ok(());
+        };
+        self.wbuf.extend_from_slice(&request);
+        self.flush().await?;
+        loop {
+            if let Some(len) = check_upgrade(&self.rbuf, &accept)? {
+                let rest = self.rbuf.split_off(len);
+                self.rbuf.clear();
+                if let Some(layers) = &mut self.layers {
+                    layers.start_framing(&rest);
+                }
+                return Ok(());
+            }
+            poll_fn(|cx| self.poll_pull(cx)).await?;
+        }
     }
 
     async fn connect_handshake(
@@ -211,6 +247,15 @@ impl Conn {
     /// with `n > 0`, or the reason the connection is over. `Pending`
     /// registers the task to be woken when bytes arrive.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Problem>> {
+        if self.layers.is_some() {
+            // A read may complete a record or a frame header only.
+            loop {
+                match self.poll_pull(cx) {
+                    Poll::Ready(Ok(0)) => continue,
+                    other => return other,
+                }
+            }
+        }
         let filled = self.rbuf.len();
         self.rbuf.resize(filled + self.chunk, 0);
         let read = Pin::new(&mut self.stream).poll_read(cx, &mut self.rbuf[filled..]);
@@ -229,18 +274,45 @@ impl Conn {
         if n == 0 {
             return Poll::Ready(Err(Problem::ClosedByBroker));
         }
-        self.adapt_chunk(n);
+        adapt_chunk(&mut self.chunk, self.min_chunk, n);
         Poll::Ready(Ok(n))
     }
 
-    /// Doubles the read size when a read filled it, halves it when a read
-    /// used little of it.
-    fn adapt_chunk(&mut self, n: usize) {
-        if n == self.chunk {
-            self.chunk = (self.chunk * 2).min(READ_CHUNK_MAX);
-        } else if n < self.chunk / 8 {
-            self.chunk = (self.chunk / 2).max(self.min_chunk);
+    /// One socket read through the layers: `Ready(Ok(n))` with the MQTT
+    /// bytes it gave, maybe none.
+    fn poll_pull(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Problem>> {
+        let Conn {
+            stream,
+            layers: Some(layers),
+            rbuf,
+            chunk,
+            min_chunk,
+            ..
+        } = self
+        else {
+            return self.poll_read(cx);
+        };
+        let raw = layers.socket_in();
+        let filled = raw.len();
+        raw.resize(filled + *chunk, 0);
+        let read = Pin::new(stream).poll_read(cx, &mut raw[filled..]);
+        let n = match read {
+            Poll::Pending => 0,
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => {
+                raw.truncate(filled);
+                return Poll::Ready(Err(io_problem(&e)));
+            }
+        };
+        raw.truncate(filled + n);
+        if read.is_pending() {
+            return Poll::Pending;
         }
+        if n == 0 {
+            return Poll::Ready(Err(Problem::ClosedByBroker));
+        }
+        adapt_chunk(chunk, *min_chunk, n);
+        Poll::Ready(layers.decode(rbuf))
     }
 
     /// Starts reads at `READ_CHUNK_SMALL` bytes, for a connection that is
@@ -255,6 +327,9 @@ impl Conn {
     /// Writes the write buffer until it is empty (`Ready(Ok)`) or the
     /// socket is full (`Pending`, woken when it drains).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Problem>> {
+        if let Some(layers) = &mut self.layers {
+            return poll_flush_layers(&mut self.stream, layers, &mut self.wbuf, cx);
+        }
         while !self.wbuf.is_empty() {
             match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(Problem::ClosedByBroker)),
@@ -272,6 +347,47 @@ impl Conn {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
+        if let Some(layers) = &mut self.layers {
+            layers.shrink_idle();
+        }
+    }
+}
+
+/// [`Conn::poll_flush`] through the layers: the socket bytes already
+/// made go first, and `wbuf` is framed and encrypted only once they are
+/// out, so a full socket still holds the MQTT bytes back in `wbuf`.
+fn poll_flush_layers(
+    stream: &mut TcpStream,
+    layers: &mut Layers,
+    wbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), Problem>> {
+    loop {
+        let out = layers.out();
+        while !out.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(Problem::ClosedByBroker)),
+                Poll::Ready(Ok(n)) => out.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(io_problem(&e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if wbuf.is_empty() && !layers.owes() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(problem) = layers.encode(wbuf) {
+            return Poll::Ready(Err(problem));
+        }
+    }
+}
+
+/// Doubles the read size when a read filled it, halves it when a read
+/// used little of it.
+fn adapt_chunk(chunk: &mut usize, min_chunk: usize, n: usize) {
+    if n == *chunk {
+        *chunk = (*chunk * 2).min(READ_CHUNK_MAX);
+    } else if n < *chunk / 8 {
+        *chunk = (*chunk / 2).max(min_chunk);
     }
 }
 

@@ -16,6 +16,7 @@ use super::doorbell::{self, Bells};
 use super::scenario::Plan;
 use super::stats::ThreadStats;
 use super::sys;
+use super::transport::Endpoint;
 use super::worker::{self, Settings, ThreadSetup};
 
 /// How often the main thread looks at the counters and rings the
@@ -44,7 +45,7 @@ impl Fleet {
     pub fn start(global: &GlobalOpts, plan: &Plan, all_or_nothing: bool) -> Result<Fleet, String> {
         let threads = usize::from(global.threads);
         let settings = Arc::new(Settings {
-            addr: resolve(&global.host, global.port)?,
+            endpoint: Endpoint::new(global, resolve(&global.host, global.port)?)?,
             keepalive_s: global.keepalive,
             connect_timeout: global.connect_timeout,
             connect_concurrency: per_thread_concurrency(global),

@@ -15,7 +15,8 @@
 //! it signals go, takes CPU snapshots at the edges of the measured window,
 //! decides when the drain is over, and assembles the [`report`].
 //!
-//! Each executor ([`worker`]) opens its clients ([`setup`], [`client`])
+//! Each executor ([`worker`]) opens its clients ([`setup`], [`client`],
+//! over the [`transport`] that `--transport` names)
 //! and runs one task per client: [`publisher`] (paced by [`pacer`]),
 //! [`subscriber`] or [`idle`]. Payloads carry a header ([`payload`])
 //! stamped on one process-wide clock ([`clock`]), from which subscribers
@@ -57,6 +58,7 @@ mod setup;
 mod stats;
 mod subscriber;
 mod sys;
+mod transport;
 mod voice;
 mod worker;
 

@@ -103,7 +103,7 @@ async fn open_one(local: &Local, client_id: &str) -> Result<Conn, Problem> {
     let settings = &local.settings;
     let began = clock::now_ns();
     let mut conn = Conn::open(
-        settings.addr,
+        &settings.endpoint,
         client_id,
         settings.keepalive_s,
         settings.connect_timeout,

@@ -40,10 +40,14 @@ pub enum Problem {
     /// Voice: a WebSocket to the bench's backend failed its handshake or
     /// broke.
     BackendError,
+    /// A TLS handshake or record the client could not accept.
+    TlsError,
+    /// The broker did not accept the WebSocket upgrade.
+    UpgradeRefused,
 }
 
 impl Problem {
-    const ALL: [Problem; 16] = [
+    const ALL: [Problem; 18] = [
         Problem::ConnectTimeout,
         Problem::ConnectError,
         Problem::ConnackRefused,
@@ -60,6 +64,8 @@ impl Problem {
         Problem::BadDatagram,
         Problem::UdpError,
         Problem::BackendError,
+        Problem::TlsError,
+        Problem::UpgradeRefused,
     ];
 
     /// The name in the report.
@@ -81,6 +87,8 @@ impl Problem {
             Problem::BadDatagram => "bad_datagram",
             Problem::UdpError => "udp_error",
             Problem::BackendError => "backend_error",
+            Problem::TlsError => "tls_error",
+            Problem::UpgradeRefused => "ws_upgrade_refused",
         }
     }
 }

@@ -195,3 +195,103 @@ fn voice_devices_with_a_wrong_password_are_refused() {
     let error = voice::run(&cli.global, args).unwrap_err();
     assert!(error.contains("connack_refused"), "{error}");
 }
+
+/// A one-shard broker with TLS, `ws` and `wss` listeners.
+struct SecureBroker {
+    tls: u16,
+    ws: u16,
+    wss: u16,
+    /// The CA that signed the broker's certificate (for `localhost`).
+    cafile: String,
+}
+
+fn secure_broker() -> SecureBroker {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("shardmq-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca_pem).unwrap();
+    std::fs::write(path("server.pem"), cert.pem()).unwrap();
+    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+    let config = Config::from_toml(&format!(
+        "[server]\nshards = 1\npin_cores = false\nlog = \"warn\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nsys_interval_s = 0\n\
+         [tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [websocket]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n",
+        path("server.pem"),
+        path("server.key"),
+    ))
+    .expect("test config is valid");
+    let mut settings = config.shard_settings();
+    settings.tls = config.tls_listener().expect("certificates load");
+    let started = Server::start(settings, Vec::new()).expect("broker starts");
+    let port = |addr: Option<std::net::SocketAddr>| addr.expect("listener is up").port();
+    SecureBroker {
+        tls: port(started.tls_listen),
+        ws: port(started.ws_listen),
+        wss: port(started.wss_listen),
+        cafile: path("ca.pem"),
+    }
+}
+
+#[test]
+fn p2p_runs_over_tls_websocket_and_both() {
+    let broker = secure_broker();
+    let short = "--duration 300ms --warmup 100ms --drain 3s";
+    for (transport, port) in [("tls", broker.tls), ("ws", broker.ws), ("wss", broker.wss)] {
+        let via = format!(
+            "--transport {transport} --cafile {} --server-name localhost",
+            broker.cafile
+        );
+        assert_lossless(port, &format!("{via} p2p --pairs 3 --qos 1 {short}"));
+        assert_lossless(
+            port,
+            &format!("{via} p2p --pairs 2 --qos 0 --rate 2000 --payload 300 {short}"),
+        );
+    }
+}
+
+#[test]
+fn a_broker_certificate_the_ca_does_not_vouch_for_is_refused() {
+    let broker = secure_broker();
+    // The bench trusts only a CA of its own making, not the broker's.
+    let other = secure_broker_ca_elsewhere();
+    let cli = cli(
+        broker.tls,
+        &format!("--transport tls --cafile {other} --server-name localhost p2p --pairs 1 --duration 100ms --warmup 0s"),
+    );
+    let error = load::run(&cli.global, &Plan::new(&cli.scenario)).unwrap_err();
+    assert!(error.contains("tls_error"), "{error}");
+}
+
+/// A CA certificate that signed nothing the broker holds.
+fn secure_broker_ca_elsewhere() -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let path =
+        std::env::temp_dir().join(format!("shardmq-bench-other-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, ca.self_signed(&key).unwrap().pem()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn voice_refuses_a_transport_its_devices_do_not_speak() {
+    let cli = cli(1, "--transport ws voice --devices 1");
+    let Scenario::Voice(args) = &cli.scenario else {
+        unreachable!("parsed as voice");
+    };
+    let error = voice::run(&cli.global, args).unwrap_err();
+    assert!(error.contains("--transport"), "{error}");
+}

@@ -10,7 +10,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use super::setup::{self, Opened};
 use super::stats::{Problem, ThreadStats};
 use super::subscriber::Subscriber;
 use super::sys;
+use super::transport::Endpoint;
 
 /// How often every client is woken to check its keepalive.
 const KEEPALIVE_CHECK: Duration = Duration::from_secs(1);
@@ -46,7 +46,7 @@ const RING_DEPTH: usize = 4096;
 /// What every thread of a run shares, read-only.
 #[derive(Debug)]
 pub struct Settings {
-    pub addr: SocketAddr,
+    pub endpoint: Endpoint,
     pub keepalive_s: u16,
     pub connect_timeout: Duration,
     /// Connection attempts in flight at once on one thread.

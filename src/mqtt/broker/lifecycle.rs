@@ -34,6 +34,10 @@ pub enum CloseReason {
     /// ids awaiting PUBREL). Its will is published, as for any close the
     /// client did not ask for [MQTT-3.1.2-8].
     LimitExceeded,
+    /// The server stops cleanly (`Broker::shut_down`). A close without
+    /// DISCONNECT, so by default the will goes out [MQTT-3.1.2-8]; `will`
+    /// is false only when `[server] will_on_shutdown` turns that off.
+    Shutdown { will: bool },
 }
 
 impl CloseReason {
@@ -45,6 +49,7 @@ impl CloseReason {
                 | CloseReason::KeepaliveExpired
                 | CloseReason::TakenOver
                 | CloseReason::LimitExceeded
+                | CloseReason::Shutdown { will: true }
         )
     }
 }

@@ -85,6 +85,7 @@ mod lifecycle;
 mod persist;
 mod pressure;
 mod routing;
+mod shutdown;
 mod subscribe;
 mod sys;
 

@@ -10,6 +10,10 @@ The server runs on its own asyncio event loop in a background thread; every
 public method is safe to call from the test thread. A test can also steer a
 session: send it any JSON or audio, close it, or have the backend delay or
 withhold its hello reply.
+
+With an `ssl_context` it serves `wss://` (a certificate made by the test,
+pki.py); `url_host` is the host written in its URL (a name such as
+`localhost`, to have the gateway resolve it), while it listens on `host`.
 """
 
 from __future__ import annotations
@@ -150,9 +154,11 @@ class BackendSession:
 
 
 class ChatBackend:
-    def __init__(self, host: str = "127.0.0.1", name: str = "backend"):
+    def __init__(self, host: str = "127.0.0.1", name: str = "backend", *, ssl_context=None, url_host: str | None = None):
         self.host = host
         self.name = name
+        self.ssl_context = ssl_context
+        self.url_host = url_host or host
         self.port = 0
         # Behaviour knobs; read when a session starts or a hello arrives.
         self.echo = True
@@ -174,7 +180,8 @@ class ChatBackend:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{GATEWAY_PATH}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.url_host}:{self.port}{GATEWAY_PATH}"
 
     # -- loop thread ---------------------------------------------------------------------
 
@@ -192,7 +199,7 @@ class ChatBackend:
         self._loop.close()
 
     async def _serve(self):
-        return await serve(self._handler, self.host, 0)
+        return await serve(self._handler, self.host, 0, ssl=self.ssl_context)
 
     def _call(self, coro, timeout: float):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)

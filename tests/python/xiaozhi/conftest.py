@@ -9,11 +9,14 @@ each session, and each device's view.
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
 
 from backend import ChatBackend
 from device import FirmwareDevice, PyXiaozhiDevice, ota_request, random_identity
 from gateway import GROUP_ID, Gateway, Mosquitto
+from pki import Pki
 import crypto
 
 KINDS = {"firmware": FirmwareDevice, "py": PyXiaozhiDevice}
@@ -45,8 +48,8 @@ def backend_factory(request):
     """Start chat backends; all stopped at teardown."""
     made: list[ChatBackend] = []
 
-    def make(name: str = "backend") -> ChatBackend:
-        b = ChatBackend(name=name)
+    def make(name: str = "backend", **kw) -> ChatBackend:
+        b = ChatBackend(name=name, **kw)
         made.append(b)
         _report(request, b)
         return b
@@ -88,6 +91,12 @@ def gateway(gateway_factory) -> Gateway:
     return gateway_factory()
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    """A test CA and server certificates (pki.py), made once per run."""
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
 def mosquitto(request, tmp_path):
     m = Mosquitto(tmp_path)
@@ -119,9 +128,12 @@ class DeviceFactory:
         username: str | None = None,
         password: str | None = None,
         connect: bool = True,
+        tls: ssl.SSLContext | None = None,
         **kw,
     ):
-        """A device with credentials computed from the gateway's signature key (as OTA would)."""
+        """A device with credentials computed from the gateway's signature key (as OTA would).
+
+        With `tls` (the CAs it trusts) it connects to the gateway's `[tls]` listener."""
         mac_default, uuid_default = random_identity()
         mac = mac or mac_default
         uuid = uuid or uuid_default
@@ -129,18 +141,22 @@ class DeviceFactory:
             client_id, user, pw = crypto.device_credentials(gw.signature_key, mac, uuid, GROUP_ID)
             username = user if username is None else username
             password = pw if password is None else password
-        dev = self._track(KINDS[kind](gw.host, gw.mqtt_port, client_id, username, password, mac=mac, **kw))
+        port = gw.mqtt_port if tls is None else gw.tls_port
+        dev = self._track(KINDS[kind](gw.host, port, client_id, username, password, mac=mac, tls=tls, **kw))
         if connect:
             dev.connect()
         return dev
 
-    def from_ota(self, gw: Gateway, kind: str = "firmware", *, connect: bool = True, **kw):
-        """A device provisioned through POST /xiaozhi/ota/, as the firmware is."""
+    def from_ota(self, gw: Gateway, kind: str = "firmware", *, connect: bool = True, tls: ssl.SSLContext | None = None, **kw):
+        """A device provisioned through POST /xiaozhi/ota/, as the firmware is.
+
+        `tls`: the CAs it trusts; it speaks TLS when the endpoint's port is
+        the gateway's `[tls]` port (standing in for the firmware's 8883)."""
         mac, uuid = random_identity()
         status, body, raw = ota_request(gw.http_base, mac, uuid)
         assert status == 200, f"OTA: HTTP {status} {raw[:300]!r}"
         assert isinstance(body, dict) and isinstance(body.get("mqtt"), dict), f"OTA response without mqtt section: {raw[:500]!r}"
-        dev = self._track(KINDS[kind].from_ota(body["mqtt"], **kw))
+        dev = self._track(KINDS[kind].from_ota(body["mqtt"], tls_context=tls, tls_port=gw.tls_port, **kw))
         dev.ota_response = body
         if connect:
             dev.connect()

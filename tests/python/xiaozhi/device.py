@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -154,10 +155,13 @@ def ota_request(
     return status, parsed, raw
 
 
+MQTT_TLS_PORT = 8883  # ML EspMqtt::Connect: TLS only on this port
+
+
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """FW: split at the first ':'; no port means 8883 (TLS)."""
     host, sep, port = endpoint.partition(":")
-    return host, int(port) if sep else 8883
+    return host, int(port) if sep else MQTT_TLS_PORT
 
 
 # -- common MQTT part ----------------------------------------------------------
@@ -182,8 +186,10 @@ class _Device:
         subscribe: list[tuple[str, int]] | None = None,
         mac: str | None = None,
         uuid: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ):
         self.host, self.port = host, port
+        self.tls = tls
         self.client_id = client_id
         self.username, self.password = username, password
         self.keepalive = self.default_keepalive if keepalive is None else keepalive
@@ -241,6 +247,10 @@ class _Device:
         )
         if username is not None or password is not None:
             self._mqttc.username_pw_set(username or "", password)
+        if tls is not None:
+            # The server is verified against the context's CAs and host name,
+            # as the firmware verifies it against its certificate bundle.
+            self._mqttc.tls_set_context(tls)
         self._mqttc.on_connect = self._on_connect
         self._mqttc.on_message = self._on_message
         self._mqttc.on_subscribe = self._on_subscribe
@@ -250,9 +260,18 @@ class _Device:
         return f"{type(self).__name__}({self.client_id!r})"
 
     @classmethod
-    def from_ota(cls, mqtt_section: dict, **kw):
-        """A device configured from an OTA response's `mqtt` object, as the firmware stores it."""
+    def from_ota(cls, mqtt_section: dict, *, tls_context: ssl.SSLContext | None = None, tls_port: int = MQTT_TLS_PORT, **kw):
+        """A device configured from an OTA response's `mqtt` object, as the firmware stores it.
+
+        Like the firmware, it speaks TLS exactly when the endpoint's port is
+        the TLS port (8883, or no port); a test whose listener cannot have
+        8883 names its port as `tls_port`. `tls_context` holds the CAs it trusts.
+        """
         host, port = parse_endpoint(mqtt_section["endpoint"])
+        if port == tls_port:
+            if tls_context is None:
+                raise ValueError(f"endpoint {mqtt_section['endpoint']!r} means TLS: give a tls_context")
+            kw["tls"] = tls_context
         keepalive = mqtt_section.get("keepalive")
         if isinstance(keepalive, int) and not isinstance(keepalive, bool):
             kw.setdefault("keepalive", keepalive)

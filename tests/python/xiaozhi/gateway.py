@@ -94,6 +94,7 @@ class Ports:
     mqtt: int
     http: int
     udp: int
+    tls: int  # free for a `[tls]` listener; used only when the config has one
 
 
 def default_config(ports: Ports, chat_servers: list[str], shards: int) -> dict:
@@ -248,7 +249,7 @@ class Gateway(_Process):
         ready_timeout: float = 20.0,
     ):
         self.host = HOST
-        self.ports = Ports(free_tcp_port(), free_tcp_port(), free_udp_port())
+        self.ports = Ports(free_tcp_port(), free_tcp_port(), free_udp_port(), free_tcp_port())
         user = config(self.ports) if callable(config) else (config or {})
         self.config = deep_merge(default_config(self.ports, list(chat_servers), shards), user)
         self.name = f"shardmq (mqtt {self.ports.mqtt}, udp {self.ports.udp})"
@@ -276,6 +277,12 @@ class Gateway(_Process):
     @property
     def udp_port(self) -> int:
         return self.ports.udp
+
+    @property
+    def tls_port(self) -> int:
+        """The `[tls]` listener's port (configured from `ports.tls`)."""
+        listen = self.config.get("tls", {}).get("listen", "")
+        return int(listen.rsplit(":", 1)[1]) if listen else self.ports.tls
 
     @property
     def http_listen(self) -> str:

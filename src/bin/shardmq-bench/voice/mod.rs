@@ -37,6 +37,7 @@ use super::load::{per_million, Snapshot, DRAIN_IDLE, START_DELAY};
 use super::perf;
 use super::report::Percentiles;
 use super::sys;
+use super::transport::Transport;
 use report::{VoiceBenchCpu, VoiceConfig, VoiceReport, VoiceServerCpu};
 use thread::{Settings, ThreadSetup, VoiceStats};
 
@@ -61,6 +62,10 @@ pub fn split(devices: u32, threads: usize) -> Vec<Vec<u32>> {
 
 /// Runs `voice` and returns its report, or why it could not run.
 pub fn run(global: &GlobalOpts, args: &VoiceArgs) -> Result<VoiceReport, String> {
+    if global.transport != Transport::Tcp {
+        // The simulated devices speak plain MQTT; their TLS is not simulated.
+        return Err("voice devices connect over TCP: --transport is for the MQTT scenarios".into());
+    }
     let threads = usize::from(global.threads);
     let (listeners, backend_addr) = backend::listen(args.backend_listen, threads)?;
     let settings = Arc::new(Settings {

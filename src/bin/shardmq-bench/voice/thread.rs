@@ -38,6 +38,7 @@ use crate::control::{bump, Control};
 use crate::doorbell::Rings;
 use crate::fleet::ThreadStart;
 use crate::stats::{new_histogram, Problem, ProblemCounts};
+use crate::transport::Endpoint;
 use crate::worker::{enlist, wait_for_go, Timeline};
 use shardmq::voice::identity;
 
@@ -470,7 +471,7 @@ async fn open_one(local: &Local, device: u32) -> Result<Conn, Problem> {
     };
     let began = clock::now_ns();
     let mut conn = Conn::open_as(
-        settings.broker,
+        &Endpoint::tcp(settings.broker),
         &login,
         settings.keepalive_s,
         settings.connect_timeout,
