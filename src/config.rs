@@ -395,7 +395,7 @@ impl Config {
         // each section a PartialEq kept in step with its fields.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 7] = [
+        let sections: [(&'static str, bool); 8] = [
             ("server", differs(&kept.server, &new.server)),
             ("mqtt", differs(&kept.mqtt, &new.mqtt)),
             ("http", differs(&kept.http, &new.http)),
@@ -403,6 +403,7 @@ impl Config {
             ("websocket", differs(&kept.websocket, &new.websocket)),
             ("tls", differs(&kept.tls, &new.tls)),
             ("auth", differs(&kept.auth, &new.auth)),
+            ("persistence", differs(&kept.persistence, &new.persistence)),
         ];
         let restart = sections
             .into_iter()
@@ -509,6 +510,10 @@ mod tests {
         assert_eq!(kept.mqtt.listen, old.mqtt.listen);
         let (_, none) = old.reloaded(&Config::from_toml("[server]\nshards = 2\n").unwrap());
         assert!(none.is_empty(), "{none:?}");
+        let (_, restart) = old.reloaded(
+            &Config::from_toml("[server]\nshards = 2\n[persistence]\ndir = \"/s\"\n").unwrap(),
+        );
+        assert_eq!(restart, ["persistence"], "the store opens at start only");
     }
 
     #[test]
