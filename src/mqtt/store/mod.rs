@@ -158,11 +158,24 @@ pub fn header() -> [u8; HEADER_LEN] {
     h
 }
 
+/// Whether `bytes` is what a crash while a store file was being created
+/// leaves: nothing, or the start of the header. Such a file holds no
+/// record; it is created again.
+pub fn is_unfinished_header(bytes: &[u8]) -> bool {
+    bytes.len() < HEADER_LEN && header().starts_with(bytes)
+}
+
 /// Checks a file's header.
 pub fn check_header(bytes: &[u8]) -> Result<(), StoreError> {
     let (Some(magic), Some(version)) = (bytes.get(..8), bytes.get(8..12)) else {
         return Err(StoreError::BadMagic);
     };
+    if bytes.len() < HEADER_LEN {
+        return Err(StoreError::Damaged {
+            offset: 0,
+            reason: "file shorter than its header",
+        });
+    }
     if magic != MAGIC {
         return Err(StoreError::BadMagic);
     }

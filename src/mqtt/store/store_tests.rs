@@ -146,6 +146,21 @@ fn a_flipped_bit_in_the_middle_is_damage() {
 }
 
 #[test]
+fn a_file_shorter_than_its_header_is_not_a_store() {
+    // Found by the `store_scan` fuzz target: the header's first 12 bytes
+    // were checked, not its length.
+    let file = &header()[..13];
+    assert!(matches!(
+        scan(file),
+        Err(StoreError::Damaged { offset: 0, .. })
+    ));
+    assert!(is_unfinished_header(file));
+    assert!(is_unfinished_header(b""));
+    assert!(!is_unfinished_header(b"SHMQSTOX"));
+    assert!(!is_unfinished_header(&header()));
+}
+
+#[test]
 fn another_version_or_no_header_is_refused() {
     let mut file = file_of(&every_kind());
     file[8] = 2;

@@ -245,7 +245,14 @@ fn load_shard(settings: &PersistenceSettings, i: usize) -> Result<(State, Log), 
         source,
     };
     let mut state = State::default();
-    let len = match std::fs::read(&path) {
+    let read = match std::fs::read(&path) {
+        Ok(bytes) if store::is_unfinished_header(&bytes) => {
+            tracing::warn!(path = %path.display(), "store was never finished; created again");
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+        other => other,
+    };
+    let len = match read {
         Ok(bytes) => {
             let scan = store::scan(&bytes).map_err(|source| LoadError::Format {
                 path: path.clone(),
