@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::auth::config::AuthConfig;
+pub use crate::shard::store::PersistenceConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
@@ -38,6 +39,7 @@ pub struct Config {
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub persistence: PersistenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -334,6 +336,9 @@ impl Config {
             key: e.key,
             message: e.message,
         })?;
+        self.persistence
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { key, message })?;
         if self.mqtt.connect_timeout_s == 0 {
             return Err(ConfigError::Invalid {
                 key: "mqtt.connect_timeout_s",
@@ -390,7 +395,7 @@ impl Config {
         // each section a PartialEq kept in step with its fields.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 7] = [
+        let sections: [(&'static str, bool); 8] = [
             ("server", differs(&kept.server, &new.server)),
             ("mqtt", differs(&kept.mqtt, &new.mqtt)),
             ("http", differs(&kept.http, &new.http)),
@@ -398,6 +403,7 @@ impl Config {
             ("websocket", differs(&kept.websocket, &new.websocket)),
             ("tls", differs(&kept.tls, &new.tls)),
             ("auth", differs(&kept.auth, &new.auth)),
+            ("persistence", differs(&kept.persistence, &new.persistence)),
         ];
         let restart = sections
             .into_iter()
@@ -453,6 +459,8 @@ impl Config {
                 .settings(self.tls.enabled())
                 .filter(|_| mqtt.enabled),
             auth: self.auth.clone(),
+            persistence: self.persistence.settings(),
+            session_expiry: self.persistence.session_expiry(),
         }
     }
 
@@ -502,6 +510,10 @@ mod tests {
         assert_eq!(kept.mqtt.listen, old.mqtt.listen);
         let (_, none) = old.reloaded(&Config::from_toml("[server]\nshards = 2\n").unwrap());
         assert!(none.is_empty(), "{none:?}");
+        let (_, restart) = old.reloaded(
+            &Config::from_toml("[server]\nshards = 2\n[persistence]\ndir = \"/s\"\n").unwrap(),
+        );
+        assert_eq!(restart, ["persistence"], "the store opens at start only");
     }
 
     #[test]

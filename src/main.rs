@@ -61,6 +61,22 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = passwd::DEFAULT_ITERATIONS)]
         iterations: u32,
     },
+    /// Reads the persistence store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Prints what the store in DIR holds (sessions, subscriptions, queued
+    /// messages, retained messages, format version) and any damage; exits
+    /// 1 on damage or a torn tail. Changes nothing.
+    Check {
+        /// The store directory (`[persistence] dir`).
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,6 +100,19 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("shardmq passwd: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(Command::Store {
+        command: StoreCommand::Check { dir },
+    }) = &cli.command
+    {
+        return match shardmq::shard::store::check(dir, &mut std::io::stdout()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("shardmq store check: {e}");
                 ExitCode::from(1)
             }
         };

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod index;
 pub mod retained;
 pub mod session;
+pub mod store;
 pub mod topic;
 
 /// Quality of service of a PUBLISH or a subscription.

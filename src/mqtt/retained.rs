@@ -187,6 +187,18 @@ impl RetainedStore {
         }
     }
 
+    /// Calls `f` once per retained message, `$` topics included. Order is
+    /// unspecified. An explicit stack: depth is chosen by peers.
+    pub fn for_each(&self, mut f: impl FnMut(&RetainedMessage)) {
+        let mut stack: Vec<&Node> = vec![&self.root];
+        while let Some(node) = stack.pop() {
+            if let Some(m) = &node.message {
+                f(m);
+            }
+            stack.extend(node.children.values());
+        }
+    }
+
     /// How many messages are retained.
     pub fn len(&self) -> usize {
         self.len

@@ -13,10 +13,12 @@
 //!    `limits.max_queued_bytes` (when not 0).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::mqtt::codec;
+use crate::mqtt::store::state::{InflightState, SessionState};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
@@ -115,6 +117,26 @@ pub enum Delivery {
     DroppedBytes,
 }
 
+/// A change of a persistent session's QoS state, kept for the store
+/// (`crate::mqtt::store`) while the session journals (`set_journal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A message joined the back of the queue.
+    Enqueued(Message),
+    /// A message went out at once with this packet id.
+    Sent { pkid: u16, message: Message },
+    /// The queue's front went out with this packet id (0: QoS 0, gone).
+    Dequeued(u16),
+    /// PUBACK or PUBCOMP ended the flow of this id.
+    Acked(u16),
+    /// PUBREC came for this id; PUBREL went out.
+    Released(u16),
+    /// Inbound QoS 2 id held until its PUBREL.
+    InboundQos2(u16),
+    /// Inbound QoS 2 id released.
+    InboundReleased(u16),
+}
+
 #[derive(Debug)]
 pub struct Session {
     client_id: String,
@@ -126,6 +148,11 @@ pub struct Session {
     queue: VecDeque<Message>,
     queued_bytes: usize,
     incoming_qos2: HashSet<u16>,
+    /// Changes not yet taken by the store; `None` when nothing persists
+    /// this session (clean session, or no store), which costs one check.
+    journal: Option<Vec<Change>>,
+    /// When the client last left; `None` while connected or never.
+    left: Option<Instant>,
 }
 
 impl Session {
@@ -140,7 +167,93 @@ impl Session {
             queue: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: HashSet::new(),
+            journal: None,
+            left: None,
         }
+    }
+
+    /// When the client last left (for session expiry).
+    pub fn left_at(&self) -> Option<Instant> {
+        self.left
+    }
+
+    pub fn set_left(&mut self, at: Option<Instant>) {
+        self.left = at;
+    }
+
+    /// Starts (or stops) keeping changes for the store.
+    pub fn set_journal(&mut self, on: bool) {
+        self.journal = on.then(Vec::new);
+    }
+
+    pub fn is_journaled(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// The changes since the last call; empty when not journaled.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        match &mut self.journal {
+            Some(j) if !j.is_empty() => std::mem::take(j),
+            _ => Vec::new(),
+        }
+    }
+
+    fn note(&mut self, change: impl FnOnce() -> Change) {
+        if let Some(j) = &mut self.journal {
+            j.push(change());
+        }
+    }
+
+    /// Everything the store keeps of this session (presence aside).
+    pub fn to_state(&self) -> SessionState {
+        SessionState {
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, q)| (f.clone(), *q))
+                .collect(),
+            inflight: self
+                .inflight
+                .iter()
+                .map(|f| InflightState {
+                    pkid: f.pkid,
+                    message: f.message.clone(),
+                    released: f.awaiting == Await::Complete,
+                })
+                .collect(),
+            queue: self.queue.clone(),
+            inbound_qos2: self.incoming_qos2.iter().copied().collect(),
+            offline_since_ms: None,
+        }
+    }
+
+    /// A persistent session as a store held it: offline, journaled, its
+    /// window to be resent with DUP on the next connection.
+    pub fn from_state(client_id: String, state: SessionState) -> Session {
+        let mut s = Session::new(client_id, false);
+        s.subscriptions = state.subscriptions.into_iter().collect();
+        s.queued_bytes = state.queue.iter().map(queued_size).sum();
+        s.queue = state.queue;
+        s.inflight = state
+            .inflight
+            .into_iter()
+            .map(|f| Inflight {
+                pkid: f.pkid,
+                awaiting: match (f.message.qos, f.released) {
+                    (QoS::ExactlyOnce, true) => Await::Complete,
+                    (QoS::ExactlyOnce, false) => Await::Received,
+                    _ => Await::Ack,
+                },
+                message: f.message,
+            })
+            .collect();
+        s.incoming_qos2 = state.inbound_qos2.into_iter().collect();
+        s.next_pkid = s
+            .inflight
+            .back()
+            .map_or(1, |f| f.pkid.checked_add(1).unwrap_or(1).max(1));
+        s.journal = Some(Vec::new());
+        s
     }
 
     pub fn client_id(&self) -> &str {
@@ -202,6 +315,7 @@ impl Session {
     /// DUP set (§4.4), then fill the window from the queue.
     pub fn resume(&mut self, out: &mut BytesMut, limits: &SessionLimits) -> usize {
         self.online = true;
+        self.left = None;
         for f in &self.inflight {
             match f.awaiting {
                 Await::Ack | Await::Received => encode(out, &f.message, f.pkid, true),
@@ -228,7 +342,11 @@ impl Session {
             && self.queue.is_empty()
             && self.inflight.len() < usize::from(limits.max_inflight);
         if window_open {
-            self.send_inflight(with_qos(message, qos), out);
+            let pkid = self.send_inflight(with_qos(message, qos), out);
+            self.note(|| Change::Sent {
+                pkid,
+                message: with_qos(message, qos),
+            });
             return Delivery::Sent;
         }
         self.enqueue(with_qos(message, qos), limits)
@@ -274,15 +392,17 @@ impl Session {
         self.queued_bytes += size;
         // Compact: a queued message may wait long, and a slice would pin the
         // whole read buffer it was parsed from.
-        self.queue.push_back(Message {
+        let message = Message {
             topic: message.topic.compact(),
             payload: Bytes::copy_from_slice(&message.payload),
             ..message
-        });
+        };
+        self.note(|| Change::Enqueued(message.clone()));
+        self.queue.push_back(message);
         Delivery::Queued
     }
 
-    fn send_inflight(&mut self, message: Message, out: &mut BytesMut) {
+    fn send_inflight(&mut self, message: Message, out: &mut BytesMut) -> u16 {
         debug_assert!(message.qos != QoS::AtMostOnce);
         let pkid = self.allocate_pkid();
         encode(out, &message, pkid, false);
@@ -295,6 +415,7 @@ impl Session {
             message,
             awaiting,
         });
+        pkid
     }
 
     /// The next packet id not in flight. The window is far below 65,535, so
@@ -320,9 +441,11 @@ impl Session {
             if front.qos == QoS::AtMostOnce {
                 let message = self.dequeue().expect("front exists");
                 encode(out, &message, 0, false);
+                self.note(|| Change::Dequeued(0));
             } else if self.inflight.len() < usize::from(limits.max_inflight) {
                 let message = self.dequeue().expect("front exists");
-                self.send_inflight(message, out);
+                let pkid = self.send_inflight(message, out);
+                self.note(|| Change::Dequeued(pkid));
             } else {
                 break;
             }
@@ -375,6 +498,7 @@ impl Session {
                 Await::Ack => return AckOutcome::WrongKind,
                 Await::Received => {
                     f.awaiting = Await::Complete;
+                    self.note(|| Change::Released(pkid));
                     AckOutcome::Advanced
                 }
                 Await::Complete => AckOutcome::Stale,
@@ -396,13 +520,18 @@ impl Session {
 
     fn remove(&mut self, pkid: u16) -> AckOutcome {
         self.inflight.retain(|f| f.pkid != pkid);
+        self.note(|| Change::Acked(pkid));
         AckOutcome::Advanced
     }
 
     /// Inbound QoS 2 PUBLISH: true the first time `pkid` is seen, false for a
     /// resend before PUBREL (the message must not be routed again).
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        let fresh = self.incoming_qos2.insert(pkid);
+        if fresh {
+            self.note(|| Change::InboundQos2(pkid));
+        }
+        fresh
     }
 
     /// Whether inbound QoS 2 `pkid` awaits its PUBREL.
@@ -417,7 +546,9 @@ impl Session {
 
     /// Inbound PUBREL: the id may be used again.
     pub fn release_qos2(&mut self, pkid: u16) {
-        self.incoming_qos2.remove(&pkid);
+        if self.incoming_qos2.remove(&pkid) {
+            self.note(|| Change::InboundReleased(pkid));
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod metrics;
 pub mod reload;
 mod service;
 mod settings;
+pub mod store;
 
 pub use control::{late_shards, Control};
 pub use limits::ConnectionLimits;
@@ -44,7 +45,9 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::http::{Route, Router};
-use crate::mqtt::broker::{Broker, BrokerConfig, ConnId, ServiceEvent, ShardId};
+use crate::mqtt::broker::{
+    Broker, BrokerConfig, ConnId, Durability, Persistence, ServiceEvent, ShardId,
+};
 use mesh::{Endpoints, ShardMsg, STAGED_BATCHES_MAX};
 use service::{AnyService, Tagged};
 
@@ -79,6 +82,8 @@ pub enum StartError {
     Executor { shard: usize, message: String },
     #[error(transparent)]
     Auth(#[from] reload::LoadError),
+    #[error(transparent)]
+    Store(#[from] store::LoadError),
 }
 
 /// A running server: its shard threads and the address it listens on.
@@ -98,6 +103,8 @@ pub struct Server {
     /// Health pings and the drain, for the process's control threads.
     pub control: Arc<Control>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The lock on the store directory, held while the server runs.
+    _store_lock: Option<std::fs::File>,
 }
 
 impl Server {
@@ -137,6 +144,17 @@ impl Server {
         let (reloader, receivers) = reload::channels(shards, tls_config.clone());
         let mut receivers = receivers.into_iter();
         let services = Arc::new(services);
+        // Stores load before any shard runs, so no listener accepts before
+        // every shard holds its sessions and retained messages.
+        let (mut stores, routes, store_lock) = match &settings.persistence {
+            Some(p) => {
+                let loaded = store::load(p, shards)?;
+                let stores: Vec<_> = loaded.shards.into_iter().map(Some).collect();
+                (stores, loaded.routes, Some(loaded.lock))
+            }
+            None => ((0..shards).map(|_| None).collect(), Vec::new(), None),
+        };
+        let routes = Arc::new(routes);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(), StartError>>();
         let mut handles = Vec::with_capacity(shards);
@@ -153,11 +171,19 @@ impl Server {
             let admission = admission.clone();
             let control = control.clone();
             let auth = (snapshot.clone(), receivers.next());
+            let restored = stores
+                .get_mut(i)
+                .and_then(Option::take)
+                .map(|(state, log)| store::Restored {
+                    state,
+                    log,
+                    routes: routes.clone(),
+                });
             let handle = LocalExecutorBuilder::new(placement)
                 .name(&format!("shard-{i}"))
                 .ring_depth(RING_DEPTH)
                 .spawn(move || {
-                    let shared = (counters, admission, control);
+                    let shared = (counters, admission, control, restored);
                     run_shard(i, settings, endpoints, services, shared, auth, ready)
                 })
                 .map_err(|e| StartError::Executor {
@@ -188,6 +214,7 @@ impl Server {
             reloader,
             control,
             handles,
+            _store_lock: store_lock,
         })
     }
 
@@ -300,6 +327,8 @@ pub struct Shard {
     pub(crate) gate: RefCell<crate::auth::Gate>,
     /// Reloads sent to this shard (`reload`).
     reloads: Option<reload::ReloadReceiver>,
+    /// The shard's store (`store`); `None` keeps state in memory only.
+    store: Option<store::ShardStore>,
     /// Health pings and the drain, shared with the process.
     control: Arc<Control>,
     /// The drain has begun on this shard: no new connection runs.
@@ -344,6 +373,9 @@ impl Shard {
                 }
             }
             if events.is_empty() {
+                if let Some(store) = &self.store {
+                    store.after_input(self.broker.borrow().uncommitted());
+                }
                 return;
             }
             let mut by_service: Vec<Vec<ServiceEvent>> =
@@ -480,10 +512,11 @@ async fn run_shard(
     settings: Settings,
     endpoints: Endpoints,
     services: Arc<Vec<ServiceFactory>>,
-    (transport, admission, control): (
+    (transport, admission, control, restored): (
         Arc<crate::transport::Counters>,
         Arc<limits::Admission>,
         Arc<Control>,
+        Option<store::Restored>,
     ),
     auth: (
         Arc<crate::auth::AuthSnapshot>,
@@ -517,10 +550,30 @@ async fn run_shard(
             return;
         }
     };
+    let now = Instant::now();
+    let mut broker = Broker::new(id, shards, broker_config, now);
+    broker.set_persistence(Persistence {
+        durability: settings
+            .persistence
+            .as_ref()
+            .map_or(Durability::None, |p| p.durability),
+        session_expiry: settings.session_expiry,
+        unix_ms_at_start: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    });
+    let mut shard_store = None;
+    if let Some(restored) = restored {
+        broker.restore(now, restored.state, &restored.routes);
+        shard_store = settings
+            .persistence
+            .as_ref()
+            .map(|p| store::ShardStore::new(p, restored.log));
+    }
     let shard = Rc::new(Shard {
         id,
         shards,
-        broker: RefCell::new(Broker::new(id, shards, broker_config, Instant::now())),
+        broker: RefCell::new(broker),
         settings,
         arena: RefCell::new(arena::ReadArena::new()),
         wakers: RefCell::new(Vec::new()),
@@ -546,6 +599,7 @@ async fn run_shard(
             crate::auth::VerifyCache::new(settings_auth.verify_cache_max, rand::random()),
         )),
         reloads: auth.1,
+        store: shard_store,
         control,
         draining: Cell::new(false),
         drain_waker: RefCell::new(None),
@@ -576,9 +630,12 @@ async fn run_shard(
         }
     }
     tasks.push(glommio::spawn_local(tick(shard.clone())));
-    // The shard's store is loaded here, before its listeners accept and
-    // before it reports ready: the process tells systemd READY=1 only once
-    // every shard has.
+    if shard.store.is_some() {
+        tasks.push(glommio::spawn_local(store::run_writer(shard.clone())));
+    }
+    // The shard's store was loaded before the executors started
+    // (`Server::start`), so the process tells systemd READY=1 only after
+    // every store is loaded.
     let kinds = [
         (listener, listener::Kind::Mqtt),
         (ws_listener, listener::Kind::Ws),
@@ -597,8 +654,9 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
     drain::asked(&shard).await;
     drain::run(&shard, listeners).await;
-    // The final flush of the shard's store goes here: after the last
-    // connection closed (nothing more changes), before the executor ends.
+    // The final flush of the shard's store: after the last connection
+    // closed (nothing more changes), before the executor ends.
+    shard.flush_store().await;
     drop(tasks);
     shard.control.note_stopped();
 }

@@ -132,6 +132,8 @@ pub(super) fn two_shards_on_loopback() -> Settings {
         http_listen: None,
         websocket: None,
         auth: crate::auth::AuthConfig::default(),
+        persistence: None,
+        session_expiry: None,
     }
 }
 

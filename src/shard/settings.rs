@@ -51,6 +51,11 @@ pub struct Settings {
     /// Users, ACL and the failure budget; the files it names are read by
     /// `shard::reload`, never by a shard.
     pub auth: AuthConfig,
+    /// The shards' stores; `None` keeps sessions and retained messages in
+    /// memory only.
+    pub persistence: Option<super::store::PersistenceSettings>,
+    /// Persistent sessions offline longer than this end; `None`: never.
+    pub session_expiry: Option<Duration>,
 }
 
 /// The TLS listener of every shard.

@@ -199,6 +199,11 @@ impl Broker {
         self.child.id()
     }
 
+    /// Whether the process has ended (after a signal, say).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -133,6 +133,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true)]
     pub server_perf: bool,
 
+    /// CONNECT with clean session 0: persistent sessions, which a broker
+    /// with a store journals (restart the broker between runs: the
+    /// sessions stay).
+    #[arg(long, global = true)]
+    pub persistent: bool,
+
     /// Also write the report as JSON to this file (`-` for stdout, which
     /// moves the table to stderr).
     #[arg(long, global = true, value_name = "FILE")]

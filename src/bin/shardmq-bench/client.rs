@@ -68,7 +68,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, sends CONNECT (clean session) and waits for a CONNACK
+    /// Connects, sends CONNECT (clean session unless the endpoint says
+    /// `--persistent`) and waits for a CONNACK
     /// that accepts it, all within `timeout`.
     pub async fn open(
         endpoint: &Endpoint,
@@ -109,7 +110,8 @@ impl Conn {
         };
         let handshake = async {
             conn.transport_handshake(endpoint).await?;
-            conn.connect_handshake(login, keepalive_s).await
+            conn.connect_handshake(login, keepalive_s, endpoint.clean_session)
+                .await
         };
         within(deadline, Problem::ConnectTimeout, handshake).await?;
         Ok(conn)
@@ -144,10 +146,11 @@ impl Conn {
         &mut self,
         login: &Login<'_>,
         keepalive_s: u16,
+        clean_session: bool,
     ) -> Result<(), Problem> {
         let connect = Connect {
             protocol_level: 4,
-            clean_session: true,
+            clean_session,
             keep_alive_s: keepalive_s,
             client_id: login.client_id.to_string(),
             username: login.username.map(str::to_string),

@@ -50,6 +50,8 @@ const RESPONSE_MAX: usize = 8 * 1024;
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// CONNECT with clean session 1 (the default) or 0 (`--persistent`).
+    pub clean_session: bool,
     tls: Option<Tls>,
     ws: Option<Ws>,
 }
@@ -72,6 +74,7 @@ impl Endpoint {
     pub fn tcp(addr: SocketAddr) -> Endpoint {
         Endpoint {
             addr,
+            clean_session: true,
             tls: None,
             ws: None,
         }
@@ -90,7 +93,12 @@ impl Endpoint {
             host: format!("{}:{}", global.host, global.port),
             path: global.ws_path.clone(),
         });
-        Ok(Endpoint { addr, tls, ws })
+        Ok(Endpoint {
+            addr,
+            clean_session: !global.persistent,
+            tls,
+            ws,
+        })
     }
 
     /// A new connection's layers; `None` for plain TCP.
@@ -515,6 +523,17 @@ pub fn check_upgrade(buf: &[u8], accept: &str) -> Result<Option<usize>, Problem>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn persistent_asks_for_clean_session_0() {
+        use clap::Parser;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1883));
+        let parse = |args: &[&str]| crate::cli::Cli::try_parse_from(args).unwrap().global;
+        let plain = parse(&["shardmq-bench", "p2p"]);
+        assert!(Endpoint::new(&plain, addr).unwrap().clean_session);
+        let persistent = parse(&["shardmq-bench", "--persistent", "p2p"]);
+        assert!(!Endpoint::new(&persistent, addr).unwrap().clean_session);
+    }
 
     fn unmasked(frame: &[u8]) -> (u8, Vec<u8>) {
         let mut unmasked_head = frame.to_vec();

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use super::{owner_shard, Access, Broker, Conn, ConnId, ServiceEvent, SessionId};
 use crate::mqtt::codec::{self, Connect, ConnectReturnCode};
 use crate::mqtt::session::{Message, Session};
+use crate::mqtt::store::Record;
 
 /// Why a connection ends; decides whether the will is published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,7 @@ impl Broker {
         service: bool,
         acl: Option<Arc<dyn Access>>,
     ) -> ConnId {
+        self.last_now = now;
         let conn = self.alloc_conn(now);
         if connect.client_id.is_empty() && !connect.clean_session {
             // §3.1.3-8: a zero-length id needs clean session 1.
@@ -134,6 +136,7 @@ impl Broker {
             (sent, before, s.queue_size())
         };
         self.queued = self.queued.moved(before, after);
+        self.journal_session(session);
         self.stats.messages_sent += sent as u64;
         self.woken.push(conn);
         conn
@@ -205,11 +208,23 @@ impl Broker {
                 let s = self.sessions[sid.0 as usize].as_mut().expect("indexed");
                 let present = !s.is_clean();
                 s.set_clean(false);
+                self.journal_open(sid);
                 return (sid, present);
             }
         }
-        let session = Session::new(client_id.to_string(), clean);
-        let sid = match self.free_sessions.pop() {
+        let sid = self.insert_session(Session::new(client_id.to_string(), clean));
+        if !client_id.is_empty() {
+            self.by_client_id.insert(client_id.to_string(), sid);
+        }
+        if !clean {
+            self.journal_open(sid);
+        }
+        (sid, false)
+    }
+
+    /// Puts `session` in a free slot, not yet indexed by client id.
+    pub(super) fn insert_session(&mut self, session: Session) -> SessionId {
+        match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(session);
                 self.session_conn[i as usize] = None;
@@ -222,14 +237,11 @@ impl Broker {
                 self.session_acl.push(None);
                 SessionId((self.sessions.len() - 1) as u32)
             }
-        };
-        if !client_id.is_empty() {
-            self.by_client_id.insert(client_id.to_string(), sid);
         }
-        (sid, false)
     }
 
-    fn end_session(&mut self, sid: SessionId) {
+    pub(super) fn end_session(&mut self, sid: SessionId) {
+        self.journal_record(sid, |client_id| Record::End { client_id });
         let Some(mut session) = self.sessions[sid.0 as usize].take() else {
             return;
         };
@@ -263,6 +275,7 @@ impl Broker {
         if reason == CloseReason::ProtocolError {
             self.stats.protocol_errors += 1;
         }
+        self.forget_held(conn);
         if let Some(sid) = session {
             // An offline session's queue is bounded by policy, not pressure.
             self.caught_up(sid);
@@ -276,6 +289,8 @@ impl Broker {
             };
             if clean {
                 self.end_session(sid);
+            } else {
+                self.journal_left(sid);
             }
         }
         if reason.publishes_will() {

@@ -82,6 +82,7 @@ use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
 mod lifecycle;
+mod persist;
 mod pressure;
 mod routing;
 mod shutdown;
@@ -89,6 +90,7 @@ mod subscribe;
 mod sys;
 
 pub use lifecycle::CloseReason;
+pub use persist::{Durability, JournalBatch, Persistence};
 pub use sys::{AuthRefusal, ShardStats};
 
 use subscribe::PendingSuback;
@@ -159,6 +161,10 @@ pub enum RemoteMsg {
     /// Answer with `BarrierAck` of the same token.
     Barrier(u64),
     BarrierAck(u64),
+    /// Answer with `DurableAck` of the same token once what came before
+    /// is durable here (`persist`, held acknowledgements).
+    Durable(u64),
+    DurableAck(u64),
     /// Counters for `$SYS`, sent to shard 0.
     Stats(ShardStats),
     /// The sender has (or no longer has) a connected subscriber behind.
@@ -228,6 +234,10 @@ pub struct Broker {
     service_events: VecDeque<ServiceEvent>,
     /// What all sessions queue (`Session::queue_size`).
     queued: QueueSize,
+    /// The latest `now` an input brought: the time of closes that come
+    /// without one.
+    last_now: Instant,
+    persist: persist::Persist,
 }
 
 impl Broker {
@@ -263,6 +273,8 @@ impl Broker {
             pressure: 0,
             service_events: VecDeque::new(),
             queued: QueueSize::default(),
+            last_now: now,
+            persist: persist::Persist::default(),
         }
     }
 
@@ -311,6 +323,7 @@ impl Broker {
         }
         c.last_packet = now;
         let Some(sid) = c.session else { return };
+        self.last_now = now;
         match packet {
             Packet::Publish(p) => self.handle_publish(conn, sid, p),
             Packet::PubAck(pkid) => self.handle_ack(conn, sid, |s, _| s.handle_puback(pkid)),
@@ -329,7 +342,9 @@ impl Broker {
     /// Timers: keepalive expiry and `$SYS`. Call at least every
     /// `TICK_INTERVAL`.
     pub fn tick(&mut self, now: Instant) {
+        self.last_now = now;
         self.expire_keepalives(now);
+        self.expire_sessions(now);
         self.tick_sys(now);
     }
 

@@ -7,10 +7,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::persist::Ack;
 use super::{Broker, CloseReason, ConnId, RemoteMsg, ServiceEvent, SessionId, ShardId};
 use crate::mqtt::codec::{self, Publish};
 use crate::mqtt::retained::RetainedMessage;
 use crate::mqtt::session::{AckOutcome, Delivery, Message, Session};
+use crate::mqtt::store::Record;
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
@@ -28,7 +30,9 @@ impl Broker {
     pub fn handle_remote(&mut self, now: Instant, from: ShardId, msg: RemoteMsg) {
         let _ = now;
         match msg {
-            RemoteMsg::Publish(message) => self.route(message, true),
+            RemoteMsg::Publish(message) => {
+                self.route(message, true);
+            }
             RemoteMsg::ClearRetained(topic) => self.clear_retained(topic),
             RemoteMsg::RouteAdd(filter) => {
                 self.routes.subscribe(&filter, from, QoS::AtMostOnce);
@@ -38,12 +42,33 @@ impl Broker {
             }
             RemoteMsg::Barrier(token) => self.send(from, RemoteMsg::BarrierAck(token)),
             RemoteMsg::BarrierAck(token) => self.handle_barrier_ack(token),
+            RemoteMsg::Durable(token) => self.handle_durable(from, token),
+            RemoteMsg::DurableAck(token) => self.handle_durable_ack(token),
             RemoteMsg::Pressure(on) => self.update_pressure(from, on),
             RemoteMsg::Stats(stats) => self.handle_stats(from, stats),
         }
     }
 
     pub(super) fn handle_publish(&mut self, conn: ConnId, sid: SessionId, p: Publish) {
+        let ack = match p.qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(Ack::PubAck(p.pkid)),
+            QoS::ExactlyOnce => Some(Ack::PubRec(p.pkid)),
+        };
+        let sync = self.persist.sync();
+        let Some(targets) = self.publish(conn, sid, p, !sync) else {
+            return;
+        };
+        self.journal_session(sid);
+        if let (true, Some(ack)) = (sync, ack) {
+            self.acknowledge(conn, ack, targets);
+        }
+    }
+
+    /// A PUBLISH's handshake (its acknowledgement written here with
+    /// `ack_now`, else by the caller) and routing. Returns the shards it was
+    /// forwarded to, or `None` when the connection closed instead.
+    fn publish(&mut self, conn: ConnId, sid: SessionId, p: Publish, ack_now: bool) -> Option<u64> {
         self.stats.messages_received += 1;
         if p.qos != QoS::AtMostOnce {
             if let Some(c) = self.conn_mut(conn) {
@@ -53,7 +78,9 @@ impl Broker {
         let fresh = match p.qos {
             QoS::AtMostOnce => true,
             QoS::AtLeastOnce => {
-                self.write(conn, |out| codec::encode_puback(out, p.pkid));
+                if ack_now {
+                    self.write(conn, |out| codec::encode_puback(out, p.pkid));
+                }
                 true
             }
             QoS::ExactlyOnce => {
@@ -65,17 +92,19 @@ impl Broker {
                     self.stats.limit_awaiting_pubrel_closed += 1;
                     tracing::debug!(?conn, "too many QoS 2 ids awaiting PUBREL");
                     self.close(conn, CloseReason::LimitExceeded);
-                    return;
+                    return None;
                 }
                 let fresh = self.sessions[sid.0 as usize]
                     .as_mut()
                     .is_some_and(|s| s.receive_qos2(p.pkid));
-                self.write(conn, |out| codec::encode_pubrec(out, p.pkid));
+                if ack_now {
+                    self.write(conn, |out| codec::encode_pubrec(out, p.pkid));
+                }
                 fresh
             }
         };
         if !fresh {
-            return;
+            return Some(0);
         }
         if self.conn(conn).is_some_and(|c| c.service) {
             self.service_events.push_back(ServiceEvent::Published {
@@ -83,14 +112,14 @@ impl Broker {
                 topic: p.topic,
                 payload: p.payload,
             });
-            return;
+            return Some(0);
         }
         if let Err(denial) = self.admit_publish(sid, &p.topic) {
             if denial == Denial::NotAuthorized {
                 self.stats.acl_publish_denied += 1;
             }
             tracing::debug!(?conn, topic = p.topic.as_str(), ?denial, "publish dropped");
-            return;
+            return Some(0);
         }
         let message = Message {
             topic: p.topic,
@@ -98,7 +127,7 @@ impl Broker {
             qos: p.qos,
             retain: p.retain,
         };
-        self.route(message, false);
+        Some(self.route(message, false))
     }
 
     /// Whether a QoS 2 PUBLISH with `pkid` would take the session past
@@ -131,6 +160,7 @@ impl Broker {
         if let Some(s) = self.sessions[sid.0 as usize].as_mut() {
             s.release_qos2(pkid);
         }
+        self.journal_session(sid);
         self.write(conn, |out| codec::encode_pubcomp(out, pkid));
     }
 
@@ -167,6 +197,7 @@ impl Broker {
         if c.outbox.len() != before {
             self.woken.push(conn);
         }
+        self.journal_session(sid);
         if queued <= self.low_water() {
             self.caught_up(sid);
         }
@@ -183,8 +214,9 @@ impl Broker {
     /// so publishes racing on several shards may pass a limit by at most
     /// one message per shard. A refused replacement clears the topic's
     /// older message everywhere: a stale value is worse than none, and for
-    /// QoS 0 the older one must go [MQTT-3.3.1-7].
-    pub(super) fn route(&mut self, mut message: Message, from_remote: bool) {
+    /// QoS 0 the older one must go [MQTT-3.3.1-7]. Returns the shards the
+    /// message was forwarded to, a bit each.
+    pub(super) fn route(&mut self, mut message: Message, from_remote: bool) -> u64 {
         if message.retain
             && !from_remote
             && !message.payload.is_empty()
@@ -206,10 +238,12 @@ impl Broker {
         if message.retain {
             self.store_retained(&message);
         }
+        let mut targets = 0;
         if !from_remote && self.shards > 1 {
-            self.forward(&message);
+            targets = self.forward(&message);
         }
         self.deliver_local(&message);
+        targets
     }
 
     /// Sets (or, with an empty payload, clears) the retained message of a
@@ -217,11 +251,19 @@ impl Broker {
     fn store_retained(&mut self, message: &Message) {
         // Compact copies: slices would pin whole read buffers for as long
         // as the message stays retained.
-        self.retained.set(RetainedMessage {
+        let retained = RetainedMessage {
             topic: message.topic.compact(),
             payload: Bytes::copy_from_slice(&message.payload),
             qos: message.qos,
-        });
+        };
+        if self.persist.on() {
+            self.journal_retained(Record::Retain {
+                topic: retained.topic.clone(),
+                qos: retained.qos,
+                payload: retained.payload.clone(),
+            });
+        }
+        self.retained.set(retained);
     }
 
     fn clear_retained(&mut self, topic: TopicName) {
@@ -233,7 +275,7 @@ impl Broker {
         });
     }
 
-    fn forward(&mut self, message: &Message) {
+    fn forward(&mut self, message: &Message) -> u64 {
         let mut targets: u64 = 0;
         if message.retain {
             targets = u64::MAX;
@@ -242,11 +284,15 @@ impl Broker {
                 .for_each_match(message.topic.as_str(), |shard, _| targets |= 1 << shard.0);
         }
         targets &= !(1u64 << self.shard.0);
+        if self.shards < 64 {
+            targets &= (1u64 << self.shards) - 1;
+        }
         for shard in 0..self.shards {
             if targets & (1 << shard) != 0 {
                 self.remote_out[shard].push(RemoteMsg::Publish(message.clone()));
             }
         }
+        targets
     }
 
     fn deliver_local(&mut self, message: &Message) {
@@ -316,6 +362,7 @@ impl Broker {
                     self.stats.limit_queued_bytes_dropped += 1;
                 }
             }
+            self.journal_session(sid);
         }
         self.scratch = matched;
     }

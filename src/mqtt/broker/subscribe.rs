@@ -6,6 +6,7 @@
 use super::{Broker, ConnId, RemoteMsg, SessionId};
 use crate::mqtt::codec;
 use crate::mqtt::session::{Delivery, Message};
+use crate::mqtt::store::Record;
 use crate::mqtt::topic;
 use crate::mqtt::QoS;
 
@@ -29,11 +30,11 @@ enum Refusal {
 
 /// A SUBACK held until the barrier of its SUBSCRIBE completes.
 pub(super) struct PendingSuback {
-    conn: ConnId,
-    session: SessionId,
+    pub(super) conn: ConnId,
+    pub(super) session: SessionId,
     pkid: u16,
     codes: Vec<u8>,
-    granted: Vec<(String, QoS)>,
+    pub(super) granted: Vec<(String, QoS)>,
     acks_missing: usize,
 }
 
@@ -115,6 +116,11 @@ impl Broker {
         let replaced = self.sessions[sid.0 as usize]
             .as_mut()
             .and_then(|s| s.subscribe(filter, qos));
+        self.journal_record(sid, |client_id| Record::Subscribe {
+            client_id,
+            filter: filter.to_string(),
+            qos,
+        });
         if replaced.is_none() {
             self.filter_ref(filter);
         }
@@ -126,6 +132,10 @@ impl Broker {
             .as_mut()
             .is_some_and(|s| s.unsubscribe(filter));
         if had {
+            self.journal_record(sid, |client_id| Record::Unsubscribe {
+                client_id,
+                filter: filter.to_string(),
+            });
             self.index_unsubscribe(filter, sid);
         }
     }
@@ -145,6 +155,13 @@ impl Broker {
     /// Activates the granted filters, then sends the SUBACK and the retained
     /// messages of those filters (§3.3.1.3).
     fn finish_subscribe(&mut self, pending: PendingSuback) {
+        if let Some(pending) = self.hold_suback(pending) {
+            self.complete_subscribe(pending);
+        }
+    }
+
+    /// `finish_subscribe` once the SUBACK may go (`persist::hold_suback`).
+    pub(super) fn complete_subscribe(&mut self, pending: PendingSuback) {
         self.activate(pending.session, &pending.granted);
         let queued = self.sessions[pending.session.0 as usize]
             .as_ref()
@@ -199,12 +216,13 @@ impl Broker {
         self.stats.messages_dropped += dropped;
         self.stats.limit_queued_bytes_dropped += dropped_bytes;
         self.stats.acl_receive_denied += denied;
+        self.journal_session(pending.session);
         self.woken.push(pending.conn);
     }
 
     /// Puts the granted filters in the index, unless the session dropped
     /// them (UNSUBSCRIBE, clean end) while the barrier was pending.
-    fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
+    pub(super) fn activate(&mut self, sid: SessionId, granted: &[(String, QoS)]) {
         let Some(session) = self.sessions[sid.0 as usize].as_ref() else {
             return;
         };
