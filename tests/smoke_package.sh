@@ -92,28 +92,44 @@ fi
 # -- run the installed broker --------------------------------------------------
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-# As the unit runs it: its user, its configuration. The loopback port and
-# two shards keep it off the machine's real port and cores.
-setpriv --reuid=shardmq --regid=shardmq --init-groups --pdeathsig KILL -- \
-    /usr/bin/shardmq --config /etc/shardmq/shardmq.toml --listen "$HOST:$PORT" --shards 2 \
-    >"$WORK/broker.log" 2>&1 &
-BROKER_PID=$!
-
-ready=0
-for _ in $(seq 1 100); do
-    if python3 -c "import socket, sys; socket.create_connection(('$HOST', $PORT), 0.2)" 2>/dev/null; then
-        ready=1
-        break
+# As the unit runs it: its user, its configuration (the store in
+# /var/lib/shardmq). The loopback port and two shards keep it off the
+# machine's real port and cores.
+start_broker() {
+    setpriv --reuid=shardmq --regid=shardmq --init-groups --pdeathsig KILL -- \
+        /usr/bin/shardmq --config /etc/shardmq/shardmq.toml --listen "$HOST:$PORT" --shards 2 \
+        >>"$WORK/broker.log" 2>&1 &
+    BROKER_PID=$!
+    ready=0
+    for _ in $(seq 1 100); do
+        if python3 -c "import socket, sys; socket.create_connection(('$HOST', $PORT), 0.2)" 2>/dev/null; then
+            ready=1
+            break
+        fi
+        kill -0 "$BROKER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$ready" -eq 1 ]; then
+        pass "installed broker accepts on $HOST:$PORT ($1)"
+    else
+        fail "installed broker accepts on $HOST:$PORT ($1)" "$(cat "$WORK/broker.log")"
+        summary_and_exit
     fi
-    kill -0 "$BROKER_PID" 2>/dev/null || break
-    sleep 0.1
-done
-if [ "$ready" -eq 1 ]; then
-    pass "installed broker accepts on $HOST:$PORT"
-else
-    fail "installed broker accepts on $HOST:$PORT" "$(cat "$WORK/broker.log")"
-    summary_and_exit
-fi
+}
+
+stop_broker() {
+    kill -TERM "$BROKER_PID"
+    broker_rc=0
+    wait "$BROKER_PID" || broker_rc=$?
+    BROKER_PID=
+    if [ "$broker_rc" -eq 0 ]; then
+        pass "SIGTERM: exit status 0 ($1)"
+    else
+        fail "SIGTERM: exit status 0 ($1)" "exit $broker_rc" "$(tail -n 20 "$WORK/broker.log")"
+    fi
+}
+
+start_broker "first start"
 
 mosquitto_sub -h "$HOST" -p "$PORT" -t smoke/package -C 1 -W 10 >"$WORK/got" 2>"$WORK/sub.err" &
 SUB_PID=$!
@@ -130,15 +146,19 @@ else
         "$(cat "$WORK/sub.err")"
 fi
 
-kill -TERM "$BROKER_PID"
-broker_rc=0
-wait "$BROKER_PID" || broker_rc=$?
-BROKER_PID=
-if [ "$broker_rc" -eq 0 ]; then
-    pass "SIGTERM: exit status 0"
+stop_broker "first start"
+
+# The packaged configuration keeps a store: the retained value outlives
+# the restart.
+start_broker "restart"
+if mosquitto_sub -h "$HOST" -p "$PORT" -t smoke/package -C 1 -W 10 >"$WORK/got2" 2>"$WORK/sub2.err" \
+    && [ "$(cat "$WORK/got2")" = "from the package" ]; then
+    pass "the retained value is in the store after a restart"
 else
-    fail "SIGTERM: exit status 0" "exit $broker_rc" "$(tail -n 20 "$WORK/broker.log")"
+    fail "the retained value is in the store after a restart" "got: $(cat "$WORK/got2")" \
+        "$(cat "$WORK/sub2.err")" "$(tail -n 20 "$WORK/broker.log")"
 fi
+stop_broker "restart"
 
 if /usr/share/shardmq/tuning/check >"$WORK/check.log" 2>&1; then
     pass "installed tuning/check runs"
