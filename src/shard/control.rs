@@ -10,8 +10,10 @@
 //! A drain, on every shard: the listeners stop (MQTT, TLS, WebSocket, and
 //! the HTTP listener of shard 0), every connection closes for the stop
 //! (`Broker::shut_down`) after its outbox is written, CONNECTs still
-//! arriving are refused, then the shard's executor ends and counts itself
-//! in [`Control::stopped`]. The process waits for that within its bound.
+//! arriving are refused; the shards then wait for each other until every
+//! copy a closing connection sent across (its will) has been handled
+//! ([`Control::all_quiesced`]), flush their stores, and each executor ends
+//! and counts itself in [`Control::stopped`]. The process waits for that within its bound.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,6 +28,9 @@ pub struct Control {
     drain: AtomicBool,
     /// Whether the drain publishes wills (`Broker::shut_down`).
     wills: AtomicBool,
+    /// Shards whose drain has seen every other shard handle what it sent
+    /// (`Broker::quiesced`).
+    quiesced: AtomicUsize,
     /// Shards whose executor has ended after a drain.
     stopped: AtomicUsize,
 }
@@ -50,6 +55,7 @@ impl Control {
             answered: (0..shards).map(|_| AtomicU64::new(0)).collect(),
             drain: AtomicBool::new(false),
             wills: AtomicBool::new(false),
+            quiesced: AtomicUsize::new(0),
             stopped: AtomicUsize::new(0),
         }
     }
@@ -93,6 +99,17 @@ impl Control {
         self.drain
             .load(Ordering::Acquire)
             .then(|| self.wills.load(Ordering::Acquire))
+    }
+
+    /// This shard's messages of the drain have all been handled.
+    pub(crate) fn note_quiesced(&self) {
+        self.quiesced.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Every shard's messages of the drain have been handled: nothing more
+    /// will reach any shard's store.
+    pub(crate) fn all_quiesced(&self) -> bool {
+        self.quiesced.load(Ordering::Acquire) >= self.shards()
     }
 
     pub(crate) fn note_stopped(&self) {

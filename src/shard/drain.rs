@@ -3,7 +3,8 @@
 //! Order: the listeners stop, so no socket is accepted any more; the
 //! broker closes every connection for the stop; each connection's driver
 //! writes its whole outbox before it closes the socket (`conn`); the shard
-//! waits until the broker has released every connection. CONNECTs that
+//! waits until the broker has released every connection, then until every
+//! shard has handled the messages the closes sent across. CONNECTs that
 //! finish after the drain began are refused with "server unavailable".
 //! Nothing here bounds the wait: the process does, with
 //! `server.shutdown_timeout_s`, and exits when it passes.
@@ -55,6 +56,23 @@ pub(super) async fn run(shard: &Rc<Shard>, listeners: Vec<glommio::Task<()>>) {
         glommio::timer::sleep(CLOSED_POLL).await;
     }
     tracing::debug!(shard = shard.id.0, "every connection closed");
+    // The wills published just now have copies on their way to other
+    // shards (retained replicas, persistent sessions' queues): the store
+    // is flushed only once every shard has handled all of them. The mesh
+    // keeps running meanwhile, so this shard answers the others' barriers.
+    shard.broker.borrow_mut().quiesce();
+    shard.after_input();
+    while !shard.broker.borrow().quiesced() {
+        glommio::timer::sleep(CLOSED_POLL).await;
+    }
+    shard.control.note_quiesced();
+    while !shard.control.all_quiesced() {
+        glommio::timer::sleep(CLOSED_POLL).await;
+    }
+    tracing::debug!(
+        shard = shard.id.0,
+        "every shard handled the drain's messages"
+    );
 }
 
 impl Shard {

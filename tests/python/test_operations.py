@@ -309,3 +309,39 @@ def test_a_bad_config_on_sighup_keeps_the_one_in_force(start):
     client.close()
     broker.signal(signal.SIGTERM)
     assert broker.wait(30) == 0
+
+
+@pytest.mark.parametrize("wills", [True, False], ids=["wills-by-default", "will_on_shutdown-false"])
+def test_wills_of_clients_connected_at_sigterm_outlive_the_stop_mqtt_3_1_2_8(start, tmp_path, wills):
+    # A stop closes the device's connection without its DISCONNECT, so its
+    # will MUST be published [MQTT-3.1.2-8]: into the retained store and
+    # the offline persistent session's queue, both kept by the store.
+    config = f'[persistence]\ndir = "{tmp_path / "store"}"\n'
+    if not wills:
+        config += "[server]\nwill_on_shutdown = false\n"
+    broker = start(config)
+    broker.wait_accepting()
+    watcher = Client(HOST, broker.port, "will-watcher", clean_session=False)
+    watcher.connect()
+    assert watcher.subscribe([("wills/#", 1)]) == [1]
+    watcher.disconnect()
+    device = Client(HOST, broker.port, "will-device", will=("wills/device", b"gone", 1, True))
+    device.connect()
+    broker.signal(signal.SIGTERM)
+    assert broker.wait(30) == 0, broker.log()
+    device.close()
+
+    again = start(config)
+    again.wait_accepting()
+    fresh = Client(HOST, again.port, "will-reader")
+    fresh.connect()
+    assert fresh.subscribe([("wills/#", 1)]) == [1]
+    watcher = Client(HOST, again.port, "will-watcher", clean_session=False)
+    watcher.connect()
+    if wills:
+        assert [(m.payload, m.retain) for m in fresh.wait_messages(1)] == [(b"gone", True)]
+        assert [m.payload for m in watcher.wait_messages(1)] == [b"gone"]
+    else:
+        assert fresh.collect(1.0) == [] and watcher.collect(0.5) == []
+    for c in (fresh, watcher):
+        c.close()

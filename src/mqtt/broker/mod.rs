@@ -220,6 +220,8 @@ pub struct Broker {
     routes: SubscriptionIndex<ShardId>,
     retained: RetainedStore,
     pending_subacks: HashMap<u64, PendingSuback>,
+    /// The shutdown's barrier: its token and the shards yet to answer.
+    quiesce: Option<(u64, usize)>,
     next_token: u64,
     woken: Vec<ConnId>,
     remote_out: Vec<Vec<RemoteMsg>>,
@@ -262,6 +264,7 @@ impl Broker {
             routes: SubscriptionIndex::new(),
             retained: RetainedStore::new(),
             pending_subacks: HashMap::new(),
+            quiesce: None,
             next_token: 0,
             woken: Vec::new(),
             remote_out: (0..shards).map(|_| Vec::new()).collect(),

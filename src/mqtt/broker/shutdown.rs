@@ -11,7 +11,7 @@
 //! false` keeps them, against the rule, for fleets whose watchers would
 //! take a planned restart for a failure.
 
-use super::{Broker, CloseReason, ConnId};
+use super::{Broker, CloseReason, ConnId, RemoteMsg};
 
 impl Broker {
     /// Closes every connection of this shard for a stop of the server;
@@ -31,6 +31,39 @@ impl Broker {
             .collect();
         for conn in open {
             self.close(conn, reason);
+        }
+    }
+
+    /// After `shut_down`, once every connection is released: asks every
+    /// other shard for a `Barrier` answer. Channels are FIFO per pair, so
+    /// when all have answered ([`Broker::quiesced`]) each has handled what
+    /// this shard sent before (the wills' copies, retained and queued for
+    /// persistent sessions), and a shard that has seen every shard quiesce
+    /// holds, and may make durable, all it will ever get.
+    pub fn quiesce(&mut self) {
+        if self.quiesce.is_some() || self.shards <= 1 {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.quiesce = Some((token, self.shards - 1));
+        self.broadcast(RemoteMsg::Barrier(token));
+    }
+
+    /// Whether every other shard answered the barrier of [`Broker::quiesce`].
+    pub fn quiesced(&self) -> bool {
+        self.shards <= 1 || matches!(self.quiesce, Some((_, 0)))
+    }
+
+    /// Counts an answer to the shutdown's barrier; `false` for any other
+    /// token.
+    pub(super) fn answer_quiesce(&mut self, token: u64) -> bool {
+        match &mut self.quiesce {
+            Some((t, missing)) if *t == token => {
+                *missing = missing.saturating_sub(1);
+                true
+            }
+            _ => false,
         }
     }
 

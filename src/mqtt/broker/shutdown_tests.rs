@@ -79,3 +79,35 @@ fn shutdown_closes_every_connection_and_keeps_their_outboxes() {
     // A second call finds nothing left to close.
     w.shards[0].shut_down(true);
 }
+
+#[test]
+fn quiesce_waits_until_the_other_shards_have_the_wills() {
+    let mut w = World::new(2);
+    let mut retained = will("will/dev");
+    retained.retain = true;
+    let dev = w.connect_with(&w.id_on(0, "dev"), true, 0, Some(retained));
+    w.shards[0].shut_down(true);
+    w.shards[0].release(dev.conn);
+    w.shards[0].quiesce();
+    assert!(!w.shards[0].quiesced(), "shard 1 has not answered yet");
+    w.settle();
+    assert!(w.shards[0].quiesced());
+    // Shard 1 handled the will's copy before its answer: its replica of
+    // the retained store has it.
+    let reader = w.connect(&w.id_on(1, "reader"));
+    w.subscribe(reader, "will/#", QoS::AtMostOnce);
+    let got: Vec<String> = w
+        .publishes(reader)
+        .iter()
+        .map(|p| p.topic.as_str().to_string())
+        .collect();
+    assert_eq!(got, ["will/dev"]);
+}
+
+#[test]
+fn one_shard_is_quiesced_at_once() {
+    let mut w = World::new(1);
+    w.shards[0].shut_down(true);
+    w.shards[0].quiesce();
+    assert!(w.shards[0].quiesced());
+}

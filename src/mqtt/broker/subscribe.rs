@@ -142,6 +142,9 @@ impl Broker {
 
     /// Another shard answered the barrier `token`.
     pub(super) fn handle_barrier_ack(&mut self, token: u64) {
+        if self.answer_quiesce(token) {
+            return;
+        }
         let Some(p) = self.pending_subacks.get_mut(&token) else {
             return;
         };
