@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod external;
 pub mod http;
 pub mod mqtt;
 pub mod shard;
