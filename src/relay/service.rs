@@ -561,7 +561,8 @@ impl Service for RelayService {
     }
 
     fn routes(self: Rc<Self>, _shard: Rc<Shard>) -> Vec<Route> {
-        vec![Route::new(
+        // Exact: `/api/devices/status` is the voice gateway's.
+        vec![Route::exact(
             "/api/devices",
             Rc::new(DevicesRoute(Rc::downgrade(&self))),
         )]
