@@ -48,10 +48,12 @@ use crate::shard::{Service, Shard};
 /// Bytes read from a backend at once.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Bytes of packets waiting for the external broker. A read completes at
-/// most `READ_CHUNK` plus one buffered command, so a backend reads only
-/// when that much fits (see `ready`).
+/// Bytes of packets waiting for the external broker, at least; a backend
+/// reads only when what one read can publish fits (see `read_room`).
 const EXTERNAL_OUTBOX: usize = 1 << 20;
+
+/// The shortest valid command, `{"type":"SCS","unit":"a"}`, rounded down.
+const MIN_COMMAND: usize = 16;
 
 /// The most a packet from the broker to the relay can be.
 const MAX_PACKET: usize = 1 << 20;
@@ -101,6 +103,7 @@ impl RelayService {
             Duration::from_secs(config.device_timeout_s),
             config.max_devices,
         );
+        let outbox = Outbox::new(EXTERNAL_OUTBOX.max(4 * read_room(&config)));
         RelayService {
             config,
             shard,
@@ -109,7 +112,7 @@ impl RelayService {
             counters: RefCell::new(Counters::default()),
             registry: RefCell::new(registry),
             sink: RefCell::new(Sink::Off),
-            outbox: RefCell::new(Outbox::new(EXTERNAL_OUTBOX)),
+            outbox: RefCell::new(outbox),
             waiting: RefCell::new(Vec::new()),
             next_local_id: Cell::new(0),
         }
@@ -223,7 +226,7 @@ impl RelayService {
     /// connection is neither paused nor throttled and the mesh is not
     /// congested; external, the outbox has room for a read's commands.
     async fn ready(&self, shard: &Shard) {
-        let room = READ_CHUNK + self.config.max_command_bytes;
+        let room = read_room(&self.config);
         poll_fn(|cx| match &*self.sink.borrow() {
             Sink::Off => Poll::Ready(()),
             Sink::External => self.outbox.borrow_mut().poll_room(cx, room),
@@ -443,6 +446,14 @@ impl RelayService {
         tracing::debug!(r#type = cmd.kind.as_str(), unit = %cmd.unit, %topic, "command relayed");
         Ok(topic)
     }
+}
+
+/// The most one read can add to the external outbox: the commands it
+/// completes (the read, and one command buffered before it), each with its
+/// PUBLISH header, topic and packet id.
+fn read_room(config: &RelayConfig) -> usize {
+    let per_command = 8 + config.topic_template.len() + config.max_unit_bytes;
+    READ_CHUNK + config.max_command_bytes + (READ_CHUNK / MIN_COMMAND + 1) * per_command
 }
 
 fn log_transition(t: &Transition) {
