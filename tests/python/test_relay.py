@@ -409,3 +409,23 @@ def test_heartbeats_go_online_then_offline_after_the_timeout(relay_factory):
     while time.monotonic() < deadline and relay.devices()["online"] < 2:
         time.sleep(0.05)
     assert relay.devices()["online"] == 2
+
+
+def test_a_client_taking_the_relays_own_id_does_not_stop_the_relay(relay_factory):
+    relay = relay_factory()
+    dev = esp32(relay_factory, relay, UNITS[0])
+    aim = json.dumps(commands()[0]).encode()
+    # The in-process client's id is shardmq-relay-local-<n> for the first
+    # n its shard owns; take over every candidate.
+    intruders = [device(relay_factory, relay, f"shardmq-relay-local-{n}") for n in range(8)]
+    if relay.mosquitto is None:
+        assert relay.wait_log("relay's broker connection was taken over")
+    # A command sent while the relay reconnects waits for it, not lost.
+    with relay.backend() as s:
+        s.sendall(aim)
+        assert received(dev, 1) == [aim]
+    for c in intruders:
+        c.close()
+    with relay.backend() as s:
+        s.sendall(aim)
+        assert received(dev, 2) == [aim, aim]
