@@ -148,6 +148,20 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_read_and_unknown_ones_refused() {
+        let c: RelayConfig = toml::from_str(
+            "enabled = true\nlisten = \"0.0.0.0:7000\"\nreply = true\n\
+             [external_broker]\naddress = \"broker:1883\"\n",
+        )
+        .unwrap();
+        assert!(c.enabled && c.reply);
+        assert_eq!(c.listen.port(), 7000);
+        assert!(c.external_broker.enabled());
+        assert_eq!(c.external_broker.client_id, "shardmq-relay");
+        assert!(toml::from_str::<RelayConfig>("replies = true").is_err());
+    }
+
+    #[test]
     fn templates_without_one_unit_or_with_wildcards_are_refused() {
         for bad in [
             "/service/ms500/socket",
