@@ -111,7 +111,14 @@ impl Splitter {
                     }
                 }
                 State::Object | State::Discard => {
-                    let rest = data.get(i..).unwrap_or_default();
+                    let mut rest = data.get(i..).unwrap_or_default();
+                    if self.state == State::Object {
+                        // Up to the first byte past the limit, so that an
+                        // object goes over it at the same byte however the
+                        // stream was cut into reads.
+                        let room = (self.max + 1).saturating_sub(self.buf.len());
+                        rest = rest.get(..room.min(rest.len())).unwrap_or_default();
+                    }
                     let (used, end) = self.scan(rest);
                     let taken = rest.get(..used).unwrap_or_default();
                     if self.state == State::Object {
@@ -177,12 +184,6 @@ impl Splitter {
                 }
                 b'\n' if self.state == State::Discard => return (i + 1, Some(End::Newline)),
                 _ => {}
-            }
-            // Only a kept object needs its length checked byte by byte; it
-            // is checked by the caller for the whole span, so stop here
-            // when the span would already be too long.
-            if self.state == State::Object && self.buf.len() + i + 1 > self.max {
-                return (i + 1, None);
             }
         }
         (data.len(), None)

@@ -143,3 +143,17 @@ fn split_at_every_byte_boundary_gives_the_same_frames() {
     let singles: Vec<&[u8]> = bytes.chunks(1).collect();
     assert_eq!(run(&mut Splitter::new(64), &singles), expected);
 }
+
+/// Found by the fuzz target: an object that went over the limit inside a
+/// string was cut there when read byte by byte, but only after the string
+/// (and the newline that follows it) when read whole, so the newline that
+/// ends the discard was missed.
+#[test]
+fn an_object_goes_over_the_limit_at_the_same_byte_however_it_is_read() {
+    let stream = format!("{{\"type\":\"A{}\"\nxy\nz\n{{}}", "~".repeat(40));
+    let bytes = stream.as_bytes();
+    let expected = vec![Got::TooLarge, Got::Junk(2), Got::Junk(1), obj("{}")];
+    assert_eq!(whole(bytes, 16), expected);
+    let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(run(&mut Splitter::new(16), &singles), expected);
+}
