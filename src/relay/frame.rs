@@ -78,6 +78,11 @@ impl Splitter {
         self.buf.len()
     }
 
+    /// Between objects: no object or junk begun and not finished.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Top
+    }
+
     /// Feeds the next bytes of the stream; `emit` gets each frame they
     /// complete, in order.
     pub fn feed(&mut self, data: &[u8], mut emit: impl FnMut(Frame<'_>)) {

@@ -144,6 +144,18 @@ fn split_at_every_byte_boundary_gives_the_same_frames() {
     assert_eq!(run(&mut Splitter::new(64), &singles), expected);
 }
 
+#[test]
+fn a_stream_that_stops_inside_an_object_or_junk_is_not_idle() {
+    let mut s = Splitter::new(64);
+    assert!(s.is_idle());
+    s.feed(b"{\"a\":", |_| {});
+    assert!(!s.is_idle());
+    s.feed(b"1}  \n", |_| {});
+    assert!(s.is_idle());
+    s.feed(b"junk", |_| {});
+    assert!(!s.is_idle());
+}
+
 /// Found by the fuzz target: an object that went over the limit inside a
 /// string was cut there when read byte by byte, but only after the string
 /// (and the newline that follows it) when read whole, so the newline that

@@ -38,7 +38,7 @@ use crate::mqtt::broker::{owner_shard, ConnId, ShardId};
 use crate::mqtt::codec::{self, Connect, Packet, Publish, Subscribe};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
-use crate::relay::command::{self, CommandError};
+use crate::relay::command::{self, CommandError, Reason};
 use crate::relay::config::RelayConfig;
 use crate::relay::frame::{Frame, Splitter};
 use crate::relay::metrics::{self, Counters};
@@ -412,6 +412,13 @@ impl RelayService {
                 }
             });
             shard.after_input();
+        }
+        if !splitter.is_idle() {
+            self.counters.borrow_mut().reject(Reason::InvalidJson);
+            tracing::warn!(
+                ?peer,
+                "relay backend closed its connection inside a command"
+            );
         }
         // The backend finished sending; give it its last replies.
         if !replies.is_empty() {

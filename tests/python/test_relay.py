@@ -429,3 +429,15 @@ def test_a_client_taking_the_relays_own_id_does_not_stop_the_relay(relay_factory
     with relay.backend() as s:
         s.sendall(aim)
         assert received(dev, 2) == [aim, aim]
+
+
+def test_a_backend_closing_inside_a_command_is_counted_and_nothing_is_sent(relay_factory):
+    relay = relay_factory()
+    dev = esp32(relay_factory, relay, UNITS[0])
+    aim = json.dumps(commands()[0]).encode()
+    with relay.backend() as s:
+        s.sendall(aim + aim[:40])
+    assert relay.wait_log("closed its connection inside a command")
+    assert relay.metric('shardmq_relay_rejected_total{reason="invalid_json"}') == 1
+    assert received(dev, 1) == [aim]
+    assert dev.collect(0.3) == dev.messages and len(dev.messages) == 1
