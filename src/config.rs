@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::auth::config::AuthConfig;
+pub use crate::relay::config::RelayConfig;
 pub use crate::shard::store::PersistenceConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
@@ -36,6 +37,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub voice: VoiceConfig,
+    pub relay: RelayConfig,
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
@@ -277,11 +279,25 @@ impl Config {
                 message: format!("{:?} is not host:port", self.http.listen),
             });
         }
-        if !(self.mqtt.enabled || self.voice.enabled && self.voice.external_broker.enabled()) {
+        let external_only = self.voice.enabled && self.voice.external_broker.enabled()
+            || self.relay.enabled && self.relay.external_broker.enabled();
+        if !(self.mqtt.enabled || external_only) {
             return Err(ConfigError::Invalid {
                 key: "mqtt.enabled",
-                message: "the broker may be off only in voice external broker mode".to_string(),
+                message: "the broker may be off only in external broker mode".to_string(),
             });
+        }
+        if self.relay.enabled {
+            self.relay.validate().map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
+            if !self.mqtt.enabled && !self.relay.external_broker.enabled() {
+                return Err(ConfigError::Invalid {
+                    key: "relay.external_broker.address",
+                    message: "the relay needs the built-in broker or an external one".to_string(),
+                });
+            }
         }
         if self.voice.enabled {
             self.voice.validate().map_err(|e| ConfigError::Invalid {
@@ -395,7 +411,7 @@ impl Config {
         // each section a PartialEq kept in step with its fields.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 8] = [
+        let sections: [(&'static str, bool); 9] = [
             ("server", differs(&kept.server, &new.server)),
             ("mqtt", differs(&kept.mqtt, &new.mqtt)),
             ("http", differs(&kept.http, &new.http)),
@@ -404,6 +420,7 @@ impl Config {
             ("tls", differs(&kept.tls, &new.tls)),
             ("auth", differs(&kept.auth, &new.auth)),
             ("persistence", differs(&kept.persistence, &new.persistence)),
+            ("relay", differs(&kept.relay, &new.relay)),
         ];
         let restart = sections
             .into_iter()

@@ -4,8 +4,10 @@
 
 pub mod auth;
 pub mod config;
+pub mod external;
 pub mod http;
 pub mod mqtt;
+pub mod relay;
 pub mod shard;
 pub mod systemd;
 pub mod transport;

@@ -152,6 +152,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    if config.relay.enabled {
+        match shardmq::relay::start(&config.relay) {
+            Ok(started) => {
+                tracing::info!(listen = %started.listen, "device command relay enabled");
+                services.push(started.factory);
+            }
+            Err(e) => {
+                eprintln!("shardmq: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let mut settings = config.shard_settings();
     settings.tls = match config.tls_listener() {
         Ok(tls) => tls,

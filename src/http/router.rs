@@ -12,15 +12,32 @@ use super::server::{Handler, ResponseFuture};
 pub struct Route {
     pub prefix: &'static str,
     pub handler: Rc<dyn Handler>,
+    /// Answers the path itself (and with a trailing `/`), not paths below
+    /// it: those stay with a shorter prefix of another service.
+    pub exact: bool,
 }
 
 impl Route {
     pub fn new(prefix: &'static str, handler: Rc<dyn Handler>) -> Route {
-        Route { prefix, handler }
+        Route {
+            prefix,
+            handler,
+            exact: false,
+        }
+    }
+
+    /// A route for one path only (see `exact`).
+    pub fn exact(path: &'static str, handler: Rc<dyn Handler>) -> Route {
+        Route {
+            prefix: path,
+            handler,
+            exact: true,
+        }
     }
 
     fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.prefix.trim_end_matches('/')) {
+            Some(rest) if self.exact => rest.is_empty() || rest == "/",
             Some(rest) => rest.is_empty() || rest.starts_with('/'),
             None => false,
         }
@@ -99,5 +116,18 @@ mod tests {
         assert_eq!(status(&router, "/xiaozhi/ota/activate"), 203);
         assert_eq!(status(&router, "/apix"), 404);
         assert_eq!(status(&router, "/"), 404);
+    }
+
+    /// The relay's `GET /api/devices` beside the voice gateway's
+    /// `/api/devices/status`: each keeps its own.
+    #[test]
+    fn an_exact_route_leaves_the_paths_below_it_to_a_shorter_prefix() {
+        let mut router = Router::default();
+        router.add(Route::new("/api", Rc::new(Fixed(201))));
+        router.add(Route::exact("/api/devices", Rc::new(Fixed(202))));
+        assert_eq!(status(&router, "/api/devices"), 202);
+        assert_eq!(status(&router, "/api/devices/"), 202);
+        assert_eq!(status(&router, "/api/devices/status"), 201);
+        assert_eq!(status(&router, "/api/devicesx"), 201);
     }
 }

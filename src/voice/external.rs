@@ -4,26 +4,21 @@
 //! `device-server` there), replies go to `/p2p/device_sub/<mac_>`; UDP
 //! audio stays direct to the gateway.
 //!
-//! The client runs on shard 0 and so do the conversations: their conn ids
+//! The MQTT client itself is `crate::external`, shared with the command
+//! relay; this module maps devices to topics. The client runs on shard 0
+//! and so do the conversations: their conn ids
 //! steer there. The broker's address is resolved once at start-up
 //! (`voice::start`): a DNS lookup on the shard would stall its connections. With `share_group`, several gateway instances subscribe
 //! through `$share/<group>/` and the broker spreads devices over them (use
 //! a sticky strategy, e.g. EMQX `hash_topic`, so a device's messages keep
 //! reaching the instance that holds its conversation).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use futures_lite::AsyncRead;
-use glommio::net::TcpStream;
-
-use crate::mqtt::codec::{self, Connect, ConnectReturnCode, Packet, Subscribe};
+use crate::external::{Client, Options, Outbox};
 use crate::mqtt::QoS;
 use crate::shard::Shard;
 use crate::voice::gateway::DeviceKey;
@@ -33,8 +28,6 @@ use crate::voice::service::VoiceService;
 const INBOUND_PREFIX: &str = "/p2p/device_public/";
 const OUTBOUND_PREFIX: &str = "/p2p/device_sub/";
 const KEEPALIVE_S: u16 = 60;
-const RECONNECT_DELAY: Duration = Duration::from_secs(2);
-const MAX_PACKET: usize = 1 << 20;
 
 /// Bytes of replies kept for the broker. While it is down nothing drains
 /// the outbox, and replies to devices that cannot hear them must not grow
@@ -59,8 +52,7 @@ pub(crate) struct Link {
     by_mac: HashMap<String, DeviceKey>,
     macs: HashMap<DeviceKey, String>,
     next_key: u64,
-    outbox: BytesMut,
-    waker: Option<Waker>,
+    outbox: Rc<RefCell<Outbox>>,
 }
 
 impl Link {
@@ -70,8 +62,7 @@ impl Link {
             by_mac: HashMap::new(),
             macs: HashMap::new(),
             next_key: 0,
-            outbox: BytesMut::new(),
-            waker: None,
+            outbox: Rc::new(RefCell::new(Outbox::new(OUTBOX_MAX))),
         }
     }
 
@@ -103,38 +94,51 @@ impl Link {
             return true;
         };
         let topic = format!("{OUTBOUND_PREFIX}{mac}");
-        let before = self.outbox.len();
-        codec::encode_publish(
-            &mut self.outbox,
-            &topic,
-            payload,
-            QoS::AtMostOnce,
-            false,
-            false,
-            0,
-        );
-        if self.outbox.len() > OUTBOX_MAX {
-            self.outbox.truncate(before);
-            return false;
+        self.outbox
+            .borrow_mut()
+            .publish(&topic, payload, QoS::AtMostOnce)
+    }
+}
+
+/// The gateway as a client of the external broker (`crate::external`).
+struct VoiceClient {
+    service: Rc<VoiceService>,
+    shard: Rc<Shard>,
+    outbox: Rc<RefCell<Outbox>>,
+}
+
+impl Client for VoiceClient {
+    fn outbox(&self) -> &RefCell<Outbox> {
+        &self.outbox
+    }
+
+    fn message(&self, topic: &str, payload: &[u8]) {
+        if let Some(mac) = device_of_topic(topic) {
+            self.service.external_message(&self.shard, mac, payload);
         }
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-        true
     }
 }
 
 pub(crate) fn start(service: Rc<VoiceService>, shard: Rc<Shard>) {
-    glommio::spawn_local(async move {
-        loop {
-            match session(&service, &shard).await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "external broker connection ended"),
-            }
-            glommio::timer::sleep(RECONNECT_DELAY).await;
-        }
-    })
-    .detach();
+    let Some((broker, outbox)) = service.with_link(|l| (l.broker.clone(), l.outbox.clone())) else {
+        return;
+    };
+    let cfg = &service.config.external_broker;
+    let options = Options {
+        service: "voice",
+        address: cfg.address.clone(),
+        client_id: cfg.client_id.clone(),
+        username: cfg.username.clone(),
+        password: cfg.password.clone(),
+        keepalive_s: KEEPALIVE_S,
+        subscriptions: vec![(inbound_filter(&cfg.share_group), QoS::AtMostOnce)],
+    };
+    let client = Rc::new(VoiceClient {
+        service: service.clone(),
+        shard,
+        outbox,
+    });
+    crate::external::spawn(client, broker, options);
 }
 
 /// The topic filter the gateway subscribes to.
@@ -159,115 +163,10 @@ pub(crate) fn device_of_topic(topic: &str) -> Option<&str> {
     (!mac.is_empty() && !mac.contains('/')).then_some(mac)
 }
 
-/// A connection to the first address of the broker that accepts one.
-async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, String> {
-    let mut last = "no address for the broker".to_string();
-    for addr in addrs {
-        match TcpStream::connect(*addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last = format!("{addr}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-/// One connection to the broker, until it fails.
-async fn session(service: &Rc<VoiceService>, shard: &Rc<Shard>) -> Result<(), String> {
-    let cfg = &service.config.external_broker;
-    let addrs = service
-        .with_link(|link| link.broker.clone())
-        .unwrap_or_default();
-    let mut stream = connect(&addrs).await?;
-    let _ = stream.set_nodelay(true);
-    let mut out = BytesMut::new();
-    Packet::Connect(Box::new(Connect {
-        protocol_level: 4,
-        clean_session: true,
-        keep_alive_s: KEEPALIVE_S,
-        client_id: cfg.client_id.clone(),
-        username: (!cfg.username.is_empty()).then(|| cfg.username.clone()),
-        password: (!cfg.password.is_empty()).then(|| Bytes::from(cfg.password.clone())),
-        will: None,
-    }))
-    .encode(&mut out);
-    Packet::Subscribe(Subscribe {
-        pkid: 1,
-        filters: vec![(inbound_filter(&cfg.share_group), QoS::AtMostOnce)],
-    })
-    .encode(&mut out);
-    let mut rbuf = BytesMut::new();
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut last_sent = Instant::now();
-    let mut connected = false;
-    loop {
-        // Whatever the gateway published since the last turn goes out first.
-        service.with_link(|link| {
-            out.extend_from_slice(&link.outbox);
-            link.outbox.clear();
-        });
-        while !out.is_empty() {
-            let n = futures_lite::AsyncWriteExt::write(&mut stream, &out)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("broker closed the connection".to_string());
-            }
-            out.advance(n);
-            last_sent = Instant::now();
-        }
-        let ping_in =
-            Duration::from_secs(u64::from(KEEPALIVE_S) / 2).saturating_sub(last_sent.elapsed());
-        let read = glommio::timer::timeout(ping_in, async {
-            let n = poll_fn(|cx| {
-                if service.with_link(|l| !l.outbox.is_empty()) == Some(true) {
-                    return Poll::Ready(Ok(None));
-                }
-                service.with_link(|l| l.waker = Some(cx.waker().clone()));
-                Pin::new(&mut stream)
-                    .poll_read(cx, &mut chunk)
-                    .map(|r| r.map(Some))
-            })
-            .await?;
-            Ok(n)
-        })
-        .await;
-        match read {
-            Ok(Some(0)) => return Err("broker closed the connection".to_string()),
-            Ok(Some(n)) => rbuf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Ok(None) => continue,
-            Err(glommio::GlommioError::TimedOut(_)) => {
-                Packet::PingReq.encode(&mut out);
-                continue;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        loop {
-            match codec::decode(&mut rbuf, MAX_PACKET) {
-                Ok(Some(Packet::ConnAck { code, .. })) => {
-                    if code != ConnectReturnCode::Accepted {
-                        return Err(format!("broker refused the connection: {code:?}"));
-                    }
-                    if !connected {
-                        connected = true;
-                        tracing::info!(broker = %cfg.address, "attached to external broker");
-                    }
-                }
-                Ok(Some(Packet::Publish(p))) => {
-                    if let Some(mac) = device_of_topic(p.topic.as_str()) {
-                        service.external_message(shard, mac, &p.payload);
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) => return Err(format!("malformed packet from the broker: {e}")),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::codec::{self, Packet};
 
     #[test]
     fn shared_filters_keep_the_leading_slash_of_the_topic() {
@@ -314,15 +213,15 @@ mod tests {
                 dropped += 1;
             }
         }
-        assert!(link.outbox.len() <= OUTBOX_MAX);
+        assert!(link.outbox.borrow().len() <= OUTBOX_MAX);
         assert!(
             queued > 0 && dropped > 0,
             "{queued} queued, {dropped} dropped"
         );
         // Each queued reply is whole: the outbox decodes to `queued` publishes.
-        let mut out = link.outbox.clone();
+        let mut out = bytes::BytesMut::from(link.outbox.borrow().bytes());
         let mut decoded = 0;
-        while let Some(p) = codec::decode(&mut out, MAX_PACKET).unwrap() {
+        while let Some(p) = codec::decode(&mut out, 1 << 20).unwrap() {
             assert!(
                 matches!(p, Packet::Publish(ref p) if p.topic.as_str() == "/p2p/device_sub/aa_bb_cc_dd_ee_ff")
             );
@@ -330,7 +229,7 @@ mod tests {
         }
         assert_eq!(decoded, queued);
         // Once the broker drains it, replies queue again.
-        link.outbox.clear();
+        link.outbox.borrow_mut().clear();
         assert!(link.publish(device, &reply));
     }
 
