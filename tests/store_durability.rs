@@ -181,10 +181,41 @@ async fn drain_subscriber(broker: &Broker, id: &str) -> HashMap<String, Vec<bool
 /// Load, `kill -9` once enough is acknowledged, restart; returns what was
 /// acknowledged (with times), when the kill came, and what the subscriber
 /// got after the restart.
+/// How `crash_under_load` ends the broker.
+#[derive(Clone, Copy)]
+enum Stop {
+    Kill9,
+    /// SIGTERM, and the exit with status 0 within the drain's bound.
+    Term,
+}
+
+async fn sigterm(mut broker: Broker) {
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT + Duration::from_secs(10);
+    while !broker.exited() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broker.exit_code(), Some(0), "{}", broker.output());
+}
+
 async fn crash_under_load(
     shards: usize,
     store: &StoreDir,
     durability: &str,
+) -> (Vec<(String, Instant)>, Instant, HashMap<String, Vec<bool>>) {
+    stop_under_load(shards, store, durability, Stop::Kill9).await
+}
+
+async fn stop_under_load(
+    shards: usize,
+    store: &StoreDir,
+    durability: &str,
+    stop: Stop,
 ) -> (Vec<(String, Instant)>, Instant, HashMap<String, Vec<bool>>) {
     let toml = store.toml(durability);
     let broker = Broker::start_with(shards, &toml);
@@ -202,7 +233,10 @@ async fn crash_under_load(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let killed = Instant::now();
-    kill9(broker);
+    match stop {
+        Stop::Kill9 => kill9(broker),
+        Stop::Term => sigterm(broker).await,
+    }
     for t in tasks {
         let _ = t.await;
     }
@@ -231,6 +265,25 @@ async fn kill9_under_sync_loses_nothing_acknowledged(shards: usize) {
     let (acked, _, got) = crash_under_load(shards, &store, "sync").await;
     // Every PUBACK was a promise [MQTT-4.3.2-2]: the message is delivered
     // to the persistent session after the crash [MQTT-3.1.2-4].
+    let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_duplicates_marked(&got);
+}
+
+/// A clean stop under load writes the `periodic` window too: nothing
+/// acknowledged is lost, whichever shard queued it.
+async fn sigterm_under_load_exits_0_and_loses_nothing(shards: usize) {
+    if shardmq_only() {
+        return;
+    }
+    let store = StoreDir::new();
+    let (acked, _, got) = stop_under_load(shards, &store, "periodic", Stop::Term).await;
     let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
     assert!(
         lost.is_empty(),
@@ -305,6 +358,7 @@ shard_tests!(
     kill9_under_sync_loses_nothing_acknowledged,
     kill9_under_periodic_loses_only_the_last_window,
     retained_values_survive_kill9,
+    sigterm_under_load_exits_0_and_loses_nothing,
 );
 
 #[tokio::test]

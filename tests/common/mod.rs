@@ -204,6 +204,12 @@ impl Broker {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// The process's exit code once it has ended; `None` while it runs or
+    /// when a signal ended it.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
