@@ -19,8 +19,6 @@ HOST=127.0.0.1
 WORK=$(mktemp -d)
 BROKER_PID=
 SUB_PID=
-passed=0
-failed=0
 
 cleanup() {
     local pid
@@ -32,24 +30,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pass() {
-    passed=$((passed + 1))
-    echo "ok   $1"
-}
-
-fail() {
-    failed=$((failed + 1))
-    echo "FAIL $1"
-    shift
-    local line
-    for line in "$@"; do echo "     $line"; done
-}
-
-summary_and_exit() {
-    echo "$passed passed, $failed failed"
-    if [ "$failed" -eq 0 ]; then exit 0; fi
-    exit 1
-}
+# shellcheck source=tests/smoke_report.sh
+. tests/smoke_report.sh
 
 if [ -z "$DEB" ] || [ ! -f "$DEB" ]; then
     fail "package" "no target/debian/shardmq_*.deb; run cargo deb first"

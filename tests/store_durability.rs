@@ -247,6 +247,20 @@ async fn stop_under_load(
     (acked, killed, got)
 }
 
+/// Every acknowledged message reached the subscriber after the restart,
+/// copies after the first only with DUP.
+fn assert_nothing_acknowledged_lost(acked: &[(String, Instant)], got: &HashMap<String, Vec<bool>>) {
+    let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_duplicates_marked(got);
+}
+
 /// Duplicates come only with DUP set [MQTT-3.3.1-1]: every copy after the
 /// first of a payload is marked.
 fn assert_duplicates_marked(got: &HashMap<String, Vec<bool>>) {
@@ -265,15 +279,7 @@ async fn kill9_under_sync_loses_nothing_acknowledged(shards: usize) {
     let (acked, _, got) = crash_under_load(shards, &store, "sync").await;
     // Every PUBACK was a promise [MQTT-4.3.2-2]: the message is delivered
     // to the persistent session after the crash [MQTT-3.1.2-4].
-    let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged messages lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert_duplicates_marked(&got);
+    assert_nothing_acknowledged_lost(&acked, &got);
 }
 
 /// A clean stop under load writes the `periodic` window too: nothing
@@ -284,15 +290,7 @@ async fn sigterm_under_load_exits_0_and_loses_nothing(shards: usize) {
     }
     let store = StoreDir::new();
     let (acked, _, got) = stop_under_load(shards, &store, "periodic", Stop::Term).await;
-    let lost: Vec<_> = acked.iter().filter(|(p, _)| !got.contains_key(p)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged messages lost, e.g. {:?}",
-        lost.len(),
-        acked.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert_duplicates_marked(&got);
+    assert_nothing_acknowledged_lost(&acked, &got);
 }
 
 async fn kill9_under_periodic_loses_only_the_last_window(shards: usize) {
