@@ -256,6 +256,13 @@ def p99(report):
     return latency(report, "p99_us")
 
 
+def rss_span(r):
+    """The broker's RSS before and after an idle-connections run."""
+    before = dig(r, "server", "before", "vm_rss_kib")
+    after = dig(r, "server", "after", "vm_rss_kib")
+    return "—" if before is None or after is None else f"{before / 1024:.1f} → {after / 1024:.1f} MiB"
+
+
 def rss_per_conn(report):
     return dig(report, "server", "rss_bytes_per_conn")
 
@@ -527,9 +534,7 @@ def conns_table(run):
         if r is None:
             rows.append(f"| {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 6)
             continue
-        before = dig(r, "server", "before", "vm_rss_kib")
-        after = dig(r, "server", "after", "vm_rss_kib")
-        span = "—" if before is None or after is None else f"{before / 1024:.1f} → {after / 1024:.1f} MiB"
+        span = rss_span(r)
         note = run.note(broker, "conns")
         if note:
             notes.append(f"- idle connections, {BROKER_NAMES[broker]}: {note}.")
@@ -613,9 +618,7 @@ def secure_table(run):
             if r is None:
                 rows.append(f"| {BROKER_NAMES[broker]} | **failed**: {cell(status)} |" + " |" * 5)
                 continue
-            before = dig(r, "server", "before", "vm_rss_kib")
-            after = dig(r, "server", "after", "vm_rss_kib")
-            span = "—" if before is None or after is None else f"{before / 1024:.1f} → {after / 1024:.1f} MiB"
+            span = rss_span(r)
             tcp = run.report(broker, "conns")
             rows.append(
                 f"| {BROKER_NAMES[broker]} | {count(r.get('established'))} of {count(r.get('requested'))} "
