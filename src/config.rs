@@ -570,6 +570,26 @@ mod tests {
     }
 
     #[test]
+    fn presence_is_checked_and_needs_a_broker() {
+        let c = Config::from_toml("[presence]\nenabled = true\nhealth_timeout_s = 0\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "presence.health_timeout_s",
+                ..
+            })
+        ));
+        let c = Config::from_toml("[mqtt]\nenabled = false\n[presence]\nenabled = true\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml(
+            "[mqtt]\nenabled = false\n[presence]\nenabled = true\n\
+             [presence.external_broker]\naddress = \"b:1883\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.mqtt.listen.port(), 1883);

@@ -40,6 +40,10 @@ const MAX_PACKET: usize = 1 << 20;
 /// Keepalive towards an external broker.
 const KEEPALIVE_S: u16 = 60;
 
+/// Refused registrations logged at most this often; the others are
+/// counted and summed into the next line.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
 /// How the service reaches the broker.
 enum Link {
     /// Not started (shards other than 0).
@@ -60,6 +64,9 @@ pub(crate) struct PresenceService {
     outbox: RefCell<Outbox>,
     next_local_id: Cell<u64>,
     snapshots: Cell<u64>,
+    /// When the next refusal may be logged, and how many were held back.
+    warn_next: Cell<Option<Instant>>,
+    warn_held: Cell<u64>,
 }
 
 impl PresenceService {
@@ -82,6 +89,8 @@ impl PresenceService {
             outbox: RefCell::new(Outbox::new(EXTERNAL_OUTBOX)),
             next_local_id: Cell::new(0),
             snapshots: Cell::new(0),
+            warn_next: Cell::new(None),
+            warn_held: Cell::new(0),
         }
     }
 
@@ -284,7 +293,17 @@ impl PresenceService {
             Ok(None) => return,
             Err(e) => {
                 self.counters.borrow_mut().error(e.field());
-                tracing::warn!(field = e.field().as_str(), "node registration refused: {e}");
+                if self.warn_next.get().is_some_and(|t| now < t) {
+                    self.warn_held.set(self.warn_held.get() + 1);
+                } else {
+                    self.warn_next.set(Some(now + WARN_EVERY));
+                    let suppressed = self.warn_held.replace(0);
+                    tracing::warn!(
+                        field = e.field().as_str(),
+                        suppressed,
+                        "node registration refused: {e}"
+                    );
+                }
                 let error = envelope::error_message(&e, payload);
                 let bytes = serde_json::to_vec(&error).unwrap_or_default();
                 if !self.publish(Some(shard), &self.config.error_topic, &bytes, false) {
@@ -321,7 +340,11 @@ impl PresenceService {
                     Some(Cause::HealthTimeout) => c.offline_timeout += 1,
                     _ => c.offline_will += 1,
                 }
-                tracing::info!(node = %t.node, ?cause, "MeekYolo node offline");
+                let cause = match cause {
+                    Some(Cause::HealthTimeout) => "health_timeout",
+                    _ => "will",
+                };
+                tracing::info!(node = %t.node, cause, "MeekYolo node offline");
             }
         }
     }

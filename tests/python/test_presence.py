@@ -344,3 +344,16 @@ def test_api_nodes_filters_by_group_and_status(presence_factory):
     assert ids("?group=g%2Deast&status=offline") == ["a-2"]
     assert ids("?group=nobody") == []
     assert p.metric('shardmq_presence_nodes{state="offline"}') == 1
+
+
+def test_a_node_leaving_with_node_unregister_goes_offline_and_unknown_nodes_reports_are_ignored(presence_factory):
+    p = presence_factory()
+    n = node(presence_factory, p, "analysis-001")
+    wait_until(lambda: p.states() == {"analysis-001": "online"}, what="registered")
+    n.publish("/meek/system/nodes", envelope("node_unregister", {"node_id": "analysis-001"}), qos=1)
+    wait_until(lambda: p.states() == {"analysis-001": "offline"}, what="offline")
+    stranger = client(presence_factory, p, "stranger")
+    stranger.publish("/meek/nodes/stranger/health", envelope("node_health", {}), qos=1)
+    wait_until(lambda: p.metric("shardmq_presence_reports_ignored_total") == 1, what="ignored")
+    assert "stranger" not in p.states()
+    assert p.metric('shardmq_presence_offline_total{cause="will"}') == 1
