@@ -203,12 +203,11 @@ impl PresenceService {
     /// Publishes QoS 1 in-process or through the external outbox; `false`
     /// when the outbox was full. The in-process caller runs
     /// `shard.after_input`.
-    fn publish(&self, shard: Option<&Shard>, topic: &str, payload: &[u8], retain: bool) -> bool {
+    fn publish(&self, shard: &Shard, topic: &str, payload: &[u8], retain: bool) -> bool {
         match &mut *self.link.borrow_mut() {
             Link::Off => true,
             Link::Builtin { conn, next_pkid } => {
-                let (Some(shard), Ok(name)) = (shard, TopicName::from_string(topic.to_string()))
-                else {
+                let Ok(name) = TopicName::from_string(topic.to_string()) else {
                     return false;
                 };
                 *next_pkid = next_pkid.checked_add(1).unwrap_or(1);
@@ -306,7 +305,7 @@ impl PresenceService {
                 }
                 let error = envelope::error_message(&e, payload);
                 let bytes = serde_json::to_vec(&error).unwrap_or_default();
-                if !self.publish(Some(shard), &self.config.error_topic, &bytes, false) {
+                if !self.publish(shard, &self.config.error_topic, &bytes, false) {
                     self.counters.borrow_mut().errors_unpublished += 1;
                 }
                 return;
@@ -454,7 +453,7 @@ impl Service for PresenceService {
         let interval = Duration::from_millis(self.config.snapshot_interval_ms);
         if self.registry.borrow_mut().snapshot_due(now, interval) {
             let message = self.snapshot_message(now);
-            if self.publish(Some(shard), &self.config.snapshot_topic, &message, true) {
+            if self.publish(shard, &self.config.snapshot_topic, &message, true) {
                 self.counters.borrow_mut().snapshots += 1;
             } else {
                 // Try again at the next tick.

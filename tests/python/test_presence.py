@@ -357,3 +357,29 @@ def test_a_node_leaving_with_node_unregister_goes_offline_and_unknown_nodes_repo
     wait_until(lambda: p.metric("shardmq_presence_reports_ignored_total") == 1, what="ignored")
     assert "stranger" not in p.states()
     assert p.metric('shardmq_presence_offline_total{cause="will"}') == 1
+
+
+def test_a_client_taking_the_services_own_id_does_not_stop_it(presence_factory):
+    p = presence_factory()
+    # The in-process client's id is shardmq-presence-local-<n> for the
+    # first n its shard owns; take over every candidate.
+    intruders = [client(presence_factory, p, f"shardmq-presence-local-{n}") for n in range(8)]
+    if p.mosquitto is None:
+        deadline = time.monotonic() + 5
+        while "presence's broker connection was taken over" not in p.log_text():
+            assert time.monotonic() < deadline, p.log_tail()
+            time.sleep(0.05)
+    for c in intruders:
+        c.close()
+    # The service opens its next connection a second later; a registration
+    # sent before that is not heard (no session), so the node repeats it.
+    n = node(presence_factory, p, "analysis-001")
+
+    def registered():
+        if p.states() == {"analysis-001": "online"}:
+            return True
+        n.publish("/meek/system/nodes", json.dumps(registration("analysis-001")), qos=1)
+        time.sleep(0.2)
+        return False
+
+    wait_until(registered, timeout=10, what="registered after the takeover")
