@@ -314,3 +314,41 @@ fn a_report_is_the_envelopes_payload_or_the_message_or_its_text() {
     assert_eq!(report_body(b""), None);
     assert_eq!(status_of(&json!(3)), None);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Bytes near a registration: the seed's, cut, with a byte changed.
+    fn near_registration() -> impl Strategy<Value = Vec<u8>> {
+        let seed = serde_json::to_vec(&seed_registration()).unwrap();
+        let len = seed.len();
+        (0..len, 0..len, any::<u8>()).prop_map(move |(cut, at, byte)| {
+            let mut b = seed.clone();
+            if let Some(x) = b.get_mut(at) {
+                *x = byte;
+            }
+            b.truncate(cut.max(at + 1));
+            b
+        })
+    }
+
+    proptest! {
+        /// A peer's bytes, whatever they are, give a message or a typed
+        /// error with a §7.1 answer; never a panic.
+        #[test]
+        fn any_bytes_are_checked_without_panic(
+            bytes in prop_oneof![prop::collection::vec(any::<u8>(), 0..256), near_registration()]
+        ) {
+            match parse(&bytes).and_then(registration) {
+                Ok(r) => prop_assert!(valid_id(&r.node_id)),
+                Err(e) => {
+                    let m = error_message(&e, &bytes);
+                    prop_assert!(m["error_code"].is_string() && m["details"]["field"].is_string());
+                }
+            }
+            let _ = report_body(&bytes).as_ref().map(status_of);
+        }
+    }
+}
