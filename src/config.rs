@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::auth::config::AuthConfig;
+pub use crate::presence::config::PresenceConfig;
 pub use crate::relay::config::RelayConfig;
 pub use crate::shard::store::PersistenceConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
@@ -38,6 +39,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub voice: VoiceConfig,
     pub relay: RelayConfig,
+    pub presence: PresenceConfig,
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
@@ -280,7 +282,8 @@ impl Config {
             });
         }
         let external_only = self.voice.enabled && self.voice.external_broker.enabled()
-            || self.relay.enabled && self.relay.external_broker.enabled();
+            || self.relay.enabled && self.relay.external_broker.enabled()
+            || self.presence.enabled && self.presence.external_broker.enabled();
         if !(self.mqtt.enabled || external_only) {
             return Err(ConfigError::Invalid {
                 key: "mqtt.enabled",
@@ -296,6 +299,18 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key: "relay.external_broker.address",
                     message: "the relay needs the built-in broker or an external one".to_string(),
+                });
+            }
+        }
+        if self.presence.enabled {
+            self.presence.validate().map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
+            if !self.mqtt.enabled && !self.presence.external_broker.enabled() {
+                return Err(ConfigError::Invalid {
+                    key: "presence.external_broker.address",
+                    message: "presence needs the built-in broker or an external one".to_string(),
                 });
             }
         }
@@ -411,7 +426,7 @@ impl Config {
         // each section a PartialEq kept in step with its fields.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 9] = [
+        let sections: [(&'static str, bool); 10] = [
             ("server", differs(&kept.server, &new.server)),
             ("mqtt", differs(&kept.mqtt, &new.mqtt)),
             ("http", differs(&kept.http, &new.http)),
@@ -421,6 +436,7 @@ impl Config {
             ("auth", differs(&kept.auth, &new.auth)),
             ("persistence", differs(&kept.persistence, &new.persistence)),
             ("relay", differs(&kept.relay, &new.relay)),
+            ("presence", differs(&kept.presence, &new.presence)),
         ];
         let restart = sections
             .into_iter()
@@ -551,6 +567,26 @@ mod tests {
         shown.persistence.dir = Config::default().persistence.dir;
         assert_eq!(format!("{shown:?}"), format!("{:?}", Config::default()));
         shown.validate().unwrap();
+    }
+
+    #[test]
+    fn presence_is_checked_and_needs_a_broker() {
+        let c = Config::from_toml("[presence]\nenabled = true\nhealth_timeout_s = 0\n").unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "presence.health_timeout_s",
+                ..
+            })
+        ));
+        let c = Config::from_toml("[mqtt]\nenabled = false\n[presence]\nenabled = true\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml(
+            "[mqtt]\nenabled = false\n[presence]\nenabled = true\n\
+             [presence.external_broker]\naddress = \"b:1883\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

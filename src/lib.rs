@@ -7,6 +7,7 @@ pub mod config;
 pub mod external;
 pub mod http;
 pub mod mqtt;
+pub mod presence;
 pub mod relay;
 pub mod shard;
 pub mod systemd;

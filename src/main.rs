@@ -164,6 +164,21 @@ fn main() -> ExitCode {
             }
         }
     }
+    if config.presence.enabled {
+        match shardmq::presence::start(&config.presence) {
+            Ok(factory) => {
+                tracing::info!(
+                    external = config.presence.external_broker.enabled(),
+                    "MeekYolo fleet presence enabled"
+                );
+                services.push(factory);
+            }
+            Err(e) => {
+                eprintln!("shardmq: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let mut settings = config.shard_settings();
     settings.tls = match config.tls_listener() {
         Ok(tls) => tls,

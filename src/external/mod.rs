@@ -74,6 +74,12 @@ impl Outbox {
     /// queued (the caller counts it).
     #[must_use]
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS) -> bool {
+        self.publish_with(topic, payload, qos, false)
+    }
+
+    /// `publish`, with the RETAIN flag as given.
+    #[must_use]
+    pub fn publish_with(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> bool {
         let before = self.buf.len();
         let pkid = match qos {
             QoS::AtMostOnce => 0,
@@ -82,7 +88,7 @@ impl Outbox {
                 self.next_pkid
             }
         };
-        codec::encode_publish(&mut self.buf, topic, payload, qos, false, false, pkid);
+        codec::encode_publish(&mut self.buf, topic, payload, qos, retain, false, pkid);
         if self.buf.len() > self.max {
             self.buf.truncate(before);
             return false;
