@@ -383,3 +383,33 @@ fn acl_decides_on_the_filter_not_the_group() {
         .collect();
     assert_eq!(codes, vec![vec![1], vec![0x80]]);
 }
+
+#[test]
+fn qos2_before_pubrec_goes_to_another_member_but_not_after() {
+    let mut w = world(ShareStrategy::RoundRobin);
+    let a_id = w.id_on(1, "a");
+    let b_id = w.id_on(3, "b");
+    let a = w.connect(&a_id);
+    w.subscribe(a, GROUP, QoS::ExactlyOnce);
+    let _ = w.received(a);
+    let id = w.id_on(0, "pub");
+    let p = w.connect(&id);
+    for i in 0..2u16 {
+        w.send(
+            p,
+            publish("tasks/x", &format!("m{i}"), QoS::ExactlyOnce, false, i + 1),
+        );
+        w.send(p, Packet::PubRel(i + 1));
+    }
+    let held = w.publishes(a);
+    assert_eq!(held.len(), 2);
+    // The client has m0 (PUBREC sent), not m1.
+    w.send(a, Packet::PubRec(held[0].pkid));
+    let b = w.connect(&b_id);
+    w.subscribe(b, GROUP, QoS::ExactlyOnce);
+    let _ = w.received(b);
+    w.shards[a.shard].connection_lost(a.conn);
+    w.settle();
+    let got: Vec<String> = w.publishes(b).iter().map(payload).collect();
+    assert_eq!(got, vec!["m1"]);
+}
