@@ -413,3 +413,142 @@ fn qos2_before_pubrec_goes_to_another_member_but_not_after() {
     let got: Vec<String> = w.publishes(b).iter().map(payload).collect();
     assert_eq!(got, vec!["m1"]);
 }
+
+/// A member in the churn test: what it acknowledged, and what it holds.
+struct Member {
+    client: Client,
+    alive: bool,
+    acked: Vec<String>,
+    held: Vec<(u16, String)>,
+}
+
+/// Random joins, leaves (lost connection, DISCONNECT, UNSUBSCRIBE) and
+/// publishes on 4 shards, with cross-shard messages delivered late: every
+/// message is acknowledged by exactly one member in the end.
+#[test]
+fn churn_with_late_news_loses_nothing_and_duplicates_nothing() {
+    let strategies = [
+        ShareStrategy::RoundRobin,
+        ShareStrategy::Random,
+        ShareStrategy::HashClientId,
+        ShareStrategy::HashTopic,
+    ];
+    for strategy in strategies {
+        for seed in 1..=10u64 {
+            churn(strategy, seed);
+        }
+    }
+}
+
+fn churn(strategy: ShareStrategy, seed: u64) {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut w = world(strategy);
+    let mut publishers = Vec::new();
+    for shard in 0..4 {
+        let id = w.id_on(shard, "pub");
+        publishers.push(w.connect(&id));
+    }
+    let mut members: Vec<Member> = Vec::new();
+    let join = |w: &mut World, members: &mut Vec<Member>, shard: usize| {
+        let id = w.id_on(shard, &format!("m{}", members.len()));
+        let client = w.connect(&id);
+        w.subscribe(client, GROUP, QoS::AtLeastOnce);
+        let _ = w.received(client);
+        members.push(Member {
+            client,
+            alive: true,
+            acked: Vec::new(),
+            held: Vec::new(),
+        });
+    };
+    // Member 0 stays to the end, so the group is never empty.
+    join(&mut w, &mut members, 0);
+    let mut published = 0usize;
+    let mut pkid = 0u16;
+    for _ in 0..600 {
+        match next(10) {
+            0..=3 => {
+                let p = publishers[next(4) as usize];
+                pkid = pkid % 60_000 + 1;
+                let topic = format!("tasks/{}", next(3));
+                let packet = publish(
+                    &topic,
+                    &format!("m{published}"),
+                    QoS::AtLeastOnce,
+                    false,
+                    pkid,
+                );
+                published += 1;
+                w.shards[p.shard].handle_packet(w.now, p.conn, packet);
+            }
+            4 => join(&mut w, &mut members, next(4) as usize),
+            5 => {
+                let alive: Vec<usize> = (1..members.len()).filter(|&i| members[i].alive).collect();
+                if let Some(&i) = alive.get(next(alive.len().max(1) as u64) as usize) {
+                    let c = members[i].client;
+                    match next(3) {
+                        0 => w.shards[c.shard].connection_lost(c.conn),
+                        1 => w.shards[c.shard].handle_packet(w.now, c.conn, Packet::Disconnect),
+                        _ => {
+                            let leave = Packet::Unsubscribe(crate::mqtt::codec::Unsubscribe {
+                                pkid: 9,
+                                filters: vec![GROUP.to_string()],
+                            });
+                            w.shards[c.shard].handle_packet(w.now, c.conn, leave);
+                            w.shards[c.shard].handle_packet(w.now, c.conn, Packet::Disconnect);
+                        }
+                    }
+                    members[i].alive = false;
+                }
+            }
+            6..=7 => {
+                let i = next(members.len() as u64) as usize;
+                if members[i].alive {
+                    let c = members[i].client;
+                    for p in w.publishes(c) {
+                        members[i].held.push((p.pkid, payload(&p)));
+                    }
+                    let n = next(members[i].held.len() as u64 + 1) as usize;
+                    for (pkid, m) in members[i].held.drain(..n).collect::<Vec<_>>() {
+                        w.shards[c.shard].handle_packet(w.now, c.conn, Packet::PubAck(pkid));
+                        members[i].acked.push(m);
+                    }
+                }
+            }
+            _ => w.settle(),
+        }
+    }
+    w.settle();
+    for _ in 0..5 {
+        for m in members.iter_mut().filter(|m| m.alive) {
+            for p in take(&mut w, m.client) {
+                m.acked.push(payload(&p));
+            }
+            for (pkid, held) in m.held.drain(..) {
+                w.send(m.client, Packet::PubAck(pkid));
+                m.acked.push(held);
+            }
+        }
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for m in &members {
+        for p in &m.acked {
+            *counts.entry(p.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        counts.len(),
+        published,
+        "{strategy:?} seed {seed}: none lost"
+    );
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "{strategy:?} seed {seed}: none twice"
+    );
+}
