@@ -400,7 +400,18 @@ impl Broker {
         if members.is_empty() {
             return;
         }
-        let (sid, qos) = members[(slot % members.len() as u64) as usize];
+        // The member at the slot, or the next one that may read the topic:
+        // a member whose ACL refuses it must not take the group's copy.
+        let start = (slot % members.len() as u64) as usize;
+        let topic = message.topic.as_str();
+        let (sid, qos) = (0..members.len())
+            .map(|k| members[(start + k) % members.len()])
+            .find(|m| {
+                self.session_acl[m.0 .0 as usize]
+                    .as_ref()
+                    .map_or(true, |acl| acl.may_receive(topic))
+            })
+            .unwrap_or(members[start]);
         let key = g.key.clone();
         self.deliver_to(sid, qos, message, Some(&key));
     }

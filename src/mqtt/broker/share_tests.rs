@@ -552,3 +552,27 @@ fn churn(strategy: ShareStrategy, seed: u64) {
         "{strategy:?} seed {seed}: none twice"
     );
 }
+
+#[test]
+fn a_member_that_may_not_read_the_topic_passes_it_to_one_that_may() {
+    let mut w = world(ShareStrategy::RoundRobin);
+    let a_id = w.id_on(1, "a");
+    let b_id = w.id_on(1, "b");
+    let a = w.connect_access(
+        &a_id,
+        TestAccess {
+            read: vec!["tasks/#"],
+            deny: vec!["tasks/secret"],
+            ..TestAccess::default()
+        },
+    );
+    let b = w.connect(&b_id);
+    w.subscribe(a, GROUP, QoS::AtLeastOnce);
+    w.subscribe(b, GROUP, QoS::AtLeastOnce);
+    let _ = (w.received(a), w.received(b));
+    let pid = w.id_on(0, "pub");
+    let p = w.connect(&pid);
+    load(&mut w, p, "s", 4, |_| "secret".to_string());
+    assert!(w.publishes(a).is_empty());
+    assert_eq!(take(&mut w, b).len(), 4);
+}
