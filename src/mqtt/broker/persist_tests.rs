@@ -399,3 +399,24 @@ fn shared_members_of_restored_sessions_receive_after_a_restart() {
     let expected: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("m{i}"))).collect();
     assert_eq!(got, expected, "queued for the restored members, each once");
 }
+
+#[test]
+fn sync_holds_the_puback_until_the_shared_member_shard_committed() {
+    let mut s = Stored::new(2, Durability::Sync);
+    let sub = s.w.connect_with(&s.w.id_on(1, "member"), false, 0, None);
+    s.w.subscribe(sub, "$share/g/t", QoS::AtLeastOnce);
+    s.commit_all();
+    s.w.received(sub);
+    s.offline(sub);
+    s.commit_all();
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    s.w.received(p);
+    s.w.send(p, publish("t", "1", QoS::AtLeastOnce, false, 5));
+    s.commit(0);
+    assert!(
+        s.w.received(p).is_empty(),
+        "shard 1 queued the member's copy and has not committed"
+    );
+    s.commit(1);
+    assert_eq!(s.w.received(p), [Packet::PubAck(5)]);
+}
