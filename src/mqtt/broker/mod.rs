@@ -34,6 +34,10 @@
 //!    none is delivered a second time as a live copy.
 //! 4. Routes follow `filter_refs`, the number of sessions on this shard that
 //!    hold each filter, pending or active.
+//! 5. Shared subscriptions (`$share/<group>/<filter>`, `share.rs`) are not
+//!    routes: shards announce their members' numbers per group
+//!    (`ShareCount`), and only the shard a message is published on gives
+//!    it to a group, one member each (`SharedPublish`).
 //!
 //! # Back-pressure
 //! A QoS 1/2 message is acknowledged to its publisher before subscribers on
