@@ -142,6 +142,36 @@ pub struct MqttConfig {
     /// Expect a PROXY protocol header (v1 or v2) before the CONNECT; a
     /// connection without a valid one is closed.
     pub proxy_protocol: bool,
+    /// How a `$share/<group>/<filter>` subscription's member is chosen per
+    /// message: `round_robin`, `random`, `hash_clientid` (the publisher's),
+    /// `hash_topic`.
+    pub shared_subscription_strategy: ShareStrategyWord,
+}
+
+/// `[mqtt] shared_subscription_strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ShareStrategyWord {
+    #[default]
+    #[serde(rename = "round_robin")]
+    RoundRobin,
+    #[serde(rename = "random")]
+    Random,
+    #[serde(rename = "hash_clientid")]
+    HashClientId,
+    #[serde(rename = "hash_topic")]
+    HashTopic,
+}
+
+impl ShareStrategyWord {
+    fn strategy(self) -> crate::mqtt::broker::ShareStrategy {
+        use crate::mqtt::broker::ShareStrategy as S;
+        match self {
+            ShareStrategyWord::RoundRobin => S::RoundRobin,
+            ShareStrategyWord::Random => S::Random,
+            ShareStrategyWord::HashClientId => S::HashClientId,
+            ShareStrategyWord::HashTopic => S::HashTopic,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -193,6 +223,7 @@ impl Default for MqttConfig {
             max_retained_bytes: 64 << 20,
             sys_interval_s: 10,
             proxy_protocol: false,
+            shared_subscription_strategy: ShareStrategyWord::RoundRobin,
         }
     }
 }
@@ -486,6 +517,7 @@ impl Config {
             },
             sys_interval: (mqtt.sys_interval_s > 0)
                 .then(|| Duration::from_secs(mqtt.sys_interval_s)),
+            share_strategy: mqtt.shared_subscription_strategy.strategy(),
             http_listen: self.http.listen_addr(),
             websocket: self
                 .websocket
@@ -604,6 +636,12 @@ mod tests {
         assert_eq!(c.shard_count(), 3);
         assert_eq!(c.mqtt.sys_interval_s, 1);
         assert!(Config::from_toml("[mqtt]\nmax_pakcet_size = 1\n").is_err());
+        let c = Config::from_toml("[mqtt]\nshared_subscription_strategy = \"hash_clientid\"\n");
+        assert_eq!(
+            c.unwrap().shard_settings().share_strategy,
+            crate::mqtt::broker::ShareStrategy::HashClientId
+        );
+        assert!(Config::from_toml("[mqtt]\nshared_subscription_strategy = \"sticky\"\n").is_err());
         assert!(Config::from_toml("[auth]\npasword_file = \"x\"\n").is_err());
         assert!(Config::from_toml("[server]\nshards = \"many\"\n").is_err());
     }

@@ -13,6 +13,7 @@
 //!    `limits.max_queued_bytes` (when not 0).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -88,6 +89,10 @@ struct Inflight {
     pkid: u16,
     message: Message,
     awaiting: Await,
+    /// The shared subscription (`$share/<group>/<filter>`) it came
+    /// through: redispatched to another member if this session ends
+    /// before the client has it. Not persisted.
+    share: Option<Arc<str>>,
 }
 
 /// What an acknowledgement from the client did to the outgoing flows.
@@ -146,6 +151,8 @@ pub struct Session {
     next_pkid: u16,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Message>,
+    /// The shared subscription of each queued message, beside `queue`.
+    queue_share: VecDeque<Option<Arc<str>>>,
     queued_bytes: usize,
     incoming_qos2: HashSet<u16>,
     /// Changes not yet taken by the store; `None` when nothing persists
@@ -165,6 +172,7 @@ impl Session {
             next_pkid: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
+            queue_share: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: HashSet::new(),
             journal: None,
@@ -234,6 +242,7 @@ impl Session {
         s.subscriptions = state.subscriptions.into_iter().collect();
         s.queued_bytes = state.queue.iter().map(queued_size).sum();
         s.queue = state.queue;
+        s.queue_share = s.queue.iter().map(|_| None).collect();
         s.inflight = state
             .inflight
             .into_iter()
@@ -245,6 +254,7 @@ impl Session {
                     _ => Await::Ack,
                 },
                 message: f.message,
+                share: None,
             })
             .collect();
         s.incoming_qos2 = state.inbound_qos2.into_iter().collect();
@@ -335,6 +345,19 @@ impl Session {
         out: &mut BytesMut,
         limits: &SessionLimits,
     ) -> Delivery {
+        self.deliver_shared(message, qos, out, limits, None)
+    }
+
+    /// As `deliver`, for a message that came through the shared
+    /// subscription `share` (see `take_shared_unacked`).
+    pub fn deliver_shared(
+        &mut self,
+        message: &Message,
+        qos: QoS,
+        out: &mut BytesMut,
+        limits: &SessionLimits,
+        share: Option<&Arc<str>>,
+    ) -> Delivery {
         if qos == QoS::AtMostOnce {
             return self.deliver_qos0(message, out, limits);
         }
@@ -342,14 +365,46 @@ impl Session {
             && self.queue.is_empty()
             && self.inflight.len() < usize::from(limits.max_inflight);
         if window_open {
-            let pkid = self.send_inflight(with_qos(message, qos), out);
+            let pkid = self.send_inflight(with_qos(message, qos), out, share.cloned());
             self.note(|| Change::Sent {
                 pkid,
                 message: with_qos(message, qos),
             });
             return Delivery::Sent;
         }
-        self.enqueue(with_qos(message, qos), limits)
+        self.enqueue(with_qos(message, qos), limits, share.cloned())
+    }
+
+    /// Takes the QoS 1/2 messages that came through shared subscriptions
+    /// and that the client does not have yet: queued, or sent and not
+    /// acknowledged (a QoS 2 message after PUBREC is the client's). The
+    /// caller gives them to other members of their groups.
+    pub fn take_shared_unacked(&mut self) -> Vec<(Arc<str>, Message)> {
+        let mut taken = Vec::new();
+        let inflight = std::mem::take(&mut self.inflight);
+        for f in inflight {
+            match (&f.share, f.awaiting) {
+                (Some(share), Await::Ack | Await::Received) => {
+                    taken.push((share.clone(), f.message));
+                }
+                _ => self.inflight.push_back(f),
+            }
+        }
+        let queue = std::mem::take(&mut self.queue);
+        let shares = std::mem::take(&mut self.queue_share);
+        for (message, share) in queue.into_iter().zip(shares) {
+            match share {
+                Some(share) if message.qos != QoS::AtMostOnce => {
+                    self.queued_bytes -= queued_size(&message);
+                    taken.push((share, message));
+                }
+                share => {
+                    self.queue.push_back(message);
+                    self.queue_share.push_back(share);
+                }
+            }
+        }
+        taken
     }
 
     fn deliver_qos0(
@@ -360,7 +415,7 @@ impl Session {
     ) -> Delivery {
         if !self.online {
             if limits.queue_qos0_offline {
-                return self.enqueue(with_qos(message, QoS::AtMostOnce), limits);
+                return self.enqueue(with_qos(message, QoS::AtMostOnce), limits, None);
             }
             return Delivery::Dropped;
         }
@@ -379,7 +434,12 @@ impl Session {
         Delivery::Sent
     }
 
-    fn enqueue(&mut self, message: Message, limits: &SessionLimits) -> Delivery {
+    fn enqueue(
+        &mut self,
+        message: Message,
+        limits: &SessionLimits,
+        share: Option<Arc<str>>,
+    ) -> Delivery {
         if self.queue.len() >= limits.max_queued_messages {
             return Delivery::Dropped;
         }
@@ -399,10 +459,16 @@ impl Session {
         };
         self.note(|| Change::Enqueued(message.clone()));
         self.queue.push_back(message);
+        self.queue_share.push_back(share);
         Delivery::Queued
     }
 
-    fn send_inflight(&mut self, message: Message, out: &mut BytesMut) -> u16 {
+    fn send_inflight(
+        &mut self,
+        message: Message,
+        out: &mut BytesMut,
+        share: Option<Arc<str>>,
+    ) -> u16 {
         debug_assert!(message.qos != QoS::AtMostOnce);
         let pkid = self.allocate_pkid();
         encode(out, &message, pkid, false);
@@ -414,6 +480,7 @@ impl Session {
             pkid,
             message,
             awaiting,
+            share,
         });
         pkid
     }
@@ -439,12 +506,12 @@ impl Session {
                 break;
             };
             if front.qos == QoS::AtMostOnce {
-                let message = self.dequeue().expect("front exists");
+                let (message, _) = self.dequeue().expect("front exists");
                 encode(out, &message, 0, false);
                 self.note(|| Change::Dequeued(0));
             } else if self.inflight.len() < usize::from(limits.max_inflight) {
-                let message = self.dequeue().expect("front exists");
-                let pkid = self.send_inflight(message, out);
+                let (message, share) = self.dequeue().expect("front exists");
+                let pkid = self.send_inflight(message, out, share);
                 self.note(|| Change::Dequeued(pkid));
             } else {
                 break;
@@ -454,10 +521,11 @@ impl Session {
         sent
     }
 
-    fn dequeue(&mut self) -> Option<Message> {
+    fn dequeue(&mut self) -> Option<(Message, Option<Arc<str>>)> {
         let message = self.queue.pop_front()?;
+        let share = self.queue_share.pop_front().flatten();
         self.queued_bytes -= queued_size(&message);
-        Some(message)
+        Some((message, share))
     }
 
     /// Bytes of queued messages, topic names and payloads.

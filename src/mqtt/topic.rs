@@ -84,6 +84,8 @@ pub enum TopicError {
     Wildcard,
     #[error("wildcard not alone in its level, or '#' not last")]
     BadWildcard,
+    #[error("shared subscription is not $share/<group>/<filter> with a group free of '+', '#'")]
+    BadShare,
 }
 
 /// The longest topic, in bytes: the wire length prefix is a `u16` (§1.5.3).
@@ -117,6 +119,35 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
         }
     }
     Ok(())
+}
+
+/// The prefix of a shared subscription's filter, `$share/<group>/<filter>`.
+pub const SHARE_PREFIX: &str = "$share/";
+
+/// A shared subscription's filter split into its group and the filter
+/// its messages match: `None` for a filter that does not start with
+/// `$share/`. The syntax is MQTT 5's (§4.8.2); MQTT 3.1.1 has none, and
+/// shardmq reads it in 3.1.1 as mosquitto does. The group is non-empty,
+/// without `/`, `+` or `#`; the filter after it is any valid filter.
+pub fn parse_share(filter: &str) -> Option<Result<(&str, &str), TopicError>> {
+    let rest = filter.strip_prefix(SHARE_PREFIX)?;
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Some(Err(TopicError::BadShare));
+    };
+    if group.is_empty() || group.bytes().any(|b| b == b'+' || b == b'#') {
+        return Some(Err(TopicError::BadShare));
+    }
+    Some(validate_filter(inner).map(|()| (group, inner)))
+}
+
+/// Checks a SUBSCRIBE or UNSUBSCRIBE filter: a valid filter, and when it
+/// starts with `$share/`, a well-formed shared subscription.
+pub fn validate_subscription(filter: &str) -> Result<(), TopicError> {
+    validate_filter(filter)?;
+    match parse_share(filter) {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// The rules names and filters share: length and U+0000.
@@ -297,6 +328,36 @@ pub(crate) fn drop_children<N: LevelNode>(node: &mut N) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_subscription_syntax() {
+        assert_eq!(parse_share("a/b"), None);
+        assert_eq!(parse_share("$share"), None, "a plain 3.1.1 filter");
+        assert_eq!(parse_share("$sharex/g/a"), None);
+        assert_eq!(parse_share("$share/g/a/+"), Some(Ok(("g", "a/+"))));
+        assert_eq!(parse_share("$share/g/#"), Some(Ok(("g", "#"))));
+        assert_eq!(parse_share("$share/g//"), Some(Ok(("g", "/"))));
+        for bad in [
+            "$share/",
+            "$share/g",
+            "$share//a",
+            "$share/+/a",
+            "$share/#/a",
+            "$share/g+/a",
+        ] {
+            assert!(validate_subscription(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            validate_subscription("$share/g/"),
+            Err(TopicError::Empty),
+            "the filter part must be a valid filter"
+        );
+        assert_eq!(
+            validate_subscription("$share/g/a#"),
+            Err(TopicError::BadWildcard)
+        );
+        assert_eq!(validate_subscription("$share/g/x/#"), Ok(()));
+    }
 
     #[test]
     fn name_validation_table() {

@@ -532,6 +532,8 @@ async fn run_shard(
         max_queued_bytes_shard: settings.max_queued_bytes_total.div_ceil(shards.max(1)),
         max_queued_messages_shard: settings.max_queued_messages_total.div_ceil(shards.max(1)),
         sys_interval: settings.sys_interval,
+        share_strategy: settings.share_strategy,
+        share_seed: rand::random(),
     };
     let settings_auth = settings.auth.clone();
     let connection_limits = settings.connection_limits;

@@ -129,6 +129,7 @@ pub(super) fn two_shards_on_loopback() -> Settings {
         max_queued_bytes_total: 0,
         max_queued_messages_total: 0,
         sys_interval: None,
+        share_strategy: Default::default(),
         http_listen: None,
         websocket: None,
         auth: crate::auth::AuthConfig::default(),

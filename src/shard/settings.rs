@@ -44,6 +44,8 @@ pub struct Settings {
     pub connection_limits: super::limits::ConnectionLimits,
     /// `$SYS` publication period; `None` publishes none.
     pub sys_interval: Option<Duration>,
+    /// How a shared subscription's member is chosen.
+    pub share_strategy: crate::mqtt::broker::ShareStrategy,
     /// The HTTP listener of shard 0: services' routes and `/metrics`.
     pub http_listen: Option<SocketAddr>,
     /// The MQTT-over-WebSocket listener; `None` runs none.

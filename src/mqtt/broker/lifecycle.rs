@@ -127,6 +127,7 @@ impl Broker {
         }
         self.session_acl[session.0 as usize] = acl;
         self.session_conn[session.0 as usize] = Some(conn);
+        self.share_presence(session);
         let limits = self.config.limits;
         let (sent, before, after) = {
             let c = self.conns[conn.0 as usize].as_mut().expect("live");
@@ -246,6 +247,7 @@ impl Broker {
             return;
         };
         self.queued = self.queued.moved(session.queue_size(), Default::default());
+        let unacked = session.take_shared_unacked();
         for (filter, _) in session.take_subscriptions() {
             self.index_unsubscribe(&filter, sid);
         }
@@ -255,6 +257,7 @@ impl Broker {
         self.session_conn[sid.0 as usize] = None;
         self.session_acl[sid.0 as usize] = None;
         self.free_sessions.push(sid.0);
+        self.redispatch(unacked);
     }
 
     /// Ends a connection now: will, session detach, and the shell is woken to
@@ -268,6 +271,9 @@ impl Broker {
         let service = c.service;
         let will = c.will.take();
         let session = c.session.take();
+        let publisher = session
+            .and_then(|sid| self.sessions[sid.0 as usize].as_ref())
+            .map(|s| super::share::publisher_hash(s.client_id()));
         if service {
             self.service_events
                 .push_back(ServiceEvent::Closed { conn, reason });
@@ -291,11 +297,12 @@ impl Broker {
                 self.end_session(sid);
             } else {
                 self.journal_left(sid);
+                self.share_presence(sid);
             }
         }
         if reason.publishes_will() {
             if let Some(will) = will {
-                self.route(will, false);
+                self.route(will, false, publisher);
             }
         }
         self.woken.push(conn);

@@ -34,6 +34,10 @@
 //!    none is delivered a second time as a live copy.
 //! 4. Routes follow `filter_refs`, the number of sessions on this shard that
 //!    hold each filter, pending or active.
+//! 5. Shared subscriptions (`$share/<group>/<filter>`, `share.rs`) are not
+//!    routes: shards announce their members' numbers per group
+//!    (`ShareCount`), and only the shard a message is published on gives
+//!    it to a group, one member each (`SharedPublish`).
 //!
 //! # Back-pressure
 //! A QoS 1/2 message is acknowledged to its publisher before subscribers on
@@ -50,8 +54,8 @@
 //! `lifecycle.rs` opens, takes over, resumes and closes connections and
 //! sessions; `subscribe.rs` runs SUBSCRIBE, UNSUBSCRIBE and the barrier;
 //! `routing.rs` runs the publish path between clients and shards and the
-//! acknowledgement flows; `pressure.rs` the back-pressure; `sys.rs` the
-//! counters and `$SYS`.
+//! acknowledgement flows; `share.rs` the shared subscriptions;
+//! `pressure.rs` the back-pressure; `sys.rs` the counters and `$SYS`.
 //!
 //! Two decision points take every client request that access control will
 //! check: `routing::admit_publish` (a PUBLISH, before it is routed) and
@@ -85,12 +89,14 @@ mod lifecycle;
 mod persist;
 mod pressure;
 mod routing;
+mod share;
 mod shutdown;
 mod subscribe;
 mod sys;
 
 pub use lifecycle::CloseReason;
 pub use persist::{Durability, JournalBatch, Persistence};
+pub use share::ShareStrategy;
 pub use sys::{AuthRefusal, ShardStats};
 
 use subscribe::PendingSuback;
@@ -144,6 +150,10 @@ pub struct BrokerConfig {
     /// Messages queued over all sessions of this shard; 0 is no limit.
     pub max_queued_messages_shard: usize,
     pub sys_interval: Option<Duration>,
+    /// How a shared subscription's member is chosen (`share`).
+    pub share_strategy: ShareStrategy,
+    /// Seeds `ShareStrategy::Random`: the shell's randomness.
+    pub share_seed: u64,
 }
 
 /// Messages between shards. The sending shard is known to the receiver.
@@ -169,6 +179,21 @@ pub enum RemoteMsg {
     Stats(ShardStats),
     /// The sender has (or no longer has) a connected subscriber behind.
     Pressure(bool),
+    /// The sender's members of a shared group now number `online` online
+    /// and `total` in all (`share`).
+    ShareCount {
+        key: Arc<str>,
+        online: u32,
+        total: u32,
+    },
+    /// Deliver to the receiver's member of a shared group at `slot`;
+    /// `hops` counts the forwards after the first.
+    SharedPublish {
+        key: Arc<str>,
+        message: Message,
+        slot: u64,
+        hops: u8,
+    },
 }
 
 #[derive(Debug)]
@@ -240,6 +265,7 @@ pub struct Broker {
     /// without one.
     last_now: Instant,
     persist: persist::Persist,
+    shares: share::Shares,
 }
 
 impl Broker {
@@ -247,6 +273,7 @@ impl Broker {
         assert!((1..=64).contains(&shards), "shard sets are u64 bitmaps");
         assert!(usize::from(shard.0) < shards);
         let next_sys = Some(now + config.sys_interval.unwrap_or(sys::STATS_INTERVAL));
+        let shares = share::Shares::new(config.share_seed);
         Broker {
             shard,
             shards,
@@ -278,6 +305,7 @@ impl Broker {
             queued: QueueSize::default(),
             last_now: now,
             persist: persist::Persist::default(),
+            shares,
         }
     }
 

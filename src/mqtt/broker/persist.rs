@@ -511,7 +511,9 @@ impl Broker {
         self.last_now = now;
         let now_ms = self.unix_ms(now);
         for (shard, filter) in remote_routes {
-            if *shard != self.shard {
+            if *shard != self.shard && crate::mqtt::topic::parse_share(filter).is_some() {
+                self.restore_remote_member(*shard, filter);
+            } else if *shard != self.shard {
                 self.routes
                     .subscribe(filter, *shard, crate::mqtt::QoS::AtMostOnce);
             }
@@ -540,6 +542,10 @@ impl Broker {
             let sid = self.insert_session(session);
             self.by_client_id.insert(client_id, sid);
             for (filter, qos) in filters {
+                if crate::mqtt::topic::parse_share(&filter).is_some() {
+                    self.share_join(sid, &filter, qos);
+                    continue;
+                }
                 *self.filter_refs.entry(filter.clone()).or_insert(0) += 1;
                 self.index.subscribe(&filter, sid, qos);
             }

@@ -370,3 +370,53 @@ fn a_retained_publish_waits_for_every_shard() {
     s.commit(3);
     assert_eq!(s.w.received(p), [Packet::PubAck(5)]);
 }
+
+#[test]
+fn shared_members_of_restored_sessions_receive_after_a_restart() {
+    let mut s = Stored::new(4, Durability::Periodic);
+    let ids = [s.w.id_on(1, "a"), s.w.id_on(2, "b")];
+    for id in &ids {
+        let c = s.w.connect_with(id, false, 0, None);
+        s.w.subscribe(c, "$share/g/jobs/#", QoS::AtLeastOnce);
+        s.offline(c);
+    }
+    s.commit_all();
+    s.restart();
+    s.w.settle();
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    for i in 0..6u16 {
+        s.w.send(
+            p,
+            publish("jobs/x", &format!("m{i}"), QoS::AtLeastOnce, false, i + 1),
+        );
+    }
+    let mut got = Vec::new();
+    for id in &ids {
+        let c = s.w.connect_with(id, false, 0, None);
+        got.extend(payloads(&s.w.received(c)).into_iter().map(|p| p.2));
+    }
+    got.sort();
+    let expected: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(got, expected, "queued for the restored members, each once");
+}
+
+#[test]
+fn sync_holds_the_puback_until_the_shared_member_shard_committed() {
+    let mut s = Stored::new(2, Durability::Sync);
+    let sub = s.w.connect_with(&s.w.id_on(1, "member"), false, 0, None);
+    s.w.subscribe(sub, "$share/g/t", QoS::AtLeastOnce);
+    s.commit_all();
+    s.w.received(sub);
+    s.offline(sub);
+    s.commit_all();
+    let p = s.w.connect(&s.w.id_on(0, "pub"));
+    s.w.received(p);
+    s.w.send(p, publish("t", "1", QoS::AtLeastOnce, false, 5));
+    s.commit(0);
+    assert!(
+        s.w.received(p).is_empty(),
+        "shard 1 queued the member's copy and has not committed"
+    );
+    s.commit(1);
+    assert_eq!(s.w.received(p), [Packet::PubAck(5)]);
+}

@@ -3,11 +3,13 @@
 //! match, what other shards send, and the acknowledgement flows of
 //! deliveries to this shard's clients.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use super::persist::Ack;
+use super::share;
 use super::{Broker, CloseReason, ConnId, RemoteMsg, ServiceEvent, SessionId, ShardId};
 use crate::mqtt::codec::{self, Publish};
 use crate::mqtt::retained::RetainedMessage;
@@ -31,8 +33,17 @@ impl Broker {
         let _ = now;
         match msg {
             RemoteMsg::Publish(message) => {
-                self.route(message, true);
+                self.route(message, true, None);
             }
+            RemoteMsg::ShareCount { key, online, total } => {
+                self.handle_share_count(from, &key, online, total);
+            }
+            RemoteMsg::SharedPublish {
+                key,
+                message,
+                slot,
+                hops,
+            } => self.handle_shared_publish(&key, message, slot, hops),
             RemoteMsg::ClearRetained(topic) => self.clear_retained(topic),
             RemoteMsg::RouteAdd(filter) => {
                 self.routes.subscribe(&filter, from, QoS::AtMostOnce);
@@ -127,7 +138,10 @@ impl Broker {
             qos: p.qos,
             retain: p.retain,
         };
-        Some(self.route(message, false))
+        let publisher = self.sessions[sid.0 as usize]
+            .as_ref()
+            .map(|s| share::publisher_hash(s.client_id()));
+        Some(self.route(message, false, publisher))
     }
 
     /// Whether a QoS 2 PUBLISH with `pkid` would take the session past
@@ -216,7 +230,16 @@ impl Broker {
     /// older message everywhere: a stale value is worse than none, and for
     /// QoS 0 the older one must go [MQTT-3.3.1-7]. Returns the shards the
     /// message was forwarded to, a bit each.
-    pub(super) fn route(&mut self, mut message: Message, from_remote: bool) -> u64 {
+    ///
+    /// Shared subscriptions are served by the shard the message is
+    /// published on only (`share`); `publisher` is the hash of the
+    /// publishing client's id, for `ShareStrategy::HashClientId`.
+    pub(super) fn route(
+        &mut self,
+        mut message: Message,
+        from_remote: bool,
+        publisher: Option<u64>,
+    ) -> u64 {
         if message.retain
             && !from_remote
             && !message.payload.is_empty()
@@ -243,6 +266,13 @@ impl Broker {
             targets = self.forward(&message);
         }
         self.deliver_local(&message);
+        if !from_remote {
+            let live = Message {
+                retain: false,
+                ..message
+            };
+            targets |= self.dispatch_shares(&live, publisher);
+        }
         targets
     }
 
@@ -316,55 +346,68 @@ impl Broker {
         } else {
             message
         };
-        let high_water = self.high_water();
         for &(sid, sub_qos) in &matched {
-            let Some(queued) = self.sessions[sid.0 as usize]
-                .as_ref()
-                .map(Session::queue_size)
-            else {
-                continue;
-            };
-            let limits = self.limits_for(queued);
-            let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
-                continue;
-            };
-            if let Some(acl) = &self.session_acl[sid.0 as usize] {
-                if !acl.may_receive(message.topic.as_str()) {
-                    self.stats.acl_receive_denied += 1;
-                    continue;
-                }
-            }
-            let conn = self.session_conn[sid.0 as usize];
-            let mut offline = BytesMut::new();
-            let out = match conn.and_then(|c| self.conns[c.0 as usize].as_mut()) {
-                Some(c) => &mut c.outbox,
-                None => &mut offline,
-            };
-            match session.deliver(message, message.qos.min(sub_qos), out, &limits) {
-                Delivery::Sent => {
-                    self.stats.messages_sent += 1;
-                    if let Some(conn) = conn {
-                        self.woken.push(conn);
-                    }
-                }
-                Delivery::Queued => {
-                    self.queued = self.queued.moved(queued, session.queue_size());
-                    if conn.is_some() && session.queued_len() >= high_water {
-                        self.fell_behind(sid);
-                    }
-                }
-                Delivery::Dropped => {
-                    let len = session.queued_len();
-                    self.note_dropped(&limits, len);
-                }
-                Delivery::DroppedBytes => {
-                    self.stats.messages_dropped += 1;
-                    self.stats.limit_queued_bytes_dropped += 1;
-                }
-            }
-            self.journal_session(sid);
+            self.deliver_to(sid, sub_qos, message, None);
         }
         self.scratch = matched;
+    }
+
+    /// Delivers a live message to one session subscribed at `sub_qos`
+    /// (through the shared subscription `share`, if any), its ACL
+    /// permitting.
+    pub(super) fn deliver_to(
+        &mut self,
+        sid: SessionId,
+        sub_qos: QoS,
+        message: &Message,
+        share: Option<&Arc<str>>,
+    ) {
+        let high_water = self.high_water();
+        let Some(queued) = self.sessions[sid.0 as usize]
+            .as_ref()
+            .map(Session::queue_size)
+        else {
+            return;
+        };
+        let limits = self.limits_for(queued);
+        let Some(session) = self.sessions[sid.0 as usize].as_mut() else {
+            return;
+        };
+        if let Some(acl) = &self.session_acl[sid.0 as usize] {
+            if !acl.may_receive(message.topic.as_str()) {
+                self.stats.acl_receive_denied += 1;
+                return;
+            }
+        }
+        let conn = self.session_conn[sid.0 as usize];
+        let mut offline = BytesMut::new();
+        let out = match conn.and_then(|c| self.conns[c.0 as usize].as_mut()) {
+            Some(c) => &mut c.outbox,
+            None => &mut offline,
+        };
+        match session.deliver_shared(message, message.qos.min(sub_qos), out, &limits, share) {
+            Delivery::Sent => {
+                self.stats.messages_sent += 1;
+                if let Some(conn) = conn {
+                    self.woken.push(conn);
+                }
+            }
+            Delivery::Queued => {
+                self.queued = self.queued.moved(queued, session.queue_size());
+                if conn.is_some() && session.queued_len() >= high_water {
+                    self.fell_behind(sid);
+                }
+            }
+            Delivery::Dropped => {
+                let len = session.queued_len();
+                self.note_dropped(&limits, len);
+            }
+            Delivery::DroppedBytes => {
+                self.stats.messages_dropped += 1;
+                self.stats.limit_queued_bytes_dropped += 1;
+            }
+        }
+        self.journal_session(sid);
     }
 
     /// Writes a QoS 0 PUBLISH straight to a connection (see the module

@@ -90,11 +90,17 @@ impl Broker {
     /// Decides one filter of a SUBSCRIBE: the QoS granted, or why it is
     /// refused. Every subscription passes here before it touches a session.
     fn grant(&self, sid: SessionId, filter: &str, requested: QoS) -> Result<QoS, Refusal> {
-        if topic::validate_filter(filter).is_err() {
+        if topic::validate_subscription(filter).is_err() {
             return Err(Refusal::InvalidFilter);
         }
+        // A shared subscription needs the right to the filter it matches
+        // with, as in mosquitto: the group is no part of the ACL.
+        let acl_filter = match topic::parse_share(filter) {
+            Some(Ok((_, inner))) => inner,
+            _ => filter,
+        };
         if let Some(Some(acl)) = self.session_acl.get(sid.0 as usize) {
-            if !acl.may_subscribe(filter) {
+            if !acl.may_subscribe(acl_filter) {
                 return Err(Refusal::NotAuthorized);
             }
         }
@@ -121,7 +127,9 @@ impl Broker {
             filter: filter.to_string(),
             qos,
         });
-        if replaced.is_none() {
+        if topic::parse_share(filter).is_some() {
+            self.share_join(sid, filter, qos);
+        } else if replaced.is_none() {
             self.filter_ref(filter);
         }
     }
@@ -192,6 +200,11 @@ impl Broker {
         let mut denied = 0u64;
         let acl = self.session_acl[pending.session.0 as usize].as_deref();
         for (filter, granted) in &pending.granted {
+            if topic::parse_share(filter).is_some() {
+                // No retained message on a shared subscription (MQTT 5
+                // §4.8.2): every member would get a copy.
+                continue;
+            }
             self.retained.for_each_match(filter, |r| {
                 if acl.is_some_and(|acl| !acl.may_receive(r.topic.as_str())) {
                     denied += 1;
@@ -230,6 +243,9 @@ impl Broker {
             return;
         };
         for (filter, qos) in granted {
+            if topic::parse_share(filter).is_some() {
+                continue;
+            }
             if session.subscription(filter) == Some(*qos) {
                 self.index.subscribe(filter, sid, *qos);
             }
@@ -252,6 +268,10 @@ impl Broker {
     /// A session dropped `filter`: out of the index, and the route is
     /// withdrawn with the last holder on this shard.
     pub(super) fn index_unsubscribe(&mut self, filter: &str, sid: SessionId) {
+        if topic::parse_share(filter).is_some() {
+            self.share_leave(sid, filter);
+            return;
+        }
         self.index.unsubscribe(filter, sid);
         let Some(refs) = self.filter_refs.get_mut(filter) else {
             debug_assert!(false, "every held filter is counted");

@@ -233,7 +233,7 @@ impl Broker {
                 qos: QoS::AtMostOnce,
                 retain: true,
             };
-            self.route(message, false);
+            self.route(message, false, None);
         }
     }
 }

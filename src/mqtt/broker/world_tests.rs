@@ -46,6 +46,14 @@ impl World {
     }
 
     pub(super) fn with_limits(shards: usize, limits: SessionLimits) -> World {
+        World::with_config(shards, limits, Default::default())
+    }
+
+    pub(super) fn with_config(
+        shards: usize,
+        limits: SessionLimits,
+        share_strategy: super::ShareStrategy,
+    ) -> World {
         let now = Instant::now();
         let config = BrokerConfig {
             limits,
@@ -53,6 +61,8 @@ impl World {
             max_queued_bytes_shard: 0,
             max_queued_messages_shard: 0,
             sys_interval: None,
+            share_strategy,
+            share_seed: 1,
         };
         World {
             now,

@@ -368,10 +368,11 @@ impl Reader {
     /// A topic filter of SUBSCRIBE or UNSUBSCRIBE. A malformed one is a
     /// protocol violation, not a refusal: SUBACK 0x80 is for filters the
     /// server does not grant (§4.8, [MQTT-4.7.1-2], [MQTT-4.7.1-3],
-    /// [MQTT-4.7.3-1]).
+    /// [MQTT-4.7.3-1]). So is a malformed shared subscription
+    /// (`topic::parse_share`), as in mosquitto.
     fn filter(&mut self) -> Result<String, DecodeError> {
         let filter = self.string()?;
-        topic::validate_filter(&filter).map_err(DecodeError::InvalidFilter)?;
+        topic::validate_subscription(&filter).map_err(DecodeError::InvalidFilter)?;
         Ok(filter)
     }
 

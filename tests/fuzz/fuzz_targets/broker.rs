@@ -37,6 +37,8 @@ fuzz_target!(|data: &[u8]| {
             max_bytes: 256,
         },
         sys_interval: Some(Duration::from_secs(1)),
+        share_strategy: Default::default(),
+        share_seed: 1,
     };
     let mut broker = Broker::new(ShardId(0), 2, config, now);
     let mut conns: Vec<Option<ConnId>> = vec![None; 3];
