@@ -15,6 +15,9 @@ import time
 
 import pytest
 
+# The module object itself, taken at import: `conftest` names another
+# module (tests/python/xiaozhi's) once that directory's tests are collected.
+import conftest as broker_conftest
 from conftest import PEER, Broker
 from mqtt_raw import subscribe_packet
 
@@ -32,9 +35,7 @@ class Broker4(Broker):
 @pytest.fixture
 def broker4(broker_factory, monkeypatch):
     """`broker_factory` starting 4-shard brokers."""
-    import conftest
-
-    monkeypatch.setattr(conftest, "Broker", Broker4)
+    monkeypatch.setattr(broker_conftest, "Broker", Broker4)
     return broker_factory
 
 
