@@ -20,8 +20,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::external::{Client, Options, Outbox};
 use crate::http::{Handler, Request, Response, ResponseFuture, Route};
-use crate::mqtt::broker::{owner_shard, ConnId, ShardId};
-use crate::mqtt::codec::{self, Connect, Packet, Publish, Subscribe};
+use crate::mqtt::broker::{ConnId, ShardId};
+use crate::mqtt::codec::{self, Packet, Publish};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 use crate::presence::config::PresenceConfig;
@@ -100,44 +100,8 @@ impl PresenceService {
     /// this shard owns, a clean session, no keepalive, subscribed to the
     /// nodes' topics.
     fn open_local(&self, shard: &Shard) {
-        let client_id = loop {
-            let n = self.next_local_id.get();
-            self.next_local_id.set(n + 1);
-            let id = format!("shardmq-presence-local-{n}");
-            if owner_shard(&id, shard.shards()) == shard.id() {
-                break id;
-            }
-        };
-        let now = Instant::now();
-        let conn = {
-            let mut broker = shard.broker().borrow_mut();
-            let conn = broker.connect(
-                now,
-                Connect {
-                    protocol_level: 4,
-                    clean_session: true,
-                    keep_alive_s: 0,
-                    client_id,
-                    username: None,
-                    password: None,
-                    will: None,
-                },
-            );
-            // QoS 0: in-process nothing is lost on the way, and the
-            // service then owes the broker no acknowledgements.
-            broker.handle_packet(
-                now,
-                conn,
-                Packet::Subscribe(Subscribe {
-                    pkid: 1,
-                    filters: FILTERS
-                        .iter()
-                        .map(|f| (f.to_string(), QoS::AtMostOnce))
-                        .collect(),
-                }),
-            );
-            conn
-        };
+        let conn =
+            shard.open_local_client("shardmq-presence-local-", &self.next_local_id, &FILTERS);
         *self.link.borrow_mut() = Link::Builtin { conn, next_pkid: 0 };
         shard.after_input();
     }

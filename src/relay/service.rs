@@ -34,8 +34,8 @@ use glommio::net::TcpStream;
 
 use crate::external::{Client, Options, Outbox};
 use crate::http::{Handler, Request, Response, ResponseFuture, Route};
-use crate::mqtt::broker::{owner_shard, ConnId, ShardId};
-use crate::mqtt::codec::{self, Connect, Packet, Publish, Subscribe};
+use crate::mqtt::broker::{ConnId, ShardId};
+use crate::mqtt::codec::{self, Packet, Publish};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 use crate::relay::command::{self, CommandError, Reason};
@@ -124,39 +124,11 @@ impl RelayService {
     /// this shard owns, a clean session, no keepalive, subscribed to the
     /// heartbeats.
     fn open_local(&self, shard: &Shard) -> ConnId {
-        let client_id = loop {
-            let n = self.next_local_id.get();
-            self.next_local_id.set(n + 1);
-            let id = format!("shardmq-relay-local-{n}");
-            if owner_shard(&id, shard.shards()) == shard.id() {
-                break id;
-            }
-        };
-        let now = Instant::now();
-        let conn = {
-            let mut broker = shard.broker().borrow_mut();
-            let conn = broker.connect(
-                now,
-                Connect {
-                    protocol_level: 4,
-                    clean_session: true,
-                    keep_alive_s: 0,
-                    client_id,
-                    username: None,
-                    password: None,
-                    will: None,
-                },
-            );
-            broker.handle_packet(
-                now,
-                conn,
-                Packet::Subscribe(Subscribe {
-                    pkid: 1,
-                    filters: vec![(HEARTBEAT_FILTER.to_string(), QoS::AtMostOnce)],
-                }),
-            );
-            conn
-        };
+        let conn = shard.open_local_client(
+            "shardmq-relay-local-",
+            &self.next_local_id,
+            &[HEARTBEAT_FILTER],
+        );
         *self.sink.borrow_mut() = Sink::Builtin { conn, next_pkid: 0 };
         shard.after_input();
         conn

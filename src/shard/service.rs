@@ -15,6 +15,7 @@
 //!    `/metrics`.
 
 use std::any::{Any, TypeId};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use std::time::Instant;
 
 use super::Shard;
 use crate::http::Route;
-use crate::mqtt::broker::{ConnId, ServiceEvent, ShardId};
-use crate::mqtt::codec::Connect;
+use crate::mqtt::broker::{owner_shard, ConnId, ServiceEvent, ShardId};
+use crate::mqtt::codec::{Connect, Packet, Subscribe};
+use crate::mqtt::QoS;
 
 /// A service on one shard. All calls come from the shard's own thread.
 pub trait Service: 'static {
@@ -161,4 +163,53 @@ impl ServiceFactory {
 pub struct Tagged {
     pub(crate) service: u8,
     pub(crate) msg: Box<dyn Any + Send>,
+}
+
+impl Shard {
+    /// Opens a service's in-process client on the built-in broker: an
+    /// ordinary broker connection with no socket behind it, whose client id
+    /// (`{prefix}{n}`, the first `n` from `next_id` this shard owns) keeps
+    /// its session here; clean session, no keepalive, subscribed at QoS 0
+    /// to `filters` (in-process nothing is lost on the way, and the service
+    /// then owes the broker no acknowledgements). The service reads the
+    /// connection's outbox; the broker treats it like any client, ACL and
+    /// flow control included.
+    pub fn open_local_client(&self, prefix: &str, next_id: &Cell<u64>, filters: &[&str]) -> ConnId {
+        let client_id = loop {
+            let n = next_id.get();
+            next_id.set(n + 1);
+            let id = format!("{prefix}{n}");
+            if owner_shard(&id, self.shards()) == self.id() {
+                break id;
+            }
+        };
+        let now = Instant::now();
+        let mut broker = self.broker().borrow_mut();
+        let conn = broker.connect(
+            now,
+            Connect {
+                protocol_level: 4,
+                clean_session: true,
+                keep_alive_s: 0,
+                client_id,
+                username: None,
+                password: None,
+                will: None,
+            },
+        );
+        if !filters.is_empty() {
+            broker.handle_packet(
+                now,
+                conn,
+                Packet::Subscribe(Subscribe {
+                    pkid: 1,
+                    filters: filters
+                        .iter()
+                        .map(|f| (f.to_string(), QoS::AtMostOnce))
+                        .collect(),
+                }),
+            );
+        }
+        conn
+    }
 }
