@@ -260,9 +260,9 @@ def test_refused_upgrades_are_answered_and_counted(ws_broker):
     s.close()
     assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Protocol: mqttv3.1\r\n" in head
     failures = 'shardmq_ws_upgrade_failures_total{reason="%s"}'
-    assert broker.metric(failures % "path") == 1
-    assert broker.metric(failures % "subprotocol") == 1
-    assert broker.metric("shardmq_ws_upgrades_total") == 1
+    assert broker.wait_metric(failures % "path", 1) == 1
+    assert broker.wait_metric(failures % "subprotocol", 1) == 1
+    assert broker.wait_metric("shardmq_ws_upgrades_total", 1) == 1
 
 
 def test_origins_are_checked_when_listed(ws_broker):
@@ -272,7 +272,7 @@ def test_origins_are_checked_when_listed(ws_broker):
     with pytest.raises(InvalidStatus) as refused:
         ws_connect(broker.ws_url, subprotocols=["mqtt"], origin="https://evil.example", open_timeout=5)
     assert refused.value.response.status_code == 403
-    assert broker.metric('shardmq_ws_upgrade_failures_total{reason="origin"}') == 1
+    assert broker.wait_metric('shardmq_ws_upgrade_failures_total{reason="origin"}', 1) == 1
 
 
 def test_a_silent_socket_is_dropped_at_the_upgrade_deadline(ws_broker):

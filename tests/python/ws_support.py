@@ -69,6 +69,14 @@ class WsBroker(Broker):
                 return int(line.split()[-1])
         raise AssertionError(f"no metric {line_prefix!r} in /metrics")
 
+    def wait_metric(self, line_prefix: str, value: int, timeout: float = 5.0) -> int:
+        """The metric once it reads `value`: a refusal is answered before
+        it is counted, so the count may trail the client's view."""
+        deadline = time.monotonic() + timeout
+        while (got := self.metric(line_prefix)) != value and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return got
+
 
 class WsClient(Client):
     """The synchronous paho wrapper, over `transport="websockets"`."""
