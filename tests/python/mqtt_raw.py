@@ -279,6 +279,23 @@ class RawClient:
         assert ack.pid == pid, f"SUBACK for packet {ack.pid}, expected {pid}"
         return list(ack.body[2:])
 
+    def subscribe_receiving(self, pid: int, filters: list[tuple[str, int]]) -> tuple[list[int], list[Packet]]:
+        """Subscribe on a connection that may be delivered to at once.
+
+        The server is permitted to send matching PUBLISH packets before the
+        SUBACK (MQTT 3.1.1 section 3.8.4), so those are returned beside the
+        granted QoS list instead of failing the exchange.
+        """
+        self.send(subscribe_packet(pid, filters))
+        before: list[Packet] = []
+        while True:
+            pkt = self.recv()
+            if pkt.ptype != SUBACK:
+                before.append(pkt)
+                continue
+            assert pkt.pid == pid, f"SUBACK for packet {pkt.pid}, expected {pid}"
+            return list(pkt.body[2:]), before
+
     def publish(self, topic: str, payload: bytes, qos: int = 0, pid: int | None = None, **kw) -> None:
         """Publish and complete the QoS flow from the sender's side.
 
