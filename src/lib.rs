@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod presence;
 pub mod relay;
 pub mod shard;
+pub mod sn;
 pub mod systemd;
 pub mod transport;
 pub mod voice;
