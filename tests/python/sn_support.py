@@ -80,6 +80,17 @@ class SnBroker(Broker):
         conf.write_text("\n".join(lines) + "\n")
         return cmd + ["--config", str(conf)]
 
+    def log_tail(self, lines: int = 60) -> str:
+        # Readable after stop() too: a broker that exits at start-up is
+        # reported with its log.
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "<no log>"
+        return "\n".join(text.splitlines()[-lines:])
+
     def _wait_http(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
