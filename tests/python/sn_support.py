@@ -252,6 +252,9 @@ def sn_factory(request, tmp_path, shards):
 
     yield start
     crashed = [(b, b.stop()) for b in started]
+    # Stopped here: broker_factory's own teardown, which comes next, must
+    # not stop them again.
+    request.node._brokers = [b for b in request.node._brokers if b not in started]
     for b, code in crashed:
         if code is not None:
             pytest.fail(f"broker exited with code {code} during the test:\n{b.log_tail()}")
