@@ -235,7 +235,8 @@ def test_bad_datagrams_are_dropped_counted_and_unanswered(sn_factory, raw):
         # CONNECT cut after its ProtocolId: no Duration, no ClientId (§5.4.4).
         "malformed": (False, sn.frame(sn.CONNECT, b"\x04\x01")),
     }
-    clients_before = b.metric(ACTIVE)
+    # The gauges are written at the shards' ticks: wait for the one client.
+    clients_before = b.wait_metric(ACTIVE, lambda v: v == 1)
     wrong = {}
     for reason, (from_connected, datagram) in cases.items():
         series = dropped(reason)
