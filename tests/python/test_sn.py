@@ -180,6 +180,18 @@ def test_pings_keep_a_client_alive(sn_broker, raw, make_client):
     assert w.messages == []
 
 
+def test_keepalive_allows_one_and_a_half_durations(sn_broker, raw, make_client):
+    # MQTT-SN 1.2 §6.11: the client is lost only after 1.5 x Duration of
+    # silence: silent for a little over one Duration, it is still there.
+    w = watcher(make_client, sn_broker, "w-grace", [("sn/grace/#", 0)])
+    r = raw()
+    assert r.connect("sn-grace", duration=2, will=("sn/grace/will", b"lost", 0, False)) == 0
+    time.sleep(2.3)
+    r.send(sn.pingreq())
+    r.expect(sn.PINGRESP)
+    assert w.messages == []
+
+
 def test_disconnect_does_not_publish_the_will(sn_broker, lib, make_client):
     # MQTT-SN 1.2 §6.12: a DISCONNECT ends the connection without the will.
     w = watcher(make_client, sn_broker, "w-nowill", [("sn/nowill/#", 0)])
@@ -398,6 +410,23 @@ def test_client_publishes_at_each_qos(sn_broker, lib, make_client, qos):
     assert len(w.collect(0.3)) == 1
 
 
+def test_resent_qos_2_publish_is_delivered_once(sn_broker, raw, make_client):
+    # MQTT-SN 1.2 §6.6, §6.13: a client that lost the PUBREC sends the
+    # PUBLISH again with DUP and the same MsgId; QoS 2 still delivers it
+    # exactly once, and the exchange ends with PUBCOMP.
+    w = watcher(make_client, sn_broker, "w-once", [("sn/once/#", 2)])
+    r = raw()
+    assert r.connect("sn-once") == 0
+    t = r.register("sn/once/t")
+    r.send(sn.publish(t, b"once", qos=2, msg_id=9))
+    assert r.expect(sn.PUBREC).msg_id == 9
+    r.send(sn.publish(t, b"once", qos=2, msg_id=9, dup=True))
+    assert r.expect(sn.PUBREC).msg_id == 9
+    r.send(sn.pubrel(9))
+    assert r.expect(sn.PUBCOMP).msg_id == 9
+    assert w.wait_messages(1) and topics_payloads(w.collect(0.5)) == [("sn/once/t", b"once")]
+
+
 def test_gateway_publishes_at_qos_1_and_2(sn_broker, raw, make_client):
     # MQTT-SN 1.2 §6.10, §5.4.12-14: downlink at the granted QoS, with
     # PUBACK for 1 and PUBREC/PUBREL/PUBCOMP for 2 on the same MsgId.
@@ -527,7 +556,8 @@ def test_qos_minus_one_can_be_switched_off(sn_factory, sn_clients, make_client):
 def test_suback_fields_for_each_kind_of_subscription(sn_broker, raw, make_client):
     # MQTT-SN 1.2 §6.9, §5.4.16: SUBACK carries the granted QoS in its
     # flags, the topic id (registered id for a name without wildcard, 0x0000
-    # for a wildcard, the predefined id), the MsgId and "accepted".
+    # for a wildcard, the predefined id), the MsgId and "accepted"; an
+    # unknown predefined id is "rejected: invalid topic ID".
     pub = make_client("p-suback", target=sn_broker)
     pub.connect()
     r = raw()
@@ -541,9 +571,13 @@ def test_suback_fields_for_each_kind_of_subscription(sn_broker, raw, make_client
     short = r.subscribe(sn.short_id("sx"), qos=1, topic_type=sn.TOPIC_SHORT)
     assert (short.qos, short.rc) == (1, sn.ACCEPTED)
 
+    missing = r.subscribe(99, qos=0, topic_type=sn.TOPIC_PREDEFINED)
+    assert missing.rc == sn.INVALID_TOPIC_ID, missing
+
     pub.publish("sn/suback/name", b"n", qos=0)
     p = r.expect(sn.PUBLISH)
     assert (p.topic_id, p.topic_type, p.data) == (by_name.topic_id, sn.TOPIC_NORMAL, b"n")
+    assert p.msg_id == 0, "§5.3.7: MsgId is 0x0000 at QoS 0"
     pub.publish("sensors/predefined/one", b"pre", qos=0)
     p = r.expect(sn.PUBLISH)
     assert (p.topic_id, p.topic_type, p.data) == (1, sn.TOPIC_PREDEFINED, b"pre")
