@@ -515,6 +515,19 @@ def test_unknown_topic_id_is_puback_invalid_topic_id(sn_broker, raw, make_client
     assert [m for m in w.collect(0.5) if m.payload.startswith(b"lost")] == []
 
 
+def test_qos_1_publish_without_msg_id_is_puback_not_supported(sn_broker, raw, make_client):
+    # MQTT-SN 1.2 §5.3.7, §5.3.10: MsgId 0x0000 is only for QoS 0 and -1;
+    # a QoS 1 PUBLISH carrying it cannot be acknowledged as such and is
+    # answered PUBACK "rejected: not supported", published nowhere.
+    w = watcher(make_client, sn_broker, "w-noid", [("sensors/predefined/#", 0)])
+    r = raw()
+    assert r.connect("sn-noid") == 0
+    r.send(sn.publish(1, b"no-id", qos=1, msg_id=0, topic_type=sn.TOPIC_PREDEFINED))
+    ack = r.expect(sn.PUBACK)
+    assert (ack.topic_id, ack.msg_id, ack.rc) == (1, 0, sn.NOT_SUPPORTED)
+    assert w.collect(0.3) == []
+
+
 def test_qos_minus_one_from_a_client_that_never_connected(sn_factory, sn_clients, make_client):
     # MQTT-SN 1.2 §6.8, §7.1: QoS -1 PUBLISH without a connection, to
     # predefined ids and short names only, delivered at QoS 0; a normal
