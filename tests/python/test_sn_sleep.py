@@ -1,9 +1,10 @@
 """The MQTT-SN gateway: sleeping clients, forwarders, bad input, limits, metrics.
 
-Over real UDP with 1 and 4 shards, MQTT clients on the other side. These
-flows are raw datagrams written from the specification (`sn_raw.py`): the
-mqtt-sn-12 client library (see test_sn.py) sends PINGREQ without a client
-id, cannot wrap messages for a forwarder, and does not write malformed ones.
+Over real UDP with 1 and 4 shards, MQTT clients on the other side. Most
+flows here are raw datagrams written from the specification (`sn_raw.py`):
+the mqtt-sn-12 client library (see test_sn.py) sends PINGREQ without a
+client id, cannot wrap messages for a forwarder, and does not write
+malformed ones; it puts a client to sleep (DISCONNECT with a duration).
 Section numbers are those of the MQTT-SN 1.2 specification.
 """
 
@@ -122,14 +123,14 @@ def test_sleep_buffer_is_bounded_and_counts_what_it_drops(sn_factory, raw, make_
     r.expect(sn.PINGRESP)
 
 
-def test_sleeping_client_missing_its_duration_is_lost_with_its_will(sn_broker, raw, make_client):
+def test_sleeping_client_missing_its_duration_is_lost_with_its_will(sn_broker, lib, make_client):
     # MQTT-SN 1.2 §6.14: asleep longer than its sleep duration (1.5x, as
     # the keepalive) without PINGREQ or CONNECT, the client is lost and
-    # its will published.
+    # its will published. The library's DISCONNECT with a duration.
     w = watcher(make_client, sn_broker, "w-sleeplost", [("sn/sleeplost/#", 0)])
-    r = raw()
-    assert r.connect("sn-sleeplost", duration=60, will=("sn/sleeplost/will", b"gone", 0, False)) == 0
-    fall_asleep(r, 1)
+    c = lib("sn-sleeplost", will=("sn/sleeplost/will", "gone", 0, False))
+    c.c.send_disconnect(1)
+    assert sn_broker.wait_metric(ASLEEP, lambda v: v == 1) == 1
     assert topics_payloads(w.wait_messages(1, timeout=6)) == [("sn/sleeplost/will", b"gone")]
     assert sn_broker.wait_metric(ASLEEP, lambda v: v == 0) == 0
 
