@@ -34,7 +34,6 @@ import sn_raw as sn
 from sn_support import (  # noqa: F401 (fixtures)
     ALICE,
     HOST,
-    PREDEFINED,
     LibClient,
     lib,
     quiet_lib_logging,
