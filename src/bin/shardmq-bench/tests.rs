@@ -120,6 +120,22 @@ fn an_unreachable_broker_is_an_error_not_a_hang() {
     assert!(error.contains("connect_error"), "{error}");
 }
 
+#[test]
+fn sn_without_a_gateway_is_an_error_not_a_hang() {
+    let port = broker();
+    // A UDP port nobody listens on: the CONNECT comes back refused.
+    let sn_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let cli = cli(
+        port,
+        &format!("sn --clients 2 --sn-port {sn_port} --duration 100ms --warmup 0s"),
+    );
+    let error = load::run(&cli.global, &Plan::new(&cli.scenario)).unwrap_err();
+    assert!(error.contains("connect_error"), "{error}");
+}
+
 /// Starts a one-shard gateway whose chat backend is `backend`, devices
 /// signing with `key`; returns its MQTT port.
 fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {
