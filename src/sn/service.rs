@@ -18,7 +18,7 @@ use glommio::net::UdpSocket;
 use super::gateway::{Gateway, Mesh, Outgoing};
 use super::metrics::SnMetrics;
 use crate::mqtt::broker::{AuthRefusal, ConnId, ShardId};
-use crate::mqtt::codec::Connect;
+use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
 
 /// Connections whose outbox grew, gathered by their wakers for the pump.
@@ -100,6 +100,10 @@ impl SnService {
             let mut gateway = self.gateway.borrow_mut();
             let mut broker = shard.broker().borrow_mut();
             let mut auth = |connect: &Connect, peer: SocketAddr| {
+                if shard.draining() {
+                    // Stopping: no new broker connection, as for TCP.
+                    return Err(ConnectReturnCode::ServerUnavailable);
+                }
                 shard
                     .authorize(Some(peer), connect)
                     .map_err(|(refusal, code)| {
