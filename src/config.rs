@@ -13,6 +13,7 @@ pub use crate::auth::config::AuthConfig;
 pub use crate::presence::config::PresenceConfig;
 pub use crate::relay::config::RelayConfig;
 pub use crate::shard::store::PersistenceConfig;
+pub use crate::sn::config::SnConfig;
 pub use crate::transport::ws::config::WebsocketConfig;
 pub use crate::transport::TlsConfig;
 pub use crate::voice::config::{ExternalBrokerConfig, Steering, VoiceConfig};
@@ -40,6 +41,7 @@ pub struct Config {
     pub voice: VoiceConfig,
     pub relay: RelayConfig,
     pub presence: PresenceConfig,
+    pub mqtt_sn: SnConfig,
     pub websocket: WebsocketConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
@@ -351,6 +353,18 @@ impl Config {
                 message: e.message,
             })?;
         }
+        if self.mqtt_sn.enabled {
+            self.mqtt_sn.validate().map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                message: e.message,
+            })?;
+            if !self.mqtt.enabled {
+                return Err(ConfigError::Invalid {
+                    key: "mqtt_sn.enabled",
+                    message: "the MQTT-SN gateway needs the built-in broker".to_string(),
+                });
+            }
+        }
         if self.websocket.enabled {
             if !self.mqtt.enabled {
                 return Err(ConfigError::Invalid {
@@ -457,7 +471,7 @@ impl Config {
         // each section a PartialEq kept in step with its fields.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let sections: [(&'static str, bool); 10] = [
+        let sections: [(&'static str, bool); 11] = [
             ("server", differs(&kept.server, &new.server)),
             ("mqtt", differs(&kept.mqtt, &new.mqtt)),
             ("http", differs(&kept.http, &new.http)),
@@ -468,6 +482,7 @@ impl Config {
             ("persistence", differs(&kept.persistence, &new.persistence)),
             ("relay", differs(&kept.relay, &new.relay)),
             ("presence", differs(&kept.presence, &new.presence)),
+            ("mqtt_sn", differs(&kept.mqtt_sn, &new.mqtt_sn)),
         ];
         let restart = sections
             .into_iter()
@@ -599,6 +614,29 @@ mod tests {
         shown.persistence.dir = Config::default().persistence.dir;
         assert_eq!(format!("{shown:?}"), format!("{:?}", Config::default()));
         shown.validate().unwrap();
+    }
+
+    #[test]
+    fn the_mqtt_sn_gateway_is_checked_and_needs_the_broker() {
+        let c = Config::from_toml(
+            "[mqtt_sn]\nenabled = true\n[[mqtt_sn.predefined]]\nid = 1\ntopic = \"a/b\"\n\
+             [[mqtt_sn.predefined]]\nid = 1\ntopic = \"a/c\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "mqtt_sn.predefined",
+                ..
+            })
+        ));
+        let c =
+            Config::from_toml("[mqtt_sn]\nenabled = true\nadvertise_address = \"x\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\nenabled = false\n[mqtt_sn]\nenabled = true\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt_sn]\nenabled = true\n").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

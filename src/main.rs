@@ -164,6 +164,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    if config.mqtt_sn.enabled {
+        match shardmq::sn::start(&config.mqtt_sn, shards) {
+            Ok(started) => {
+                tracing::info!(udp = %started.listen, "MQTT-SN gateway enabled");
+                services.push(started.factory);
+            }
+            Err(e) => {
+                eprintln!("shardmq: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     if config.presence.enabled {
         match shardmq::presence::start(&config.presence) {
             Ok(factory) => {

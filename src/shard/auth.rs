@@ -26,6 +26,32 @@ pub(super) fn authenticate(
         // A service (the voice gateway) checks its devices' credentials.
         return Ok(None);
     }
+    check(shard, peer, connect, certified).map_err(|(refusal, code)| {
+        shard.broker.borrow_mut().note_auth_refused(refusal);
+        code
+    })
+}
+
+impl Shard {
+    /// Checks the credentials of a client a service connects to the broker
+    /// on its own (the MQTT-SN gateway's), as for a CONNECT read from a
+    /// socket: its ACL, or why it is refused. Does not borrow the broker:
+    /// the caller counts the refusal (`Broker::note_auth_refused`).
+    pub fn authorize(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        connect: &Connect,
+    ) -> Result<Option<Arc<dyn Access>>, (AuthRefusal, ConnectReturnCode)> {
+        check(self, peer, connect, false)
+    }
+}
+
+fn check(
+    shard: &Shard,
+    peer: Option<std::net::SocketAddr>,
+    connect: &Connect,
+    certified: bool,
+) -> Result<Option<Arc<dyn Access>>, (AuthRefusal, ConnectReturnCode)> {
     let verdict = match (certified, connect.username.as_deref()) {
         (true, Some(user)) => shard
             .gate
@@ -58,6 +84,5 @@ pub(super) fn authenticate(
         ?refusal,
         "CONNECT refused"
     );
-    shard.broker.borrow_mut().note_auth_refused(refusal);
-    Err(code)
+    Err((refusal, code))
 }

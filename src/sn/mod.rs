@@ -14,4 +14,123 @@
 //! - `gateway.rs`: one shard's clients, addresses and limits (sans-IO);
 //! - `service.rs`: the UDP socket and the broker connections (shell).
 
+pub mod client;
 pub mod codec;
+pub mod config;
+pub mod gateway;
+pub mod metrics;
+pub mod service;
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::mqtt::broker::ShardId;
+use crate::shard::ServiceFactory;
+
+pub use config::SnConfig;
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SnStartError {
+    #[error("mqtt_sn: {0}")]
+    Invalid(#[from] config::Invalid),
+    #[error("mqtt_sn: cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The gateway, ready to run on every shard.
+pub struct Started {
+    pub factory: ServiceFactory,
+    /// The bound address (the port chosen when 0 was asked for).
+    pub listen: SocketAddr,
+}
+
+/// Binds the UDP group (here, so that a taken port fails the start with a
+/// clear error) and makes each shard's gateway.
+pub fn start(config: &SnConfig, shards: usize) -> Result<Started, SnStartError> {
+    config.validate()?;
+    let bind_error = |source| SnStartError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let advertise = config.advertise_address_parsed().ok().flatten().map(|to| {
+        (
+            to,
+            Duration::from_secs(u64::from(config.advertise_interval_s)),
+        )
+    });
+    let first = bind_one(config.listen, advertise.is_some()).map_err(bind_error)?;
+    let listen = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(config.listen);
+    let mut sockets = vec![Some(OwnedFd::from(first))];
+    for _ in 1..shards {
+        sockets.push(Some(OwnedFd::from(
+            bind_one(listen, false).map_err(bind_error)?,
+        )));
+    }
+    let sockets = Mutex::new(sockets);
+    let metrics = Arc::new(metrics::SnMetrics::new(shards));
+    let config = config.clone();
+    let factory = ServiceFactory::new(move |shard: usize| {
+        let socket = sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(shard)
+            .and_then(Option::take);
+        let shared = client::Shared {
+            retry: Duration::from_millis(config.retry_interval_ms),
+            max_retries: config.max_retries,
+            max_topics: config.max_topics_per_client,
+            sleep_buffer: config.sleep_buffer_messages,
+            predefined: topics::Predefined::new(&config.predefined),
+            username: (!config.username.is_empty()).then(|| config.username.clone()),
+            password: (!config.password.is_empty()).then(|| Bytes::from(config.password.clone())),
+        };
+        let limits = gateway::Limits {
+            gateway_id: config.gateway_id,
+            qos_minus_one: config.qos_minus_one,
+            max_clients_per_address: config.max_clients_per_address,
+            max_datagrams_per_second: config.max_datagrams_per_second,
+            max_datagram: config.max_datagram,
+        };
+        let gateway = gateway::Gateway::new(
+            ShardId(shard as u16),
+            shards,
+            shared,
+            limits,
+            metrics.clone(),
+        );
+        std::rc::Rc::new(service::SnService::new(
+            shard,
+            socket,
+            gateway,
+            metrics.clone(),
+            advertise,
+        ))
+    });
+    Ok(Started { factory, listen })
+}
+
+fn bind_one(addr: SocketAddr, broadcast: bool) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if broadcast {
+        socket.set_broadcast(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}

@@ -308,6 +308,37 @@ impl Broker {
         self.woken.push(conn);
     }
 
+    /// Replaces the will of `conn` (`None`: no will), as a gateway whose
+    /// protocol lets clients change it does (MQTT-SN's WILLTOPICUPD and
+    /// WILLMSGUPD). A will the client may not publish is dropped, as at
+    /// CONNECT. `false` when the connection is gone or closing.
+    pub fn set_will(&mut self, conn: ConnId, will: Option<codec::LastWill>) -> bool {
+        let acl = self
+            .conn(conn)
+            .filter(|c| c.closing.is_none())
+            .and_then(|c| c.session)
+            .map(|s| self.session_acl[s.0 as usize].clone());
+        let Some(acl) = acl else { return false };
+        let will = will.filter(|w| {
+            let allowed = acl
+                .as_ref()
+                .map_or(true, |acl| acl.may_publish(w.topic.as_str()));
+            if !allowed {
+                self.stats.acl_publish_denied += 1;
+            }
+            allowed
+        });
+        if let Some(c) = self.conn_mut(conn) {
+            c.will = will.map(|w| Message {
+                topic: w.topic.compact(),
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+            });
+        }
+        true
+    }
+
     /// The socket closed or failed.
     pub fn connection_lost(&mut self, conn: ConnId) {
         self.close(conn, CloseReason::Lost);

@@ -47,7 +47,7 @@ impl Message<'_> {
         out.push(self.kind());
         self.encode_body(out);
         let body = out.len() - start - 3;
-        if body + 1 <= 255 {
+        if body < 255 {
             out.drain(start..start + 2);
             out[start] = (body + 1) as u8;
             true

@@ -1,0 +1,1 @@
+//! The client machine on a virtual clock.

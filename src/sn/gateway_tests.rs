@@ -1,0 +1,1 @@
+//! The gateway with a real broker machine on a virtual clock.
