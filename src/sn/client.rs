@@ -222,7 +222,7 @@ impl Client {
             uplink: Vec::new(),
             subscribing: Vec::new(),
         };
-        client.begin(flags.will, shared, out);
+        client.begin(now, flags.will, shared, out);
         Some(client)
     }
 
@@ -243,25 +243,27 @@ impl Client {
     }
 
     /// The will dialogue, or the broker connection at once.
-    fn begin(&mut self, will: bool, shared: &Shared, out: &mut ClientOut) {
+    fn begin(&mut self, now: Instant, will: bool, shared: &Shared, out: &mut ClientOut) {
         if will {
             self.state = State::WillTopic;
             out.send(&Message::WillTopicReq);
         } else {
             self.will = Will::default();
-            self.open(shared, out);
+            self.open(now, shared, out);
         }
     }
 
-    fn open(&mut self, shared: &Shared, out: &mut ClientOut) {
+    fn open(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
         if self.resuming {
-            // Awake again through CONNECT: same broker connection (§6.14).
+            // Awake again through CONNECT: same broker connection (§6.14),
+            // and what waited while it slept goes out now.
             self.resuming = false;
             if self.state != State::Opening {
                 out.broker.push(ToBroker::SetWill(self.last_will()));
             }
             self.state = State::Active;
             out.send(&Message::ConnAck(ReturnCode::Accepted));
+            self.pump(now, shared, out);
             return;
         }
         self.state = State::Opening;
@@ -331,7 +333,7 @@ impl Client {
                         return;
                     }
                 }
-                self.begin(flags.will, shared, out);
+                self.begin(now, flags.will, shared, out);
             }
             (State::WillTopic, Message::WillTopic(topic)) => match topic {
                 Some((flags, name)) => match std::str::from_utf8(name) {
@@ -347,12 +349,12 @@ impl Client {
                 },
                 None => {
                     self.will = Will::default();
-                    self.open(shared, out);
+                    self.open(now, shared, out);
                 }
             },
             (State::WillMsg, Message::WillMsg(data)) => {
                 self.will.message = Bytes::copy_from_slice(data);
-                self.open(shared, out);
+                self.open(now, shared, out);
             }
             (State::WillTopic | State::WillMsg | State::Opening, _) => {}
             (
@@ -421,8 +423,12 @@ impl Client {
                     topic_id,
                 },
             ) if self.awaits(*msg_id, false) => {
-                self.in_flight = None;
-                if *code == ReturnCode::InvalidTopicId {
+                let sent = self.in_flight.take().and_then(|f| f.publish);
+                // Only the client's own ids can be forgotten: a refused
+                // predefined id or short name with the same number is not
+                // the registered topic's.
+                let own = sent.is_some_and(|p| self.topics.id(p.topic.as_str()) == Some(*topic_id));
+                if *code == ReturnCode::InvalidTopicId && own {
                     self.topics.remove(*topic_id);
                 }
                 out.broker.push(ToBroker::Packet(Packet::PubAck(*msg_id)));
@@ -835,12 +841,17 @@ impl Client {
     }
 
     fn retry(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
+        // Nretry sends again, then no more: the client is taken as gone
+        // (§6.13), and a copy past that would reach no one who waits.
         let mut exhausted = false;
         if let Some(r) = self.registering.as_mut() {
-            if now.saturating_duration_since(r.sent) >= shared.retry {
+            let due = now.saturating_duration_since(r.sent) >= shared.retry;
+            if due {
                 r.tries += 1;
                 r.sent = now;
                 exhausted |= r.tries > shared.max_retries;
+            }
+            if due && r.tries <= shared.max_retries {
                 if let Some(name) = self.topics.name(r.topic_id) {
                     out.send(&Message::Register {
                         topic_id: r.topic_id,
@@ -851,10 +862,13 @@ impl Client {
             }
         }
         if let Some(f) = self.in_flight.as_mut() {
-            if now.saturating_duration_since(f.sent) >= shared.retry {
+            let due = now.saturating_duration_since(f.sent) >= shared.retry;
+            if due {
                 f.tries += 1;
                 f.sent = now;
                 exhausted |= f.tries > shared.max_retries;
+            }
+            if due && f.tries <= shared.max_retries {
                 match &f.publish {
                     Some(p) => {
                         if let Some((kind, id)) =
@@ -879,7 +893,10 @@ impl Client {
                             self.in_flight = Some(InFlight { tries: 0, ..f });
                         }
                     }
-                    self.registering = None;
+                    // The client never took the id: REGISTER again next time.
+                    if let Some(r) = self.registering.take() {
+                        self.topics.remove(r.topic_id);
+                    }
                     self.state = State::Asleep;
                 }
                 _ => {
