@@ -593,11 +593,18 @@ impl Gateway {
                 self.broker_step(now, broker, auth, i, step);
             }
             let Some(e) = self.entry(i) else { return };
-            if e.client.state() == State::Closed {
+            let (closed, conn) = (e.client.state() == State::Closed, e.conn);
+            if closed || conn.is_none() {
+                // What the steps said (a refusal's CONNACK) goes out
+                // before the client does.
+                self.flush_scratch(&key, ctrl);
+                self.scratch.clear();
+            }
+            if closed {
                 self.remove(now, broker, i, false);
                 return;
             }
-            let Some(conn) = e.conn else { return };
+            let Some(conn) = conn else { return };
             if !self.read_outbox(now, broker, i, conn) {
                 return;
             }
