@@ -58,6 +58,9 @@ pub enum Mesh {
     Forget(PeerKey),
     /// The client at `key` now lives on `to`.
     Reroute { key: PeerKey, to: ShardId },
+    /// Another client took the address `key` (a CONNECT or a wake with
+    /// another client id): the receiver's client there left silently.
+    Gone(PeerKey),
 }
 
 /// The gateway's settings beside the clients' `Shared`.
@@ -280,7 +283,13 @@ impl Gateway {
                 });
             }
             // Another client at the address: the one there left silently.
-            self.remove(now, broker, i, true);
+            // The address passes to the new one; a route to here that
+            // brought it stays (the new CONNECT does not count it again).
+            if let Some((old_key, old_via)) = self.remove_client(now, broker, i, true) {
+                if old_via == self.shard || old_via != via {
+                    self.release_key(old_key, old_via);
+                }
+            }
         } else if via == self.shard {
             if let Some(&owner) = self.routes.get(&key) {
                 let switch = match &message {
@@ -294,6 +303,9 @@ impl Gateway {
                 let to = switch.unwrap_or(owner);
                 if to != owner {
                     self.routes.insert(key.clone(), to);
+                    // Or its downlink would still come here, and its
+                    // `Forget` take the new client's route.
+                    self.mesh.push((owner, Mesh::Gone(key.clone())));
                 }
                 if to != self.shard {
                     self.mesh.push((
@@ -490,6 +502,15 @@ impl Gateway {
     pub fn forget(&mut self, key: &PeerKey) {
         if self.routes.remove(key).is_some() {
             self.uncount(key.addr.ip());
+        }
+    }
+
+    /// The via shard gave the address `key` to a client on another
+    /// shard: the one here left silently (its will goes out). The via
+    /// shard keeps the address's count for the new client.
+    pub fn gone(&mut self, now: Instant, broker: &mut Broker, key: &PeerKey) {
+        if let Some(&i) = self.by_key.get(key) {
+            self.remove_client(now, broker, i, true);
         }
     }
 
@@ -706,9 +727,20 @@ impl Gateway {
     /// Removes client `i`; `lost`: its broker connection closes as lost
     /// (the will goes out) if it is still open.
     fn remove(&mut self, now: Instant, broker: &mut Broker, i: usize, lost: bool) {
-        let Some(e) = self.entries.get_mut(i).and_then(Option::take) else {
-            return;
-        };
+        if let Some((key, via)) = self.remove_client(now, broker, i, lost) {
+            self.release_key(key, via);
+        }
+    }
+
+    /// As `remove`, but the address stays taken: its key and via shard.
+    fn remove_client(
+        &mut self,
+        now: Instant,
+        broker: &mut Broker,
+        i: usize,
+        lost: bool,
+    ) -> Option<(PeerKey, ShardId)> {
+        let e = self.entries.get_mut(i).and_then(Option::take)?;
         self.free.push(i);
         if self.by_key.get(&e.key) == Some(&i) {
             self.by_key.remove(&e.key);
@@ -728,7 +760,7 @@ impl Gateway {
             broker.release(conn);
             self.released.push(conn);
         }
-        self.release_key(e.key, e.via);
+        Some((e.key, e.via))
     }
 
     /// Timers of every client; on shard 0 the caller adds ADVERTISE.

@@ -192,6 +192,7 @@ impl Net {
                         }
                         Mesh::Forget(key) => t.gw.forget(&key),
                         Mesh::Reroute { key, to } => t.gw.reroute(key, to),
+                        Mesh::Gone(key) => t.gw.gone(now, &mut t.broker, &key),
                     }
                 }
                 for (to, batch) in remote {
@@ -984,4 +985,86 @@ fn a_sleeping_client_back_from_another_address_keeps_its_session_6_14() {
         addr: new,
         node: None
     }));
+}
+
+#[test]
+fn a_new_client_id_at_a_forwarded_address_replaces_the_old_client_and_keeps_the_route() {
+    let mut net = Net::new(2);
+    let watcher = net.mqtt(&net.id_on(0, "watcher"));
+    net.subscribe(watcher, "will/#", QoS::AtMostOnce);
+    let (a, c) = (net.id_on(1, "a"), net.id_on(1, "c"));
+    let dev = addr(1, 1);
+    net.send(0, dev, connect(&a, true, 30));
+    net.send(
+        0,
+        dev,
+        Message::WillTopic(Some((
+            Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal),
+            b"will/a",
+        ))),
+    );
+    net.send(0, dev, Message::WillMsg(b"gone"));
+    net.replies(dev);
+    // Another client id from the same address: the first left silently.
+    net.sn_connect(0, dev, &c, 30);
+    assert_eq!(
+        net.publishes(watcher),
+        [("will/a".to_string(), Bytes::from_static(b"gone"))]
+    );
+    assert_eq!(net.nodes[1].gw.clients(), 1);
+    // The address still reaches its (new) client through shard 0.
+    assert_eq!(net.sn_register(0, dev, "x/y"), 1);
+    assert_eq!(net.nodes[0].gw.per_ip.values().sum::<usize>(), 1);
+    net.send(0, dev, Message::Disconnect(None));
+    for node in &net.nodes {
+        assert!(no_state(&node.gw));
+    }
+}
+
+#[test]
+fn a_new_client_id_at_a_local_address_replaces_the_old_client_once_counted() {
+    let mut net = Net::new(1);
+    let dev = addr(1, 1);
+    net.sn_connect(0, dev, "a", 30);
+    net.sn_connect(0, dev, "c", 30);
+    assert_eq!(net.nodes[0].gw.clients(), 1);
+    assert_eq!(net.nodes[0].gw.per_ip.values().sum::<usize>(), 1);
+    net.send(0, dev, Message::Disconnect(None));
+    assert!(no_state(&net.nodes[0].gw));
+}
+
+#[test]
+fn a_new_client_id_owned_by_a_third_shard_drops_the_old_client_at_once() {
+    let mut net = Net::new(3);
+    let watcher = net.mqtt(&net.id_on(0, "watcher"));
+    net.subscribe(watcher, "will/#", QoS::AtMostOnce);
+    let (a, c) = (net.id_on(1, "a"), net.id_on(2, "c"));
+    let dev = addr(1, 1);
+    net.send(0, dev, connect(&a, true, 10));
+    net.send(
+        0,
+        dev,
+        Message::WillTopic(Some((
+            Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal),
+            b"will/a",
+        ))),
+    );
+    net.send(0, dev, Message::WillMsg(b"gone"));
+    net.replies(dev);
+    net.send(0, dev, connect(&c, false, 60));
+    assert_eq!(
+        net.to(dev),
+        [(2, enc(&Message::ConnAck(ReturnCode::Accepted)))]
+    );
+    // The first client left silently: its will, and no more datagrams
+    // of its to the address.
+    assert_eq!(
+        net.publishes(watcher),
+        [("will/a".to_string(), Bytes::from_static(b"gone"))]
+    );
+    assert_eq!(net.nodes[1].gw.clients(), 0);
+    // Past the first client's keepalive, the route still leads to the new.
+    net.advance(Duration::from_secs(16));
+    assert_eq!(net.sn_register(0, dev, "x/y"), 1);
+    assert_eq!(net.nodes[0].gw.per_ip.values().sum::<usize>(), 1);
 }
