@@ -658,6 +658,21 @@ impl Client {
     fn ping(&mut self, now: Instant, shared: &Shared, with_id: bool, out: &mut ClientOut) {
         match self.state {
             State::Asleep | State::Awake if with_id => {
+                if self.state == State::Asleep {
+                    // What was unanswered when it fell asleep goes again
+                    // now, not at the next retry: PINGRESP waits for it.
+                    for sent in [
+                        self.registering.as_mut().map(|r| &mut r.sent),
+                        self.in_flight.as_mut().map(|f| &mut f.sent),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        *sent = now;
+                    }
+                    self.send_registering(out);
+                    self.send_in_flight(shared, out);
+                }
                 self.state = State::Awake;
                 self.pump(now, shared, out);
             }
@@ -845,39 +860,22 @@ impl Client {
         // (§6.13), and a copy past that would reach no one who waits.
         let mut exhausted = false;
         if let Some(r) = self.registering.as_mut() {
-            let due = now.saturating_duration_since(r.sent) >= shared.retry;
-            if due {
+            if now.saturating_duration_since(r.sent) >= shared.retry {
                 r.tries += 1;
                 r.sent = now;
                 exhausted |= r.tries > shared.max_retries;
-            }
-            if due && r.tries <= shared.max_retries {
-                if let Some(name) = self.topics.name(r.topic_id) {
-                    out.send(&Message::Register {
-                        topic_id: r.topic_id,
-                        msg_id: r.msg_id,
-                        topic_name: name.as_bytes(),
-                    });
+                if r.tries <= shared.max_retries {
+                    self.send_registering(out);
                 }
             }
         }
         if let Some(f) = self.in_flight.as_mut() {
-            let due = now.saturating_duration_since(f.sent) >= shared.retry;
-            if due {
+            if now.saturating_duration_since(f.sent) >= shared.retry {
                 f.tries += 1;
                 f.sent = now;
                 exhausted |= f.tries > shared.max_retries;
-            }
-            if due && f.tries <= shared.max_retries {
-                match &f.publish {
-                    Some(p) => {
-                        if let Some((kind, id)) =
-                            downlink_id(&self.topics, &shared.predefined, p.topic.as_str())
-                        {
-                            out.send(&publish_message(p, kind, id, true));
-                        }
-                    }
-                    None => out.send(&Message::PubRel(f.msg_id)),
+                if f.tries <= shared.max_retries {
+                    self.send_in_flight(shared, out);
                 }
             }
         }
@@ -904,6 +902,33 @@ impl Client {
                     self.state = State::Closed;
                 }
             }
+        }
+    }
+
+    /// The REGISTER that waits for its REGACK, again.
+    fn send_registering(&self, out: &mut ClientOut) {
+        let Some(r) = &self.registering else { return };
+        if let Some(name) = self.topics.name(r.topic_id) {
+            out.send(&Message::Register {
+                topic_id: r.topic_id,
+                msg_id: r.msg_id,
+                topic_name: name.as_bytes(),
+            });
+        }
+    }
+
+    /// The message in flight again: its PUBLISH with DUP, or its PUBREL.
+    fn send_in_flight(&self, shared: &Shared, out: &mut ClientOut) {
+        let Some(f) = &self.in_flight else { return };
+        match &f.publish {
+            Some(p) => {
+                if let Some((kind, id)) =
+                    downlink_id(&self.topics, &shared.predefined, p.topic.as_str())
+                {
+                    out.send(&publish_message(p, kind, id, true));
+                }
+            }
+            None => out.send(&Message::PubRel(f.msg_id)),
         }
     }
 }

@@ -890,3 +890,33 @@ fn puback_invalid_topic_id_for_a_predefined_id_keeps_the_clients_own_id_6_10() {
     });
     assert_eq!(rig.client.topics(), 1);
 }
+
+#[test]
+fn what_was_in_flight_when_the_client_fell_asleep_goes_again_when_it_wakes_6_14() {
+    let mut rig = Rig::active(30);
+    rig.broker(publish("ab", QoS::AtLeastOnce, 6, b"m"));
+    assert_eq!(rig.sent().len(), 1);
+    rig.msg(Message::Disconnect(Some(60)));
+    // No retries to a sleeping client.
+    assert!(rig.advance(RETRY * 5));
+    assert!(rig.sent().is_empty());
+    rig.msg(Message::PingReq(Some(b"sensor-1")));
+    assert_eq!(
+        rig.sent(),
+        [sn_publish(
+            SnQoS::AtLeastOnce,
+            TopicIdType::Short,
+            0x6162,
+            6,
+            true
+        )],
+        "sent again at the wake, not at the next retry"
+    );
+    rig.msg(Message::PubAck {
+        topic_id: 0x6162,
+        msg_id: 6,
+        code: ReturnCode::Accepted,
+    });
+    assert_eq!(rig.sent(), [Message::PingResp]);
+    assert_eq!(rig.client.state(), State::Asleep);
+}

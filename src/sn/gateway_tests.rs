@@ -1068,3 +1068,27 @@ fn a_new_client_id_owned_by_a_third_shard_drops_the_old_client_at_once() {
     assert_eq!(net.sn_register(0, dev, "x/y"), 1);
     assert_eq!(net.nodes[0].gw.per_ip.values().sum::<usize>(), 1);
 }
+
+#[test]
+fn the_same_client_id_from_another_address_takes_the_session_over() {
+    for shards in [1, 2] {
+        let mut net = Net::new(shards);
+        let id = net.id_on(shards - 1, "dev");
+        let (old, new) = (addr(1, 1), addr(2, 2));
+        net.sn_connect(0, old, &id, 30);
+        net.sn_connect(0, new, &id, 30);
+        assert_eq!(
+            net.replies(old),
+            [enc(&Message::Disconnect(None))],
+            "{shards} shards"
+        );
+        let owner = &net.nodes[shards - 1].gw;
+        assert_eq!(owner.clients(), 1);
+        assert_eq!(owner.by_key.len(), 1);
+        assert_eq!(net.nodes[0].gw.per_ip.len(), 1, "{shards} shards");
+        net.send(0, new, Message::Disconnect(None));
+        for node in &net.nodes {
+            assert!(no_state(&node.gw), "{shards} shards");
+        }
+    }
+}
