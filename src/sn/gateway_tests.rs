@@ -1092,3 +1092,168 @@ fn the_same_client_id_from_another_address_takes_the_session_over() {
         }
     }
 }
+
+/// The messages of `replies`, decoded.
+fn decoded(replies: &[Vec<u8>]) -> Vec<Message<'_>> {
+    replies.iter().map(|d| decode(d).expect("valid")).collect()
+}
+
+#[test]
+fn subscribe_by_name_and_predefined_id_gets_retained_messages_then_unsubscribe_6_9() {
+    let mut net = Net::new(2);
+    let app = net.mqtt(&net.id_on(0, "app"));
+    let retained = |topic: &str, payload: &'static [u8]| {
+        let Packet::Publish(mut p) = mqtt_publish(topic, QoS::AtMostOnce, 0, payload) else {
+            unreachable!()
+        };
+        p.retain = true;
+        Packet::Publish(p)
+    };
+    let (exact, pre) = (retained("room/temp", b"19"), retained(PREDEFINED, b"p"));
+    net.mqtt_send(app, exact);
+    net.mqtt_send(app, pre);
+    let id = net.id_on(1, "dev");
+    let dev = addr(1, 1);
+    net.sn_connect(0, dev, &id, 30);
+
+    // A name without wildcards gets its id in the SUBACK, and the retained
+    // message comes on it without a REGISTER.
+    net.send(
+        0,
+        dev,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtLeastOnce, TopicIdType::Normal),
+            msg_id: 1,
+            topic: TopicRef::Name(b"room/temp"),
+        },
+    );
+    let replies = net.replies(dev);
+    let mut retained_flags = Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal);
+    retained_flags.retain = true;
+    assert_eq!(
+        decoded(&replies),
+        [
+            Message::SubAck {
+                flags: Flags::new(SnQoS::AtLeastOnce, TopicIdType::Normal),
+                topic_id: 1,
+                msg_id: 1,
+                code: ReturnCode::Accepted
+            },
+            Message::Publish {
+                flags: retained_flags,
+                topic_id: 1,
+                msg_id: 0,
+                data: b"19"
+            }
+        ]
+    );
+    net.send(
+        0,
+        dev,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Predefined),
+            msg_id: 2,
+            topic: TopicRef::Predefined(PREDEFINED_ID),
+        },
+    );
+    let replies = net.replies(dev);
+    retained_flags.topic_id_type = TopicIdType::Predefined;
+    assert_eq!(
+        decoded(&replies),
+        [
+            Message::SubAck {
+                flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Predefined),
+                topic_id: PREDEFINED_ID,
+                msg_id: 2,
+                code: ReturnCode::Accepted
+            },
+            Message::Publish {
+                flags: retained_flags,
+                topic_id: PREDEFINED_ID,
+                msg_id: 0,
+                data: b"p"
+            }
+        ]
+    );
+    // An unknown predefined id is refused.
+    net.send(
+        0,
+        dev,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Predefined),
+            msg_id: 3,
+            topic: TopicRef::Predefined(99),
+        },
+    );
+    assert!(matches!(
+        decoded(&net.replies(dev)).as_slice(),
+        [Message::SubAck {
+            code: ReturnCode::InvalidTopicId,
+            msg_id: 3,
+            ..
+        }]
+    ));
+
+    net.send(
+        0,
+        dev,
+        Message::Unsubscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal),
+            msg_id: 4,
+            topic: TopicRef::Name(b"room/temp"),
+        },
+    );
+    assert_eq!(net.replies(dev), [enc(&Message::UnsubAck(4))]);
+    net.mqtt_send(app, mqtt_publish("room/temp", QoS::AtMostOnce, 0, b"20"));
+    assert!(net.replies(dev).is_empty());
+    net.mqtt_send(app, mqtt_publish(PREDEFINED, QoS::AtMostOnce, 0, b"q"));
+    assert_eq!(net.replies(dev).len(), 1, "the other subscription stays");
+}
+
+#[test]
+fn advertise_carries_the_gateway_id_and_interval_5_4_1() {
+    let mut net = Net::new(1);
+    let to = SocketAddr::from(([255, 255, 255, 255], 1884));
+    net.nodes[0].gw.advertise(to, Duration::from_secs(900));
+    net.settle();
+    assert_eq!(
+        net.replies(to),
+        [enc(&Message::Advertise {
+            gw_id: 9,
+            duration_s: 900
+        })]
+    );
+}
+
+#[test]
+fn the_gauges_follow_the_clients_states_at_each_tick() {
+    let mut net = Net::new(1);
+    let (a, b) = (addr(1, 1), addr(1, 2));
+    net.sn_connect(0, a, "a", 0);
+    net.sn_connect(0, b, "b", 0);
+    net.sn_register(0, a, "x/y");
+    net.send(0, b, Message::Disconnect(Some(600)));
+    net.send(
+        0,
+        a,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Short),
+            msg_id: 1,
+            topic: TopicRef::Short(*b"zz"),
+        },
+    );
+    let app = net.mqtt("app");
+    net.mqtt_send(app, mqtt_publish("zz", QoS::AtMostOnce, 0, b"m"));
+    net.advance(Duration::from_secs(1));
+    let g = &net.metrics.shards[0];
+    assert_eq!(g.active.load(Relaxed), 1);
+    assert_eq!(g.asleep.load(Relaxed), 1);
+    assert_eq!(g.topics.load(Relaxed), 1);
+    let mut text = String::new();
+    net.metrics.render(&mut text);
+    assert!(
+        text.contains("shardmq_sn_clients{state=\"asleep\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("shardmq_sn_registered_topics 1"), "{text}");
+}
