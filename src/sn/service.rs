@@ -258,6 +258,7 @@ impl Service for SnService {
             Mesh::Datagram { key, via, data } => g.forwarded(now, broker, auth, key, via, &data),
             Mesh::Forget(key) => g.forget(&key),
             Mesh::Reroute { key, to } => g.reroute(key, to),
+            Mesh::Gone(key) => g.gone(now, broker, &key),
         });
     }
 
