@@ -567,6 +567,19 @@ impl Client {
         })));
     }
 
+    /// The broker cannot take the client's QoS 1/2 PUBLISH `msg_id` now:
+    /// PUBACK "rejected: congestion", and the client sends it again later.
+    pub fn congested(&mut self, msg_id: u16, out: &mut ClientOut) {
+        if let Some(i) = self.uplink.iter().position(|u| u.0 == msg_id) {
+            let (_, topic_id, _) = self.uplink.swap_remove(i);
+            out.send(&Message::PubAck {
+                topic_id,
+                msg_id,
+                code: ReturnCode::Congestion,
+            });
+        }
+    }
+
     fn topic_filter(
         &mut self,
         shared: &Shared,

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::{Authorize, Gateway, PeerKey};
 use crate::mqtt::broker::{Broker, ConnId, ShardId};
 use crate::mqtt::codec::{self as mqtt, Packet};
+use crate::mqtt::QoS;
 use crate::sn::client::{Client, ClientOut, Shared, State, ToBroker};
 
 impl Gateway {
@@ -114,6 +115,15 @@ impl Gateway {
                     }
                     Err(_) => e.client.refused(&mut self.scratch),
                 }
+            }
+            ToBroker::Packet(Packet::Publish(p))
+                if p.qos != QoS::AtMostOnce && e.conn.is_some_and(|c| broker.is_throttled(c)) =>
+            {
+                // A subscriber is behind: as a TCP publisher is not read
+                // from, this one is told to come back later (§6.9), and
+                // nothing is acknowledged that a full queue would drop.
+                e.client.congested(p.pkid, &mut self.scratch);
+                self.metrics.count_congested();
             }
             ToBroker::Packet(packet) => {
                 if let Some(conn) = e.conn {
