@@ -1257,3 +1257,57 @@ fn the_gauges_follow_the_clients_states_at_each_tick() {
     );
     assert!(text.contains("shardmq_sn_registered_topics 1"), "{text}");
 }
+
+#[test]
+fn a_behind_subscriber_gets_qos1_publishers_congestion_not_acks_that_a_full_queue_drops_6_9() {
+    let mut net = Net::new(1);
+    let sub = net.mqtt("slow-sub");
+    net.subscribe(sub, "load/#", QoS::AtLeastOnce);
+    let from = addr(1, 4000);
+    net.sn_connect(0, from, "sn-pub", 60);
+    let topic = net.sn_register(0, from, "load/a");
+    let (mut accepted, mut congested) = (0u32, 0u32);
+    let mut unacked: Vec<u16> = Vec::new();
+    // The subscriber reads but never acknowledges: its window (8) fills,
+    // then its queue (16) passes half, and the broker throttles publishers.
+    for msg_id in 1..=200u16 {
+        net.send(
+            0,
+            from,
+            sn_publish(SnQoS::AtLeastOnce, TopicIdType::Normal, topic, msg_id, b"x"),
+        );
+        for reply in net.replies(from) {
+            match decode(&reply).unwrap() {
+                Message::PubAck {
+                    code: ReturnCode::Accepted,
+                    ..
+                } => accepted += 1,
+                Message::PubAck {
+                    code: ReturnCode::Congestion,
+                    ..
+                } => congested += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        unacked.extend(net.received(sub).into_iter().filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.pkid),
+            _ => None,
+        }));
+    }
+    assert!(congested > 0, "the publisher was told of the congestion");
+    assert_eq!(net.metrics.congested.load(Relaxed), u64::from(congested));
+    // Whatever was acknowledged reaches the subscriber once it catches up.
+    let mut delivered = unacked.len() as u32;
+    while !unacked.is_empty() {
+        for pkid in std::mem::take(&mut unacked) {
+            net.mqtt_send(sub, Packet::PubAck(pkid));
+        }
+        unacked.extend(net.received(sub).into_iter().filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.pkid),
+            _ => None,
+        }));
+        delivered += unacked.len() as u32;
+    }
+    assert_eq!(delivered, accepted, "every acknowledged message delivered");
+    assert_eq!(accepted + congested, 200);
+}

@@ -163,6 +163,14 @@ impl SnService {
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut buf = vec![0u8; super::codec::MAX_MESSAGE + 1];
         loop {
+            // While the mesh is full, the socket is not read: its buffer,
+            // then the clients' retries, hold what comes (as TCP
+            // connections stop reading).
+            poll_fn(|cx| match shard.congested(cx.waker()) {
+                true => Poll::Pending,
+                false => Poll::Ready(()),
+            })
+            .await;
             let (len, from) = match udp.recv_from(&mut buf).await {
                 Ok(got) => got,
                 Err(e) => {
