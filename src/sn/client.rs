@@ -513,11 +513,13 @@ impl Client {
         }
     }
 
-    fn resolve(&self, shared: &Shared, kind: TopicIdType, id: u16) -> Option<String> {
+    fn resolve(&self, shared: &Shared, kind: TopicIdType, id: u16) -> Option<TopicName> {
         match kind {
-            TopicIdType::Normal => self.topics.name(id).map(|n| n.to_string()),
-            TopicIdType::Predefined => shared.predefined.name(id).map(|n| n.to_string()),
-            TopicIdType::Short => short_name(id.to_be_bytes()),
+            TopicIdType::Normal => self.topics.topic(id).cloned(),
+            TopicIdType::Predefined => shared.predefined.topic(id).cloned(),
+            TopicIdType::Short => {
+                short_name(id.to_be_bytes()).and_then(|n| TopicName::from_string(n).ok())
+            }
         }
     }
 
@@ -536,7 +538,7 @@ impl Client {
             msg_id,
             code,
         };
-        let Some(name) = self.resolve(shared, flags.topic_id_type, topic_id) else {
+        let Some(topic) = self.resolve(shared, flags.topic_id_type, topic_id) else {
             out.send(&puback(ReturnCode::InvalidTopicId));
             return;
         };
@@ -553,10 +555,6 @@ impl Client {
                 self.uplink.push((msg_id, topic_id, flags.topic_id_type));
             }
         }
-        let Ok(topic) = TopicName::from_string(name) else {
-            out.send(&puback(ReturnCode::InvalidTopicId));
-            return;
-        };
         out.broker.push(ToBroker::Packet(Packet::Publish(Publish {
             dup: flags.dup,
             qos,

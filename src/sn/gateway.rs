@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::client::{Client, ClientOut, Shared, State};
+use super::client::{Client, ClientOut, Shared, State, ToBroker};
 use super::codec::{self, msg_type, Message, SnQoS, TopicIdType};
 use super::metrics::{DropReason, SnMetrics};
 use super::topics::short_name;
@@ -146,6 +146,8 @@ pub struct Gateway {
     minus_one: Option<ConnId>,
     next_local_id: u64,
     scratch: ClientOut,
+    /// `scratch.broker`'s vector while its steps run (`apply`).
+    spare_steps: Vec<ToBroker>,
     mqtt_buf: BytesMut,
     pub outgoing: Outgoing,
     pub mesh: Vec<(ShardId, Mesh)>,
@@ -182,6 +184,7 @@ impl Gateway {
             minus_one: None,
             next_local_id: 0,
             scratch: ClientOut::default(),
+            spare_steps: Vec::new(),
             mqtt_buf: BytesMut::new(),
             outgoing: Outgoing::default(),
             mesh: Vec::new(),

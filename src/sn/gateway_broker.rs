@@ -63,11 +63,15 @@ impl Gateway {
             let Some(e) = self.entry(i) else { return };
             let (key, ctrl) = (e.key.clone(), e.ctrl);
             self.flush_scratch(&key, ctrl);
-            let steps = std::mem::take(&mut self.scratch.broker);
+            // The steps' vector goes back to the scratch once run: no
+            // allocation per message.
+            let mut steps = std::mem::take(&mut self.spare_steps);
+            std::mem::swap(&mut steps, &mut self.scratch.broker);
             self.scratch.clear();
-            for step in steps {
+            for step in steps.drain(..) {
                 self.broker_step(now, broker, auth, i, step);
             }
+            self.spare_steps = steps;
             let Some(e) = self.entry(i) else { return };
             let (closed, conn) = (e.client.state() == State::Closed, e.conn);
             if closed || conn.is_none() {
