@@ -617,6 +617,29 @@ mod tests {
     }
 
     #[test]
+    fn the_mqtt_sn_gateway_is_checked_and_needs_the_broker() {
+        let c = Config::from_toml(
+            "[mqtt_sn]\nenabled = true\n[[mqtt_sn.predefined]]\nid = 1\ntopic = \"a/b\"\n\
+             [[mqtt_sn.predefined]]\nid = 1\ntopic = \"a/c\"\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Invalid {
+                key: "mqtt_sn.predefined",
+                ..
+            })
+        ));
+        let c =
+            Config::from_toml("[mqtt_sn]\nenabled = true\nadvertise_address = \"x\"\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt]\nenabled = false\n[mqtt_sn]\nenabled = true\n").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[mqtt_sn]\nenabled = true\n").unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn presence_is_checked_and_needs_a_broker() {
         let c = Config::from_toml("[presence]\nenabled = true\nhealth_timeout_s = 0\n").unwrap();
         assert!(matches!(

@@ -18,6 +18,9 @@
 //!   side, applied to the gateway's);
 //! - sleep (§6.14): messages kept while the client sleeps, given when it
 //!   wakes, and the client lost when it sleeps past its duration.
+//!
+//! The broker-to-client side (`on_broker`, the send queue, retries) is in
+//! `client_downlink.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::codec::{Flags, Message, ReturnCode, SnQoS, TopicIdType, TopicRef, PROTOCOL_ID};
-use super::topics::{downlink_id, short_name, Predefined, Topics};
+use super::topics::{short_name, Predefined, Topics};
 use crate::mqtt::codec::{Connect, LastWill, Packet, Publish, Subscribe, Unsubscribe};
 use crate::mqtt::topic::{validate_subscription, TopicName};
 use crate::mqtt::QoS;
@@ -222,7 +225,7 @@ impl Client {
             uplink: Vec::new(),
             subscribing: Vec::new(),
         };
-        client.begin(flags.will, shared, out);
+        client.begin(now, flags.will, shared, out);
         Some(client)
     }
 
@@ -243,25 +246,27 @@ impl Client {
     }
 
     /// The will dialogue, or the broker connection at once.
-    fn begin(&mut self, will: bool, shared: &Shared, out: &mut ClientOut) {
+    fn begin(&mut self, now: Instant, will: bool, shared: &Shared, out: &mut ClientOut) {
         if will {
             self.state = State::WillTopic;
             out.send(&Message::WillTopicReq);
         } else {
             self.will = Will::default();
-            self.open(shared, out);
+            self.open(now, shared, out);
         }
     }
 
-    fn open(&mut self, shared: &Shared, out: &mut ClientOut) {
+    fn open(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
         if self.resuming {
-            // Awake again through CONNECT: same broker connection (§6.14).
+            // Awake again through CONNECT: same broker connection (§6.14),
+            // and what waited while it slept goes out now.
             self.resuming = false;
             if self.state != State::Opening {
                 out.broker.push(ToBroker::SetWill(self.last_will()));
             }
             self.state = State::Active;
             out.send(&Message::ConnAck(ReturnCode::Accepted));
+            self.pump(now, shared, out);
             return;
         }
         self.state = State::Opening;
@@ -331,7 +336,7 @@ impl Client {
                         return;
                     }
                 }
-                self.begin(flags.will, shared, out);
+                self.begin(now, flags.will, shared, out);
             }
             (State::WillTopic, Message::WillTopic(topic)) => match topic {
                 Some((flags, name)) => match std::str::from_utf8(name) {
@@ -347,12 +352,12 @@ impl Client {
                 },
                 None => {
                     self.will = Will::default();
-                    self.open(shared, out);
+                    self.open(now, shared, out);
                 }
             },
             (State::WillMsg, Message::WillMsg(data)) => {
                 self.will.message = Bytes::copy_from_slice(data);
-                self.open(shared, out);
+                self.open(now, shared, out);
             }
             (State::WillTopic | State::WillMsg | State::Opening, _) => {}
             (
@@ -421,8 +426,12 @@ impl Client {
                     topic_id,
                 },
             ) if self.awaits(*msg_id, false) => {
-                self.in_flight = None;
-                if *code == ReturnCode::InvalidTopicId {
+                let sent = self.in_flight.take().and_then(|f| f.publish);
+                // Only the client's own ids can be forgotten: a refused
+                // predefined id or short name with the same number is not
+                // the registered topic's.
+                let own = sent.is_some_and(|p| self.topics.id(p.topic.as_str()) == Some(*topic_id));
+                if *code == ReturnCode::InvalidTopicId && own {
                     self.topics.remove(*topic_id);
                 }
                 out.broker.push(ToBroker::Packet(Packet::PubAck(*msg_id)));
@@ -504,11 +513,13 @@ impl Client {
         }
     }
 
-    fn resolve(&self, shared: &Shared, kind: TopicIdType, id: u16) -> Option<String> {
+    fn resolve(&self, shared: &Shared, kind: TopicIdType, id: u16) -> Option<TopicName> {
         match kind {
-            TopicIdType::Normal => self.topics.name(id).map(|n| n.to_string()),
-            TopicIdType::Predefined => shared.predefined.name(id).map(|n| n.to_string()),
-            TopicIdType::Short => short_name(id.to_be_bytes()),
+            TopicIdType::Normal => self.topics.topic(id).cloned(),
+            TopicIdType::Predefined => shared.predefined.topic(id).cloned(),
+            TopicIdType::Short => {
+                short_name(id.to_be_bytes()).and_then(|n| TopicName::from_string(n).ok())
+            }
         }
     }
 
@@ -527,7 +538,7 @@ impl Client {
             msg_id,
             code,
         };
-        let Some(name) = self.resolve(shared, flags.topic_id_type, topic_id) else {
+        let Some(topic) = self.resolve(shared, flags.topic_id_type, topic_id) else {
             out.send(&puback(ReturnCode::InvalidTopicId));
             return;
         };
@@ -544,10 +555,6 @@ impl Client {
                 self.uplink.push((msg_id, topic_id, flags.topic_id_type));
             }
         }
-        let Ok(topic) = TopicName::from_string(name) else {
-            out.send(&puback(ReturnCode::InvalidTopicId));
-            return;
-        };
         out.broker.push(ToBroker::Packet(Packet::Publish(Publish {
             dup: flags.dup,
             qos,
@@ -556,6 +563,19 @@ impl Client {
             pkid: if qos == QoS::AtMostOnce { 0 } else { msg_id },
             payload: Bytes::copy_from_slice(data),
         })));
+    }
+
+    /// The broker cannot take the client's QoS 1/2 PUBLISH `msg_id` now:
+    /// PUBACK "rejected: congestion", and the client sends it again later.
+    pub fn congested(&mut self, msg_id: u16, out: &mut ClientOut) {
+        if let Some(i) = self.uplink.iter().position(|u| u.0 == msg_id) {
+            let (_, topic_id, _) = self.uplink.swap_remove(i);
+            out.send(&Message::PubAck {
+                topic_id,
+                msg_id,
+                code: ReturnCode::Congestion,
+            });
+        }
     }
 
     fn topic_filter(
@@ -652,6 +672,21 @@ impl Client {
     fn ping(&mut self, now: Instant, shared: &Shared, with_id: bool, out: &mut ClientOut) {
         match self.state {
             State::Asleep | State::Awake if with_id => {
+                if self.state == State::Asleep {
+                    // What was unanswered when it fell asleep goes again
+                    // now, not at the next retry: PINGRESP waits for it.
+                    for sent in [
+                        self.registering.as_mut().map(|r| &mut r.sent),
+                        self.in_flight.as_mut().map(|f| &mut f.sent),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        *sent = now;
+                    }
+                    self.send_registering(out);
+                    self.send_in_flight(shared, out);
+                }
                 self.state = State::Awake;
                 self.pump(now, shared, out);
             }
@@ -665,148 +700,6 @@ impl Client {
         self.in_flight
             .as_ref()
             .is_some_and(|f| f.msg_id == msg_id && f.publish.is_none() == released)
-    }
-
-    /// A packet the broker wrote to the client's connection.
-    pub fn on_broker(
-        &mut self,
-        now: Instant,
-        shared: &Shared,
-        packet: Packet,
-        out: &mut ClientOut,
-    ) {
-        match packet {
-            Packet::ConnAck { code, .. } => {
-                if self.state != State::Opening {
-                    return;
-                }
-                if code == crate::mqtt::codec::ConnectReturnCode::Accepted {
-                    self.state = State::Active;
-                    out.send(&Message::ConnAck(ReturnCode::Accepted));
-                    self.pump(now, shared, out);
-                } else {
-                    self.refused(out);
-                }
-            }
-            Packet::Publish(p) => {
-                if self.pending.len() >= shared.sleep_buffer && p.qos == QoS::AtMostOnce {
-                    out.buffer_dropped += 1;
-                    return;
-                }
-                self.pending.push_back(p);
-                self.pump(now, shared, out);
-            }
-            Packet::PubAck(pkid) => {
-                if let Some(i) = self.uplink.iter().position(|u| u.0 == pkid) {
-                    let (_, topic_id, _) = self.uplink.swap_remove(i);
-                    out.send(&Message::PubAck {
-                        topic_id,
-                        msg_id: pkid,
-                        code: ReturnCode::Accepted,
-                    });
-                }
-            }
-            Packet::PubRec(pkid) => out.send(&Message::PubRec(pkid)),
-            Packet::PubComp(pkid) => {
-                self.uplink.retain(|u| u.0 != pkid);
-                out.send(&Message::PubComp(pkid));
-            }
-            Packet::PubRel(pkid) => {
-                if let Some(f) = self.in_flight.as_mut().filter(|f| f.msg_id == pkid) {
-                    f.sent = now;
-                    f.tries = 0;
-                    if self.state != State::Asleep {
-                        out.send(&Message::PubRel(pkid));
-                    }
-                }
-            }
-            Packet::SubAck { pkid, codes } => {
-                let Some(i) = self.subscribing.iter().position(|s| s.0 == pkid) else {
-                    return;
-                };
-                let (msg_id, topic_id, kind) = self.subscribing.swap_remove(i);
-                let (qos, code) = match codes.first().copied().and_then(QoS::from_u8) {
-                    Some(q) => (sn_qos(q), ReturnCode::Accepted),
-                    None => (SnQoS::AtMostOnce, ReturnCode::NotSupported),
-                };
-                out.send(&Message::SubAck {
-                    flags: Flags::new(qos, kind),
-                    topic_id: if code == ReturnCode::Accepted {
-                        topic_id
-                    } else {
-                        0
-                    },
-                    msg_id,
-                    code,
-                });
-            }
-            Packet::UnsubAck(pkid) => out.send(&Message::UnsubAck(pkid)),
-            _ => {}
-        }
-    }
-
-    /// Sends what waits, as far as the state allows: nothing while asleep,
-    /// a REGISTER before a name the client has no id for, one QoS 1/2
-    /// message in flight.
-    fn pump(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
-        if !matches!(self.state, State::Active | State::Awake) {
-            return;
-        }
-        while self.registering.is_none() {
-            let Some(head) = self.pending.front() else {
-                break;
-            };
-            if head.qos != QoS::AtMostOnce && self.in_flight.is_some() {
-                break;
-            }
-            let name = head.topic.as_str();
-            let Some((kind, topic_id)) = downlink_id(&self.topics, &shared.predefined, name) else {
-                match self.topics.register(name, shared.max_topics) {
-                    Ok(topic_id) => {
-                        self.next_msg_id = self.next_msg_id.wrapping_add(1).max(1);
-                        let r = Registering {
-                            msg_id: self.next_msg_id,
-                            topic_id,
-                            sent: now,
-                            tries: 0,
-                        };
-                        out.send(&Message::Register {
-                            topic_id,
-                            msg_id: r.msg_id,
-                            topic_name: name.as_bytes(),
-                        });
-                        self.registering = Some(r);
-                    }
-                    // No id to give: the message cannot be said.
-                    Err(_) => {
-                        self.pending.pop_front();
-                        out.buffer_dropped += 1;
-                    }
-                }
-                continue;
-            };
-            let Some(p) = self.pending.pop_front() else {
-                break;
-            };
-            out.send(&publish_message(&p, kind, topic_id, false));
-            if p.qos != QoS::AtMostOnce {
-                self.in_flight = Some(InFlight {
-                    msg_id: p.pkid,
-                    publish: Some(p),
-                    sent: now,
-                    tries: 0,
-                });
-            }
-        }
-        if self.state == State::Awake
-            && self.pending.is_empty()
-            && self.in_flight.is_none()
-            && self.registering.is_none()
-        {
-            // All given: PINGRESP, and back to sleep (§6.14).
-            out.send(&Message::PingResp);
-            self.state = State::Asleep;
-        }
     }
 
     /// Timers: keepalive and sleep expiry, retries. `false` when the
@@ -833,75 +726,10 @@ impl Client {
         }
         self.state != State::Closed
     }
-
-    fn retry(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
-        let mut exhausted = false;
-        if let Some(r) = self.registering.as_mut() {
-            if now.saturating_duration_since(r.sent) >= shared.retry {
-                r.tries += 1;
-                r.sent = now;
-                exhausted |= r.tries > shared.max_retries;
-                if let Some(name) = self.topics.name(r.topic_id) {
-                    out.send(&Message::Register {
-                        topic_id: r.topic_id,
-                        msg_id: r.msg_id,
-                        topic_name: name.as_bytes(),
-                    });
-                }
-            }
-        }
-        if let Some(f) = self.in_flight.as_mut() {
-            if now.saturating_duration_since(f.sent) >= shared.retry {
-                f.tries += 1;
-                f.sent = now;
-                exhausted |= f.tries > shared.max_retries;
-                match &f.publish {
-                    Some(p) => {
-                        if let Some((kind, id)) =
-                            downlink_id(&self.topics, &shared.predefined, p.topic.as_str())
-                        {
-                            out.send(&publish_message(p, kind, id, true));
-                        }
-                    }
-                    None => out.send(&Message::PubRel(f.msg_id)),
-                }
-            }
-        }
-        if exhausted {
-            match self.state {
-                // Back to sleep; what is unacknowledged waits for the
-                // next wake.
-                State::Awake => {
-                    if let Some(f) = self.in_flight.take() {
-                        if let Some(p) = f.publish {
-                            self.pending.push_front(p);
-                        } else {
-                            self.in_flight = Some(InFlight { tries: 0, ..f });
-                        }
-                    }
-                    self.registering = None;
-                    self.state = State::Asleep;
-                }
-                _ => {
-                    out.broker.push(ToBroker::Lost);
-                    self.state = State::Closed;
-                }
-            }
-        }
-    }
 }
 
-fn publish_message(p: &Publish, kind: TopicIdType, topic_id: u16, dup: bool) -> Message<'_> {
-    let mut flags = Flags::new(sn_qos(p.qos), kind);
-    flags.retain = p.retain;
-    flags.dup = dup;
-    Message::Publish {
-        flags,
-        topic_id,
-        msg_id: p.pkid,
-        data: &p.payload,
-    }
-}
+#[path = "client_downlink.rs"]
+mod downlink;
 
 #[cfg(test)]
 #[path = "client_tests.rs"]

@@ -17,6 +17,7 @@
 //! The gateway calls the broker directly; the shell only pumps: it wakes
 //! `drain` for the connections whose outbox grew, sends `outgoing`, posts
 //! `mesh`, and registers or forgets the wakers of `opened` and `released`.
+//! The calls on the broker for each client are in `gateway_broker.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -32,7 +33,7 @@ use super::codec::{self, msg_type, Message, SnQoS, TopicIdType};
 use super::metrics::{DropReason, SnMetrics};
 use super::topics::short_name;
 use crate::mqtt::broker::{owner_shard, Access, Broker, ConnId, ShardId};
-use crate::mqtt::codec::{self as mqtt, Connect, ConnectReturnCode, Packet, Publish};
+use crate::mqtt::codec::{Connect, ConnectReturnCode, Packet, Publish};
 use crate::mqtt::topic::TopicName;
 use crate::mqtt::QoS;
 
@@ -58,6 +59,9 @@ pub enum Mesh {
     Forget(PeerKey),
     /// The client at `key` now lives on `to`.
     Reroute { key: PeerKey, to: ShardId },
+    /// Another client took the address `key` (a CONNECT or a wake with
+    /// another client id): the receiver's client there left silently.
+    Gone(PeerKey),
 }
 
 /// The gateway's settings beside the clients' `Shared`.
@@ -142,6 +146,8 @@ pub struct Gateway {
     minus_one: Option<ConnId>,
     next_local_id: u64,
     scratch: ClientOut,
+    /// `scratch.broker`'s vector while its steps run (`apply`).
+    spare_steps: Vec<ToBroker>,
     mqtt_buf: BytesMut,
     pub outgoing: Outgoing,
     pub mesh: Vec<(ShardId, Mesh)>,
@@ -178,6 +184,7 @@ impl Gateway {
             minus_one: None,
             next_local_id: 0,
             scratch: ClientOut::default(),
+            spare_steps: Vec::new(),
             mqtt_buf: BytesMut::new(),
             outgoing: Outgoing::default(),
             mesh: Vec::new(),
@@ -280,7 +287,13 @@ impl Gateway {
                 });
             }
             // Another client at the address: the one there left silently.
-            self.remove(now, broker, i, true);
+            // The address passes to the new one; a route to here that
+            // brought it stays (the new CONNECT does not count it again).
+            if let Some((old_key, old_via)) = self.remove_client(now, broker, i, true) {
+                if old_via == self.shard || old_via != via {
+                    self.release_key(old_key, old_via);
+                }
+            }
         } else if via == self.shard {
             if let Some(&owner) = self.routes.get(&key) {
                 let switch = match &message {
@@ -294,6 +307,9 @@ impl Gateway {
                 let to = switch.unwrap_or(owner);
                 if to != owner {
                     self.routes.insert(key.clone(), to);
+                    // Or its downlink would still come here, and its
+                    // `Forget` take the new client's route.
+                    self.mesh.push((owner, Mesh::Gone(key.clone())));
                 }
                 if to != self.shard {
                     self.mesh.push((
@@ -493,6 +509,15 @@ impl Gateway {
         }
     }
 
+    /// The via shard gave the address `key` to a client on another
+    /// shard: the one here left silently (its will goes out). The via
+    /// shard keeps the address's count for the new client.
+    pub fn gone(&mut self, now: Instant, broker: &mut Broker, key: &PeerKey) {
+        if let Some(&i) = self.by_key.get(key) {
+            self.remove_client(now, broker, i, true);
+        }
+    }
+
     pub fn reroute(&mut self, key: PeerKey, to: ShardId) {
         if let Some(owner) = self.routes.get_mut(&key) {
             *owner = to;
@@ -540,188 +565,6 @@ impl Gateway {
         } else {
             self.mesh.push((via, Mesh::Forget(key)));
         }
-    }
-
-    /// Runs one input of client `i`, then applies what it produced.
-    fn step(
-        &mut self,
-        now: Instant,
-        broker: &mut Broker,
-        auth: Authorize<'_>,
-        i: usize,
-        input: impl FnOnce(&mut Client, &Shared, &mut ClientOut),
-    ) {
-        self.scratch.clear();
-        let Some(e) = self.entries.get_mut(i).and_then(Option::as_mut) else {
-            return;
-        };
-        input(&mut e.client, &self.shared, &mut self.scratch);
-        self.apply(now, broker, auth, i);
-    }
-
-    fn flush_scratch(&mut self, key: &PeerKey, ctrl: u8) {
-        let mut n = 0;
-        for d in self.scratch.datagrams() {
-            self.outgoing.push(key, ctrl, d);
-            n += 1;
-        }
-        self.count_sent(n);
-        if self.scratch.buffer_dropped > 0 {
-            self.metrics.buffer_dropped.fetch_add(
-                self.scratch.buffer_dropped,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
-    }
-
-    fn count_sent(&self, n: u64) {
-        self.metrics
-            .sent
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Sends what client `i` said, runs its broker steps, and reads what the
-    /// broker answered, until nothing is left.
-    fn apply(&mut self, now: Instant, broker: &mut Broker, auth: Authorize<'_>, i: usize) {
-        loop {
-            let Some(e) = self.entry(i) else { return };
-            let (key, ctrl) = (e.key.clone(), e.ctrl);
-            self.flush_scratch(&key, ctrl);
-            let steps = std::mem::take(&mut self.scratch.broker);
-            self.scratch.clear();
-            for step in steps {
-                self.broker_step(now, broker, auth, i, step);
-            }
-            let Some(e) = self.entry(i) else { return };
-            if e.client.state() == State::Closed {
-                self.remove(now, broker, i, false);
-                return;
-            }
-            let Some(conn) = e.conn else { return };
-            if !self.read_outbox(now, broker, i, conn) {
-                return;
-            }
-        }
-    }
-
-    fn broker_step(
-        &mut self,
-        now: Instant,
-        broker: &mut Broker,
-        auth: Authorize<'_>,
-        i: usize,
-        step: ToBroker,
-    ) {
-        let Some(e) = self.entries.get_mut(i).and_then(Option::as_mut) else {
-            return;
-        };
-        match step {
-            ToBroker::Open(connect) => {
-                if let Some(old) = e.conn.take() {
-                    self.by_conn.remove(&old);
-                    broker.connection_lost(old);
-                    broker.release(old);
-                    self.released.push(old);
-                }
-                match auth(&connect, e.key.addr) {
-                    Ok(acl) => {
-                        let conn = broker.connect_with_acl(now, *connect, acl);
-                        e.conn = Some(conn);
-                        self.by_conn.insert(conn, i);
-                        self.opened.push(conn);
-                    }
-                    Err(_) => e.client.refused(&mut self.scratch),
-                }
-            }
-            ToBroker::Packet(packet) => {
-                if let Some(conn) = e.conn {
-                    broker.handle_packet(now, conn, packet);
-                }
-            }
-            ToBroker::SetWill(will) => {
-                if let Some(conn) = e.conn {
-                    broker.set_will(conn, will);
-                }
-            }
-            ToBroker::Lost => {
-                if let Some(conn) = e.conn {
-                    broker.connection_lost(conn);
-                }
-            }
-        }
-    }
-
-    /// Gives client `i` what its broker connection wrote. `true` when the
-    /// client produced something to apply.
-    fn read_outbox(&mut self, now: Instant, broker: &mut Broker, i: usize, conn: ConnId) -> bool {
-        if let Some(outbox) = broker.outbox_mut(conn) {
-            self.mqtt_buf.extend_from_slice(outbox);
-            outbox.clear();
-        }
-        let closing = broker.closing(conn).is_some();
-        let Some(e) = self.entries.get_mut(i).and_then(Option::as_mut) else {
-            return false;
-        };
-        loop {
-            match mqtt::decode(&mut self.mqtt_buf, usize::MAX) {
-                Ok(Some(packet)) => {
-                    e.client
-                        .on_broker(now, &self.shared, packet, &mut self.scratch)
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    // The broker's own encoding: a bug, not a peer's doing.
-                    tracing::error!(%error, "MQTT-SN gateway cannot read its broker connection");
-                    self.mqtt_buf.clear();
-                    break;
-                }
-            }
-        }
-        if closing && e.client.state() != State::Closed {
-            e.client.broker_closed(&mut self.scratch);
-        }
-        !self.scratch.ends.is_empty()
-            || !self.scratch.broker.is_empty()
-            || e.client.state() == State::Closed
-    }
-
-    /// The broker wrote to (or closes) `conn`.
-    pub fn drain(&mut self, now: Instant, broker: &mut Broker, auth: Authorize<'_>, conn: ConnId) {
-        let Some(&i) = self.by_conn.get(&conn) else {
-            return;
-        };
-        self.scratch.clear();
-        if self.read_outbox(now, broker, i, conn) {
-            self.apply(now, broker, auth, i);
-        }
-    }
-
-    /// Removes client `i`; `lost`: its broker connection closes as lost
-    /// (the will goes out) if it is still open.
-    fn remove(&mut self, now: Instant, broker: &mut Broker, i: usize, lost: bool) {
-        let Some(e) = self.entries.get_mut(i).and_then(Option::take) else {
-            return;
-        };
-        self.free.push(i);
-        if self.by_key.get(&e.key) == Some(&i) {
-            self.by_key.remove(&e.key);
-        }
-        if self.by_id.get(e.client.client_id()) == Some(&i) {
-            self.by_id.remove(e.client.client_id());
-        }
-        if let Some(conn) = e.conn {
-            self.by_conn.remove(&conn);
-            if broker.closing(conn).is_none() {
-                if lost {
-                    broker.connection_lost(conn);
-                } else {
-                    broker.handle_packet(now, conn, Packet::Disconnect);
-                }
-            }
-            broker.release(conn);
-            self.released.push(conn);
-        }
-        self.release_key(e.key, e.via);
     }
 
     /// Timers of every client; on shard 0 the caller adds ADVERTISE.
@@ -887,6 +730,9 @@ impl Gateway {
         self.by_id.len()
     }
 }
+
+#[path = "gateway_broker.rs"]
+mod broker_side;
 
 #[cfg(test)]
 #[path = "gateway_tests.rs"]

@@ -123,6 +123,9 @@ pub fn start(config: &SnConfig, shards: usize) -> Result<Started, SnStartError> 
     Ok(Started { factory, listen })
 }
 
+/// The socket receive buffer asked for.
+const RECV_BUFFER: usize = 4 << 20;
+
 fn bind_one(addr: SocketAddr, broadcast: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_nonblocking(true)?;
@@ -131,6 +134,10 @@ fn bind_one(addr: SocketAddr, broadcast: bool) -> std::io::Result<Socket> {
     if broadcast {
         socket.set_broadcast(true)?;
     }
+    // A burst of small datagrams overflows the default buffer long before
+    // the shard is busy; the kernel caps this at net.core.rmem_max
+    // (`tuning/check` shows it).
+    socket.set_recv_buffer_size(RECV_BUFFER)?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }

@@ -18,7 +18,7 @@ use glommio::net::UdpSocket;
 use super::gateway::{Gateway, Mesh, Outgoing};
 use super::metrics::SnMetrics;
 use crate::mqtt::broker::{AuthRefusal, ConnId, ShardId};
-use crate::mqtt::codec::Connect;
+use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
 
 /// Connections whose outbox grew, gathered by their wakers for the pump.
@@ -100,6 +100,10 @@ impl SnService {
             let mut gateway = self.gateway.borrow_mut();
             let mut broker = shard.broker().borrow_mut();
             let mut auth = |connect: &Connect, peer: SocketAddr| {
+                if shard.draining() {
+                    // Stopping: no new broker connection, as for TCP.
+                    return Err(ConnectReturnCode::ServerUnavailable);
+                }
                 shard
                     .authorize(Some(peer), connect)
                     .map_err(|(refusal, code)| {
@@ -159,6 +163,14 @@ impl SnService {
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut buf = vec![0u8; super::codec::MAX_MESSAGE + 1];
         loop {
+            // While the mesh is full, the socket is not read: its buffer,
+            // then the clients' retries, hold what comes (as TCP
+            // connections stop reading).
+            poll_fn(|cx| match shard.congested(cx.waker()) {
+                true => Poll::Pending,
+                false => Poll::Ready(()),
+            })
+            .await;
             let (len, from) = match udp.recv_from(&mut buf).await {
                 Ok(got) => got,
                 Err(e) => {
@@ -254,6 +266,7 @@ impl Service for SnService {
             Mesh::Datagram { key, via, data } => g.forwarded(now, broker, auth, key, via, &data),
             Mesh::Forget(key) => g.forget(&key),
             Mesh::Reroute { key, to } => g.reroute(key, to),
+            Mesh::Gone(key) => g.gone(now, broker, &key),
         });
     }
 

@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use super::codec::TopicIdType;
 use super::config::Predefined as PredefinedEntry;
-use crate::mqtt::topic::validate_name;
+use crate::mqtt::topic::{validate_name, TopicName};
 
 /// The predefined ids of the configuration, the same for every client.
 #[derive(Debug, Default)]
 pub struct Predefined {
-    by_id: HashMap<u16, Arc<str>>,
+    /// As the broker takes them: a PUBLISH costs a reference, not a copy.
+    by_id: HashMap<u16, TopicName>,
     by_name: HashMap<Arc<str>, u16>,
 }
 
@@ -21,14 +22,21 @@ impl Predefined {
     pub fn new(entries: &[PredefinedEntry]) -> Predefined {
         let mut p = Predefined::default();
         for e in entries {
-            let name: Arc<str> = Arc::from(e.topic.as_str());
-            p.by_id.insert(e.id, name.clone());
-            p.by_name.insert(name, e.id);
+            // The configuration's names are checked (`SnConfig::validate`).
+            let Ok(topic) = TopicName::from_string(e.topic.clone()) else {
+                continue;
+            };
+            p.by_id.insert(e.id, topic);
+            p.by_name.insert(Arc::from(e.topic.as_str()), e.id);
         }
         p
     }
 
-    pub fn name(&self, id: u16) -> Option<&Arc<str>> {
+    pub fn name(&self, id: u16) -> Option<&str> {
+        self.topic(id).map(TopicName::as_str)
+    }
+
+    pub fn topic(&self, id: u16) -> Option<&TopicName> {
         self.by_id.get(&id)
     }
 
@@ -49,11 +57,12 @@ pub fn short_name(octets: [u8; 2]) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Topics {
     /// Index `id - 1`; `None` once deleted.
-    names: Vec<Option<Arc<str>>>,
+    names: Vec<Option<TopicName>>,
     ids: HashMap<Arc<str>, u16>,
 }
 
-/// No id left for the client (`max_topics_per_client`).
+/// No id for the name: none left (`max_topics_per_client`), or not a
+/// topic name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
 
@@ -71,14 +80,19 @@ impl Topics {
             }
             None => return Err(Full),
         };
-        let name: Arc<str> = Arc::from(name);
+        let topic = TopicName::from_string(name.to_string()).map_err(|_| Full)?;
         let id = (slot + 1) as u16;
-        self.names[slot] = Some(name.clone());
-        self.ids.insert(name, id);
+        self.names[slot] = Some(topic);
+        self.ids.insert(Arc::from(name), id);
         Ok(id)
     }
 
-    pub fn name(&self, id: u16) -> Option<&Arc<str>> {
+    pub fn name(&self, id: u16) -> Option<&str> {
+        self.topic(id).map(TopicName::as_str)
+    }
+
+    /// The id's name as the broker takes it.
+    pub fn topic(&self, id: u16) -> Option<&TopicName> {
         usize::from(id)
             .checked_sub(1)
             .and_then(|i| self.names.get(i))
@@ -98,7 +112,7 @@ impl Topics {
             return;
         };
         if let Some(name) = slot.take() {
-            self.ids.remove(&name);
+            self.ids.remove(name.as_str());
         }
     }
 
@@ -144,7 +158,7 @@ mod tests {
         t.remove(1);
         assert_eq!(t.name(1), None);
         assert_eq!(t.register("a/d", 2), Ok(1));
-        assert_eq!(t.name(1).map(|n| &**n), Some("a/d"));
+        assert_eq!(t.name(1), Some("a/d"));
         assert_eq!(t.name(0), None);
         assert_eq!(t.name(u16::MAX), None);
     }

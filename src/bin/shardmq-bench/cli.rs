@@ -31,6 +31,9 @@ subscribes every subscriber (waits for SUBACK), then publishes for
 measured. Publishers then stop and the run drains (at most --drain) until
 every QoS 1/2 message is acknowledged and delivered.
 
+The `sn` scenario publishes through shardmq's MQTT-SN gateway over UDP
+to an MQTT subscriber (see `shardmq-bench sn --help`).
+
 The `voice` scenario is different: simulated xiaozhi devices against
 shardmq's voice gateway, the bench being their chat backend as well (see
 `shardmq-bench voice --help`).
@@ -51,6 +54,7 @@ Examples:
   shardmq-bench --transport ws --port 8083 --ws-path /mqtt p2p --pairs 50 --qos 1
   shardmq-bench latency --rate 20000 --pairs 4000 --qos 1 --server-perf --server-pid $(pidof shardmq)
   shardmq-bench voice --devices 200 --backend-listen 127.0.0.1:8000
+  shardmq-bench sn --clients 100 --qos 1 --sn-port 1884
   taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) p2p --pairs 50";
 
 /// `shardmq-bench [GLOBAL OPTIONS] <SCENARIO> [SCENARIO OPTIONS]`.
@@ -242,7 +246,45 @@ pub enum Scenario {
     /// bench as the chat backend that echoes their audio.
     #[command(long_about = VOICE_ABOUT, after_help = VOICE_EXAMPLE)]
     Voice(VoiceArgs),
+
+    /// N MQTT-SN publishers over UDP on distinct topics -> one MQTT
+    /// subscriber on a wildcard.
+    #[command(long_about = SN_ABOUT, after_help = SN_EXAMPLE)]
+    Sn(SnArgs),
 }
+
+const SN_ABOUT: &str = "\
+N MQTT-SN 1.2 clients publish through shardmq's MQTT-SN gateway, one MQTT
+subscriber on <prefix>/sn/# counts what reaches it: the shape of `fanin`,
+so that the two set MQTT-SN publishers beside MQTT publishers for the same
+subscriber.
+
+Each client has its own connected UDP socket to --host:--sn-port. At
+setup it sends CONNECT (clean session, Duration --keepalive) and, with
+--topics register, REGISTERs <prefix>/sn/<i> and publishes to the id of
+the REGACK; with --topics predefined it publishes to the predefined id
+--predefined-first + i, which the gateway's [[mqtt_sn.predefined]] must
+map to <prefix>/sn/<i>. CONNECT and REGISTER are sent again every 500 ms
+until answered, for at most --connect-timeout.
+
+Then it publishes at --qos 0 or 1 for --warmup + --duration, as fast as
+possible or at --rate per client. At QoS 1 at most --inflight messages
+per client await their PUBACK; one unacknowledged for --retry is sent
+again with DUP (MQTT-SN 1.2 section 6.13), as a client must over UDP, where
+a gateway that cannot keep up loses datagrams. Retransmissions are counted
+(`retransmitted`), and the duplicates they may cause too. At QoS 0 nothing
+comes back: what the gateway's socket could not take in is lost, and
+published/s is the offered load.
+
+The subscriber connects over MQTT to --host:--port (--transport applies to
+it alone) and subscribes at --qos. The gateway's per-address limits
+(max_clients_per_address, max_datagrams_per_second) count every client of
+the bench against 127.0.0.1: raise them for a run.";
+
+const SN_EXAMPLE: &str = "\
+Example (gateway with [mqtt_sn] enabled = true on UDP 1884):
+  taskset -c 1 shardmq-bench --server-pid $(pidof shardmq) sn --clients 100 --qos 1
+  shardmq-bench sn --clients 100 --qos 0 --rate 500 --topics predefined --predefined-first 1";
 
 const VOICE_ABOUT: &str = "\
 N simulated xiaozhi devices against shardmq's voice gateway, the bench
@@ -403,6 +445,75 @@ pub struct LatencyArgs {
     #[command(flatten)]
     pub load: LoadOpts,
 }
+
+/// How MQTT-SN clients name their topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SnTopics {
+    /// REGISTER the topic name and publish to the id of the REGACK.
+    Register,
+    /// Publish to a predefined topic id, no REGISTER.
+    Predefined,
+}
+
+/// `sn` options.
+#[derive(Debug, Clone, Args)]
+pub struct SnArgs {
+    /// MQTT-SN clients, each on its own UDP socket and topic.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub clients: u32,
+    /// The gateway's UDP port, at --host.
+    #[arg(long, default_value_t = 1884)]
+    pub sn_port: u16,
+    /// How a client names its topic <prefix>/sn/<i>.
+    #[arg(long, value_enum, default_value_t = SnTopics::Register)]
+    pub topics: SnTopics,
+    /// With --topics predefined: client i publishes to id FIRST + i.
+    #[arg(long, value_name = "FIRST", default_value_t = 1)]
+    pub predefined_first: u16,
+    /// A QoS 1 PUBLISH without PUBACK for this long is sent again (Tretry).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub retry: Duration,
+    #[command(flatten)]
+    pub rate: PerPublisherRate,
+    #[command(flatten)]
+    pub load: LoadOpts,
+}
+
+impl SnArgs {
+    /// What the command line cannot say by itself: QoS 0 or 1 only, a
+    /// payload that fits an MQTT-SN message, predefined ids that fit
+    /// (0x0000 and 0xFFFF are reserved, MQTT-SN 1.2 §5.3.11).
+    pub fn check(&self) -> Result<(), String> {
+        if self.load.qos > 1 {
+            return Err("sn publishes at QoS 0 or 1 (--qos 0|1)".to_string());
+        }
+        if self.load.payload > SN_PAYLOAD_MAX {
+            return Err(format!(
+                "sn: --payload at most {SN_PAYLOAD_MAX} (one MQTT-SN message; the gateway's \
+                 max_datagram, 1024 by default, allows {})",
+                1024 - SN_PUBLISH_OVERHEAD
+            ));
+        }
+        if self.retry.is_zero() {
+            return Err("sn: --retry must be more than 0".to_string());
+        }
+        let last = u32::from(self.predefined_first) + self.clients - 1;
+        if self.topics == SnTopics::Predefined && (self.predefined_first == 0 || last > 0xFFFE) {
+            return Err(format!(
+                "sn: predefined ids {}..={last} do not fit 1..=65534",
+                self.predefined_first
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Octets of an MQTT-SN PUBLISH besides its data in the three-octet
+/// length form: length 3, type, flags, topic id 2, message id 2.
+pub const SN_PUBLISH_OVERHEAD: usize = 9;
+
+/// The largest `--payload` of `sn`: one MQTT-SN message.
+pub const SN_PAYLOAD_MAX: usize = shardmq::sn::codec::MAX_MESSAGE - SN_PUBLISH_OVERHEAD;
 
 /// `--rate` of the throughput scenarios.
 #[derive(Debug, Clone, Args)]
@@ -619,6 +730,28 @@ mod tests {
         let only_cert = ["shardmq-bench", "--cert", "c.pem", "p2p"];
         assert!(Cli::try_parse_from(only_cert).is_err());
         assert!(Cli::try_parse_from(["shardmq-bench", "--transport", "quic", "p2p"]).is_err());
+    }
+
+    #[test]
+    fn sn_takes_what_an_mqtt_sn_client_can_send() {
+        let check = |args: &str| {
+            let words = ["shardmq-bench", "sn"]
+                .into_iter()
+                .chain(args.split_whitespace());
+            match Cli::try_parse_from(words).unwrap().scenario {
+                Scenario::Sn(sn) => sn.check(),
+                other => panic!("parsed {other:?}"),
+            }
+        };
+        assert!(check("--qos 0").is_ok());
+        assert!(check("--qos 1 --payload 1015").is_ok());
+        assert!(check("--qos 2").is_err(), "QoS 0 and 1 only");
+        assert!(check(&format!("--payload {}", SN_PAYLOAD_MAX + 1)).is_err());
+        assert!(check("--retry 0s").is_err());
+        let predefined = "--topics predefined --clients 10 --predefined-first";
+        assert!(check(&format!("{predefined} 65525")).is_ok());
+        assert!(check(&format!("{predefined} 65526")).is_err(), "id 0xFFFF");
+        assert!(check(&format!("{predefined} 0")).is_err(), "id 0");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::scenario::Plan;
 use super::stats::ThreadStats;
 use super::sys;
 use super::transport::Endpoint;
-use super::worker::{self, Settings, ThreadSetup};
+use super::worker::{self, Settings, SnSettings, ThreadSetup};
 
 /// How often the main thread looks at the counters and rings the
 /// doorbells (see `doorbell`).
@@ -51,6 +51,13 @@ impl Fleet {
             connect_concurrency: per_thread_concurrency(global),
             load: plan.load.clone(),
             all_or_nothing,
+            sn: match plan.sn {
+                Some(sn) => Some(SnSettings {
+                    gateway: resolve(&global.host, sn.port)?,
+                    plan: sn,
+                }),
+                None => None,
+            },
         });
         let mut plans = plan.split(threads).into_iter();
         Fleet::launch(global, threads, |start| {

@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use super::cli::GlobalOpts;
+use super::cli::SnTopics;
 use super::clock;
 use super::fleet::{sleep_until, Fleet, ProgressLine, POLL};
 use super::perf;
-use super::report::{BenchCpu, LoadConfig, LoadReport, Percentiles, ServerCpu};
+use super::report::{BenchCpu, LoadConfig, LoadReport, Percentiles, ServerCpu, SnConfig};
 use super::scenario::{Load, Plan};
 use super::stats::{Integrity, ThreadStats};
 use super::sys::{self, CpuTimes};
@@ -147,6 +148,14 @@ fn assemble(
         label: global.label.clone(),
         scenario: plan.scenario,
         broker: format!("{}:{}", global.host, global.port),
+        sn: plan.sn.map(|sn| SnConfig {
+            gateway: format!("{}:{}", global.host, sn.port),
+            topics: match sn.topics {
+                SnTopics::Register => "register",
+                SnTopics::Predefined => "predefined",
+            },
+            retry_s: sn.retry.as_secs_f64(),
+        }),
         config: LoadConfig {
             publishers: plan.publishers.len(),
             subscribers: plan.subscribers.len(),

@@ -1,7 +1,8 @@
 //! `shardmq-bench`: an MQTT 3.1.1 load generator for any broker, and an
 //! end-to-end load generator for shardmq's voice gateway ([`voice`], which
 //! has its own threads but shares the fleet, clock, doorbell and report
-//! machinery described here).
+//! machinery described here) and for its MQTT-SN gateway ([`sn`], whose
+//! publishers are MQTT-SN clients over UDP in the same executors).
 //!
 //! It is a binary of the package, not part of the library: it speaks to a
 //! broker through the library's public codec and voice packet types, as any
@@ -16,9 +17,9 @@
 //! decides when the drain is over, and assembles the [`report`].
 //!
 //! Each executor ([`worker`]) opens its clients ([`setup`], [`client`],
-//! over the [`transport`] that `--transport` names)
-//! and runs one task per client: [`publisher`] (paced by [`pacer`]),
-//! [`subscriber`] or [`idle`]. Payloads carry a header ([`payload`])
+//! over the [`transport`] that `--transport` names) and runs one task per
+//! client: [`publisher`] or [`sn`] (paced by [`pacer`]), [`subscriber`] or
+//! [`idle`]. Payloads carry a header ([`payload`])
 //! stamped on one process-wide clock ([`clock`]), from which subscribers
 //! compute latency and track sequence numbers ([`stats`]). Threads share
 //! only [`control`]: phase signals one way, running totals the other; the
@@ -55,6 +56,7 @@ mod publisher;
 mod report;
 mod scenario;
 mod setup;
+mod sn;
 mod stats;
 mod subscriber;
 mod sys;
@@ -79,6 +81,12 @@ fn main() -> ExitCode {
 /// status: 0 after a report, 1 if the run could not take place, 2 for a
 /// `--server-pid` that names no readable process.
 fn run(cli: Cli) -> ExitCode {
+    if let Scenario::Sn(args) = &cli.scenario {
+        if let Err(e) = args.check() {
+            eprintln!("shardmq-bench: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let plan = Plan::new(&cli.scenario);
     check_open_files(match &cli.scenario {
         Scenario::Voice(args) => voice::descriptors(args),

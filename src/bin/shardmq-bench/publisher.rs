@@ -123,15 +123,15 @@ impl Window {
 }
 
 /// When messages are due: the `n`-th (from 0) at `start + n * period`.
-struct Pace {
-    start: u64,
+pub struct Pace {
+    pub start: u64,
     /// 0: no pacing.
-    period_ns: f64,
+    pub period_ns: f64,
 }
 
 impl Pace {
     /// How many messages may have been sent by `now`.
-    fn allowed(&self, now: u64) -> u64 {
+    pub fn allowed(&self, now: u64) -> u64 {
         if now < self.start {
             0
         } else if self.period_ns == 0.0 {
@@ -144,7 +144,7 @@ impl Pace {
     /// When message `seq` is due: rounded up and 1 ns late, so that
     /// `allowed` at that instant surely counts it despite float rounding,
     /// and the pacer does not wake the publisher too early.
-    fn due(&self, seq: u64) -> u64 {
+    pub fn due(&self, seq: u64) -> u64 {
         self.start + (seq as f64 * self.period_ns).ceil() as u64 + 1
     }
 }

@@ -86,12 +86,25 @@ pub struct ServerCpu {
     pub kernel_events: Option<KernelEvents>,
 }
 
-/// Report of `p2p`, `fanout`, `fanin` and `latency`.
+/// The MQTT-SN side of `sn`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnConfig {
+    /// The gateway's UDP address.
+    pub gateway: String,
+    /// `register` or `predefined`.
+    pub topics: &'static str,
+    pub retry_s: f64,
+}
+
+/// Report of `p2p`, `fanout`, `fanin`, `latency` and `sn`.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
     pub label: Option<String>,
     pub scenario: &'static str,
     pub broker: String,
+    /// `sn`: how the publishers reached the broker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sn: Option<SnConfig>,
     pub config: LoadConfig,
     /// Actual length of the measured window.
     pub window_s: f64,
@@ -239,6 +252,15 @@ impl LoadReport {
             ],
             rows: Vec::new(),
         };
+        if let Some(sn) = &self.sn {
+            t.title.insert(
+                2,
+                format!(
+                    "  publishers: MQTT-SN over UDP to {} ({} topic ids, retry {:.1} s)",
+                    sn.gateway, sn.topics, sn.retry_s
+                ),
+            );
+        }
         t.row("published/s", thousands(self.published_per_s));
         t.row("delivered/s", thousands(self.delivered_per_s));
         latency_rows(&mut t, "latency", &self.latency);

@@ -5,7 +5,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use super::cli::{LoadOpts, Scenario};
+use super::cli::{LoadOpts, Scenario, SnTopics};
 use shardmq::mqtt::QoS;
 
 /// A publishing client.
@@ -67,6 +67,18 @@ impl Load {
     }
 }
 
+/// How the publishers of `sn` reach the broker: MQTT-SN over UDP.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SnPlan {
+    /// The gateway's UDP port, at `--host`.
+    pub port: u16,
+    pub topics: SnTopics,
+    /// Publisher `i` publishes to predefined id `predefined_first + i`.
+    pub predefined_first: u16,
+    /// Tretry of unacknowledged QoS 1 messages.
+    pub retry: Duration,
+}
+
 /// The clients of a run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -79,6 +91,8 @@ pub struct Plan {
     pub deliveries_per_publish: u64,
     /// `None` for `conns`.
     pub load: Option<Load>,
+    /// The publishers speak MQTT-SN (`sn`); `None`: MQTT.
+    pub sn: Option<SnPlan>,
 }
 
 /// One thread's share of a plan.
@@ -109,6 +123,16 @@ impl Plan {
                 let load = Load::new(&a.load, a.rate.per_publisher);
                 fanin(a.publishers, &a.load.topic_prefix, load)
             }
+            Scenario::Sn(a) => {
+                let load = Load::new(&a.load, a.rate.per_publisher);
+                let sn = SnPlan {
+                    port: a.sn_port,
+                    topics: a.topics,
+                    predefined_first: a.predefined_first,
+                    retry: a.retry,
+                };
+                sn_fanin(a.clients, &a.load.topic_prefix, load, sn)
+            }
             // Voice devices are not MQTT publishers or subscribers: the
             // scenario plans its own fleet (`voice`).
             // Churning clients come and go: the scenario runs its own
@@ -120,6 +144,7 @@ impl Plan {
                 idle: Vec::new(),
                 deliveries_per_publish: 0,
                 load: None,
+                sn: None,
             },
             Scenario::Voice(_) => Plan {
                 scenario: "voice",
@@ -128,6 +153,7 @@ impl Plan {
                 idle: Vec::new(),
                 deliveries_per_publish: 0,
                 load: None,
+                sn: None,
             },
             Scenario::Conns(a) => Plan {
                 scenario: "conns",
@@ -138,6 +164,7 @@ impl Plan {
                     .collect(),
                 deliveries_per_publish: 0,
                 load: None,
+                sn: None,
             },
         }
     }
@@ -207,6 +234,7 @@ fn pairs(scenario: &'static str, count: u32, prefix: &str, load: Load) -> Plan {
         idle: Vec::new(),
         deliveries_per_publish: 1,
         load: Some(load),
+        sn: None,
     }
 }
 
@@ -225,6 +253,7 @@ fn fanout(pubs: u32, subs: u32, prefix: &str, load: Load) -> Plan {
         idle: Vec::new(),
         deliveries_per_publish: u64::from(subs),
         load: Some(load),
+        sn: None,
     }
 }
 
@@ -240,6 +269,25 @@ fn fanin(pubs: u32, prefix: &str, load: Load) -> Plan {
         idle: Vec::new(),
         deliveries_per_publish: 1,
         load: Some(load),
+        sn: None,
+    }
+}
+
+/// `fanin` with MQTT-SN publishers: client `i` on `<prefix>/sn/<i>`, one
+/// MQTT subscriber on `<prefix>/sn/#`.
+fn sn_fanin(clients: u32, prefix: &str, load: Load, sn: SnPlan) -> Plan {
+    Plan {
+        scenario: "sn",
+        publishers: publishers("sn", clients, &load, |i| format!("{prefix}/sn/{i}")),
+        subscribers: vec![SubSpec {
+            client_id: client_id("sn", "sub", 0),
+            filter: format!("{prefix}/sn/#"),
+            publishers: 0..clients,
+        }],
+        idle: Vec::new(),
+        deliveries_per_publish: 1,
+        load: Some(load),
+        sn: Some(sn),
     }
 }
 
@@ -274,6 +322,22 @@ mod tests {
         assert_eq!(p.subscribers[0].filter, "bench/fanin/+");
         assert_eq!(p.subscribers[0].publishers, 0..4);
         assert_eq!(p.publishers[3].topic, "bench/fanin/3");
+    }
+
+    #[test]
+    fn sn_publishers_fan_in_to_one_mqtt_subscriber() {
+        let p = plan(&["sn", "--clients", "3", "--qos", "1", "--sn-port", "11884"]);
+        assert_eq!(p.scenario, "sn");
+        assert_eq!(p.publishers.len(), 3);
+        assert_eq!(p.publishers[2].topic, "bench/sn/2");
+        assert_eq!(p.publishers[2].client_id, "bench-sn-pub-2");
+        assert_eq!(p.subscribers.len(), 1);
+        assert_eq!(p.subscribers[0].filter, "bench/sn/#");
+        assert_eq!(p.subscribers[0].publishers, 0..3);
+        let sn = p.sn.unwrap();
+        assert_eq!((sn.port, sn.topics), (11884, SnTopics::Register));
+        assert_eq!(p.load.unwrap().qos, QoS::AtLeastOnce);
+        assert_eq!(plan(&["fanin"]).sn, None);
     }
 
     #[test]

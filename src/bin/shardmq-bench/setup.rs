@@ -9,6 +9,7 @@ use super::client::Conn;
 use super::clock;
 use super::control::bump;
 use super::scenario::{PubSpec, SubSpec, ThreadPlan};
+use super::sn::SnClient;
 use super::stats::Problem;
 use super::worker::Local;
 use shardmq::mqtt::QoS;
@@ -16,6 +17,8 @@ use shardmq::mqtt::QoS;
 /// The clients of one thread once set up.
 pub struct Opened {
     pub publishers: Vec<(PubSpec, Conn)>,
+    /// `sn`: the publishers are MQTT-SN clients.
+    pub sn_publishers: Vec<(PubSpec, SnClient)>,
     pub subscribers: Vec<(SubSpec, Conn)>,
     pub idle: Vec<Conn>,
 }
@@ -28,6 +31,7 @@ pub async fn open_all(local: &Rc<Local>, plan: ThreadPlan) -> (Opened, bool) {
         next: Cell::new(0),
         opened: RefCell::new(Opened {
             publishers: Vec::new(),
+            sn_publishers: Vec::new(),
             subscribers: Vec::new(),
             idle: Vec::new(),
         }),
@@ -70,7 +74,15 @@ async fn open_worker(local: Rc<Local>, jobs: Rc<Jobs>) {
         if give_up || local.control.stopped() {
             return;
         }
-        let outcome = if i < pubs {
+        let outcome = if i < pubs && local.settings.sn.is_some() {
+            let spec = &jobs.plan.publishers[i];
+            open_sn(&local, spec).await.map(|client| {
+                jobs.opened
+                    .borrow_mut()
+                    .sn_publishers
+                    .push((spec.clone(), client))
+            })
+        } else if i < pubs {
             let spec = &jobs.plan.publishers[i];
             open_one(&local, &spec.client_id).await.map(|conn| {
                 jobs.opened
@@ -117,6 +129,20 @@ async fn open_one(local: &Local, client_id: &str) -> Result<Conn, Problem> {
     stats.connected += 1;
     bump(&local.control.progress(local.index).connected, 1);
     Ok(conn)
+}
+
+/// Connects and registers an MQTT-SN publisher, and records how long it
+/// took.
+async fn open_sn(local: &Local, spec: &PubSpec) -> Result<SnClient, Problem> {
+    let began = clock::now_ns();
+    let client = SnClient::open(local, spec).await?;
+    let mut stats = local.stats.borrow_mut();
+    stats
+        .connect_latency
+        .saturating_record((clock::now_ns() - began).max(1));
+    stats.connected += 1;
+    bump(&local.control.progress(local.index).connected, 1);
+    Ok(client)
 }
 
 /// Connects a subscriber and waits for its SUBACK.

@@ -44,10 +44,18 @@ pub enum Problem {
     TlsError,
     /// The broker did not accept the WebSocket upgrade.
     UpgradeRefused,
+    /// MQTT-SN: REGACK with a return code other than accepted.
+    RegisterRefused,
+    /// MQTT-SN: PUBACK with a return code other than accepted (congestion,
+    /// invalid topic id, not supported); that message is lost.
+    PublishRefused,
+    /// MQTT-SN: a QoS 1 PUBLISH sent again after --retry without its
+    /// PUBACK. Not an error in itself: the datagram or its ack was lost.
+    Retransmitted,
 }
 
 impl Problem {
-    const ALL: [Problem; 18] = [
+    const ALL: [Problem; 21] = [
         Problem::ConnectTimeout,
         Problem::ConnectError,
         Problem::ConnackRefused,
@@ -66,6 +74,9 @@ impl Problem {
         Problem::BackendError,
         Problem::TlsError,
         Problem::UpgradeRefused,
+        Problem::RegisterRefused,
+        Problem::PublishRefused,
+        Problem::Retransmitted,
     ];
 
     /// The name in the report.
@@ -89,6 +100,9 @@ impl Problem {
             Problem::BackendError => "backend_error",
             Problem::TlsError => "tls_error",
             Problem::UpgradeRefused => "ws_upgrade_refused",
+            Problem::RegisterRefused => "register_refused",
+            Problem::PublishRefused => "publish_refused",
+            Problem::Retransmitted => "retransmitted",
         }
     }
 }

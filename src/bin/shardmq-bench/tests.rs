@@ -120,6 +120,90 @@ fn an_unreachable_broker_is_an_error_not_a_hang() {
     assert!(error.contains("connect_error"), "{error}");
 }
 
+/// Starts a one-shard broker with its MQTT-SN gateway, at most
+/// `datagrams_per_second` from one address (0: no limit; every client is
+/// on 127.0.0.1), and predefined ids 7 and 8 for the first two
+/// publishers' topics; returns the MQTT port and the gateway's UDP port.
+fn sn_gateway(datagrams_per_second: u32) -> (u16, u16) {
+    let config = Config::from_toml(&format!(
+        "[server]\nshards = 1\npin_cores = false\nlog = \"warn\"\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nsys_interval_s = 0\n\
+         [mqtt_sn]\nenabled = true\nlisten = \"127.0.0.1:0\"\n\
+         max_clients_per_address = 100\nmax_datagrams_per_second = {datagrams_per_second}\n\
+         [[mqtt_sn.predefined]]\nid = 7\ntopic = \"bench/sn/0\"\n\
+         [[mqtt_sn.predefined]]\nid = 8\ntopic = \"bench/sn/1\"\n",
+    ))
+    .expect("test config is valid");
+    let started =
+        shardmq::sn::start(&config.mqtt_sn, config.shard_count()).expect("MQTT-SN gateway starts");
+    let sn_port = started.listen.port();
+    let port = Server::start(config.shard_settings(), vec![started.factory])
+        .expect("broker starts")
+        .listen
+        .expect("broker listens")
+        .port();
+    (port, sn_port)
+}
+
+#[test]
+fn sn_publishers_reach_an_mqtt_subscriber() {
+    let (port, sn_port) = sn_gateway(0);
+    let short = "--duration 300ms --warmup 100ms --drain 3s";
+    let sn = format!("sn --sn-port {sn_port} --clients");
+    // One subscriber takes what all publish: unpaced, several publishers
+    // would outrun a debug build's delivery and overflow its queue.
+    assert_lossless(port, &format!("{sn} 1 --qos 1 --inflight 4 {short}"));
+    assert_lossless(port, &format!("{sn} 3 --qos 1 --rate 500 {short}"));
+    assert_lossless(port, &format!("{sn} 3 --qos 0 --rate 1000 {short}"));
+    assert_lossless(
+        port,
+        &format!(
+            "--threads 2 {sn} 2 --qos 1 --rate 500 --topics predefined --predefined-first 7 {short}"
+        ),
+    );
+}
+
+#[test]
+fn sn_publishes_dropped_by_the_gateway_are_sent_again() {
+    // The gateway takes 100 datagrams a second from the bench and drops
+    // the rest: only retransmission gets every QoS 1 message through.
+    let (port, sn_port) = sn_gateway(100);
+    let cli = cli(
+        port,
+        &format!(
+            "sn --sn-port {sn_port} --clients 1 --qos 1 --rate 1000 --inflight 8 \
+             --retry 100ms --warmup 0s --duration 300ms --drain 5s"
+        ),
+    );
+    let report = load::run(&cli.global, &Plan::new(&cli.scenario)).expect("the run takes place");
+    let i = report.integrity;
+    assert!(i.expected > 0, "nothing published");
+    assert_eq!(i.lost, 0, "{}", report.table());
+    assert_eq!(i.unacked, 0, "{}", report.table());
+    let retransmitted = report.errors.nonzero();
+    assert!(
+        matches!(retransmitted.as_slice(), [("retransmitted", n)] if *n > 0),
+        "{}",
+        report.table()
+    );
+}
+
+#[test]
+fn sn_without_a_gateway_is_an_error_not_a_hang() {
+    let port = broker();
+    // A UDP port nobody listens on: the CONNECT comes back refused.
+    let sn_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .unwrap()
+        .port();
+    let cli = cli(
+        port,
+        &format!("sn --clients 2 --sn-port {sn_port} --duration 100ms --warmup 0s"),
+    );
+    let error = load::run(&cli.global, &Plan::new(&cli.scenario)).unwrap_err();
+    assert!(error.contains("connect_error"), "{error}");
+}
+
 /// Starts a one-shard gateway whose chat backend is `backend`, devices
 /// signing with `key`; returns its MQTT port.
 fn gateway(backend: std::net::SocketAddr, key: &str) -> u16 {

@@ -10,6 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,8 +26,9 @@ use super::doorbell::{self, Rings};
 use super::idle::Idle;
 use super::pacer::{self, Pacer};
 use super::publisher::Publisher;
-use super::scenario::{Load, ThreadPlan};
+use super::scenario::{Load, SnPlan, ThreadPlan};
 use super::setup::{self, Opened};
+use super::sn::SnPublisher;
 use super::stats::{Problem, ThreadStats};
 use super::subscriber::Subscriber;
 use super::sys;
@@ -55,6 +57,15 @@ pub struct Settings {
     pub load: Option<Load>,
     /// Whether one client that cannot connect aborts the run.
     pub all_or_nothing: bool,
+    /// `sn`: the gateway the publishers reach over UDP.
+    pub sn: Option<SnSettings>,
+}
+
+/// Where and how the MQTT-SN publishers of `sn` publish.
+#[derive(Debug)]
+pub struct SnSettings {
+    pub gateway: SocketAddr,
+    pub plan: SnPlan,
 }
 
 /// The publishing schedule, in clock nanoseconds.
@@ -288,6 +299,9 @@ async fn close_all(opened: Opened) {
         .chain(opened.idle)
         .map(|conn| glommio::spawn_local(conn.close()))
         .collect();
+    for (_, client) in opened.sn_publishers {
+        client.close().await;
+    }
     for task in tasks {
         task.await;
     }
@@ -304,6 +318,10 @@ async fn run_clients(local: &Rc<Local>, opened: Opened, start: u64, rings: (Rc<R
     let mut tasks = Vec::new();
     for (spec, conn) in opened.publishers {
         let publisher = Publisher::new(local.clone(), slot.next().unwrap_or(0), spec, conn);
+        tasks.push(glommio::spawn_local(publisher.run()));
+    }
+    for (spec, client) in opened.sn_publishers {
+        let publisher = SnPublisher::new(local.clone(), slot.next().unwrap_or(0), spec, client);
         tasks.push(glommio::spawn_local(publisher.run()));
     }
     for (spec, conn) in opened.subscribers {

@@ -6,25 +6,21 @@ use super::{Flags, Frame, Message, ReturnCode, SnDecodeError, SnQoS, TopicIdType
 
 /// A datagram, possibly wrapped by a forwarder (§5.5).
 pub fn decode_frame(datagram: &[u8]) -> Result<Frame<'_>, SnDecodeError> {
-    if datagram.get(1) != Some(&t::ENCAPSULATED) || datagram.first() == Some(&0x01) {
+    if !wrapped(datagram) {
         return Ok(Frame {
             forwarder: None,
             message: decode(datagram)?,
         });
     }
     // Length (one octet, up to the end of the node id), 0xFE, Ctrl, node id.
-    let len = usize::from(datagram[0]);
-    if len < 3 || len > datagram.len() {
-        return Err(if datagram.len() < 3 {
-            SnDecodeError::TooShort
-        } else {
-            SnDecodeError::LengthMismatch
-        });
-    }
-    let ctrl = datagram[2];
-    let node = &datagram[3..len];
-    let inner = &datagram[len..];
-    if inner.get(1) == Some(&t::ENCAPSULATED) && inner.first() != Some(&0x01) {
+    let [len, _, ctrl, ..] = *datagram else {
+        return Err(SnDecodeError::TooShort);
+    };
+    let (header, inner) = datagram
+        .split_at_checked(usize::from(len))
+        .ok_or(SnDecodeError::LengthMismatch)?;
+    let node = header.get(3..).ok_or(SnDecodeError::LengthMismatch)?;
+    if wrapped(inner) {
         // One forwarder per hop: a wrapped wrapping is not a client's.
         return Err(SnDecodeError::Malformed);
     }
@@ -32,6 +28,13 @@ pub fn decode_frame(datagram: &[u8]) -> Result<Frame<'_>, SnDecodeError> {
         forwarder: Some((ctrl, node)),
         message: decode(inner)?,
     })
+}
+
+/// Whether a datagram is a forwarder's encapsulation: type 0xFE after a
+/// one-octet length (0x01 starts the three-octet form, whose next octet is
+/// part of the length).
+fn wrapped(datagram: &[u8]) -> bool {
+    matches!(datagram, [len, t::ENCAPSULATED, ..] if *len != 0x01)
 }
 
 /// One unwrapped message; its length field must match `datagram` exactly.
@@ -45,12 +48,14 @@ pub fn decode(datagram: &[u8]) -> Result<Message<'_>, SnDecodeError> {
         [len, _, ..] => (usize::from(*len), 1),
         [_] => return Err(SnDecodeError::TooShort),
     };
-    if len != datagram.len() || len < header + 1 {
+    if len != datagram.len() {
         return Err(SnDecodeError::LengthMismatch);
     }
-    let kind = datagram[header];
-    let body = Fields(&datagram[header + 1..]);
-    decode_body(kind, body)
+    match datagram.get(header..) {
+        Some([kind, body @ ..]) => decode_body(*kind, Fields(body)),
+        // A length that does not reach past its own octets.
+        _ => Err(SnDecodeError::LengthMismatch),
+    }
 }
 
 /// The fields after the type, read front to back.
@@ -199,7 +204,9 @@ fn decode_body(kind: u8, mut body: Fields<'_>) -> Result<Message<'_>, SnDecodeEr
         }
         t::SUBSCRIBE | t::UNSUBSCRIBE => {
             let flags = body.flags()?;
-            if flags.qos == SnQoS::MinusOne {
+            // A SUBSCRIBE's QoS is the one it asks for (§5.4.15), which
+            // cannot be -1; an UNSUBSCRIBE's is "not used" (§5.4.17).
+            if kind == t::SUBSCRIBE && flags.qos == SnQoS::MinusOne {
                 return Err(SnDecodeError::BadFlags);
             }
             let msg_id = body.u16()?;

@@ -2,7 +2,7 @@
 //! a forwarder's wrapping on the way back (§5.5).
 
 use super::msg_type as t;
-use super::{Message, TopicRef, MAX_MESSAGE};
+use super::{Flags, Message, TopicIdType, TopicRef, MAX_MESSAGE};
 
 impl Message<'_> {
     /// The message type octet.
@@ -46,13 +46,15 @@ impl Message<'_> {
         out.extend_from_slice(&[0, 0, 0]);
         out.push(self.kind());
         self.encode_body(out);
-        let body = out.len() - start - 3;
-        if body < 255 {
+        // The type and the fields.
+        let rest = out.len() - start - 3;
+        if let Ok(len) = u8::try_from(rest + 1) {
+            // Never 0x01 (the three-octet form's mark): `rest` is at least 1.
             out.drain(start..start + 2);
-            out[start] = (body + 1) as u8;
+            out[start] = len;
             true
-        } else if body + 3 <= MAX_MESSAGE {
-            let len = (body + 3) as u16;
+        } else if rest + 3 <= MAX_MESSAGE {
+            let len = (rest + 3) as u16;
             out[start] = 0x01;
             out[start + 1..start + 3].copy_from_slice(&len.to_be_bytes());
             true
@@ -144,6 +146,16 @@ impl Message<'_> {
                 msg_id,
                 topic,
             } => {
+                // The topic decides what the TopicIdType says follows.
+                let topic_id_type = match topic {
+                    TopicRef::Name(_) => TopicIdType::Normal,
+                    TopicRef::Predefined(_) => TopicIdType::Predefined,
+                    TopicRef::Short(_) => TopicIdType::Short,
+                };
+                let flags = Flags {
+                    topic_id_type,
+                    ..*flags
+                };
                 out.push(flags.to_byte());
                 u16(out, *msg_id);
                 match topic {

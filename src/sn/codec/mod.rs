@@ -22,10 +22,10 @@
 //! before the length is refused, and so is one with bytes after its last
 //! fixed field where the specification has no variable part. Flags are
 //! checked against what each message may carry (§5.3.4): a reserved topic
-//! id type, a QoS other than 0 in a SUBSCRIBE's DUP-less fields, or DUP on
-//! a QoS 0 PUBLISH are errors. What a field means (whether a topic id is
-//! registered, a client id is acceptable) is the machine's call, not the
-//! codec's.
+//! id type, QoS -1 in a SUBSCRIBE or a will, or DUP on a QoS 0 or -1
+//! PUBLISH are errors; bits a message does not use are kept, not judged.
+//! What a field means (whether a topic id is registered, a client id is
+//! acceptable) is the machine's call, not the codec's.
 
 mod decode;
 mod encode;
@@ -69,7 +69,7 @@ pub mod msg_type {
     pub const ENCAPSULATED: u8 = 0xFE;
 }
 
-/// The protocol id of a CONNECT (§5.3.3).
+/// The protocol id of a CONNECT (§5.3.8).
 pub const PROTOCOL_ID: u8 = 0x01;
 
 /// QoS of the flags field (§5.3.4): -1 is "no connection" (bits `11`).
@@ -94,7 +94,9 @@ pub enum TopicIdType {
 }
 
 /// The flags octet (§5.3.4), decoded. Which bits mean something depends on
-/// the message; the encoders write only those.
+/// the message; all are kept and written back as they are, so a message
+/// round-trips bit for bit. Only a SUBSCRIBE's or UNSUBSCRIBE's topic id
+/// type is written from its [`TopicRef`] instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flags {
     pub dup: bool,
@@ -324,3 +326,7 @@ impl SnDecodeError {
 #[cfg(test)]
 #[path = "codec_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "property_tests.rs"]
+mod property_tests;

@@ -255,7 +255,7 @@ fn stream(offer: &Offer, device: u32, local: &Local) -> Result<Stream, Problem> 
 /// may then give two sockets binding port 0 the same port. Two devices on
 /// one port connected to the one gateway address share a 4-tuple, and the
 /// kernel hands one device's audio to the other.
-fn connected_udp(server: SocketAddr) -> std::io::Result<UdpSocket> {
+pub fn connected_udp(server: SocketAddr) -> std::io::Result<UdpSocket> {
     // Left in blocking mode, as glommio leaves its own sockets: its direct
     // attempts pass MSG_DONTWAIT, and an io_uring receive on a descriptor
     // marked non-blocking may fail with EAGAIN instead of waiting.
