@@ -79,6 +79,25 @@ def test_sleeping_client_gets_its_buffer_on_pingreq_then_pingresp(sn_broker, raw
     r.expect(sn.PINGRESP)
 
 
+def test_sleeper_wakes_from_a_new_address(sn_broker, raw, make_client):
+    # MQTT-SN 1.2 §6.14, §5.4.19: the PINGREQ of a waking client carries
+    # its ClientId, which identifies it wherever it now sends from (a
+    # device that slept behind a NAT): the buffer follows it there.
+    pub = make_client("p-moved", target=sn_broker)
+    pub.connect()
+    old = raw()
+    assert old.connect("sn-moved") == 0
+    t = old.subscribe("sn/moved/t", qos=1).topic_id
+    fall_asleep(old, 30)
+    pub.publish("sn/moved/t", b"kept", qos=1)
+    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) == 1
+    new = raw()
+    new.send(sn.pingreq("sn-moved"))
+    assert [p for _, p, _, _ in receive(new, 1, {t: "sn/moved/t"})] == [b"kept"]
+    new.expect(sn.PINGRESP)
+    assert old.quiet(0.3) == []
+
+
 def test_pingresp_waits_for_the_acknowledgements_while_awake(sn_broker, raw, make_client):
     # MQTT-SN 1.2 §6.14: the gateway sends PINGRESP once the buffered
     # messages are delivered (QoS 1 acknowledged); meanwhile the client is
