@@ -585,11 +585,16 @@ impl Gateway {
             }
             topics += e.client.topics() as u64;
             buffered += e.client.buffered() as u64;
+            let held = e.client.holds().then_some(e.conn).flatten();
             let has_output = !self.scratch.ends.is_empty() || !self.scratch.broker.is_empty();
+            let mut no_auth =
+                |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
             if has_output {
-                let mut no_auth =
-                    |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
                 self.apply(now, broker, &mut no_auth, i);
+            }
+            if let Some(conn) = held.filter(|_| alive) {
+                // In case the wake at the pressure's end was missed.
+                self.drain(now, broker, &mut no_auth, conn);
             }
             if !alive {
                 gone.push(i);
