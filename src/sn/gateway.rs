@@ -219,6 +219,14 @@ impl Gateway {
         self.handle(now, broker, auth, from, data, self.shard);
     }
 
+    /// A datagram longer than `max_datagram`, cut by the receive buffer.
+    pub fn too_large(&mut self) {
+        self.metrics
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.count_drop(DropReason::TooLarge);
+    }
+
     /// A datagram another shard received for a client this one owns.
     pub fn forwarded(
         &mut self,

@@ -124,6 +124,10 @@ impl RecvBatch {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Forgets the datagrams held; their slots are reused.
     pub fn clear(&mut self) {
         self.len = 0;
