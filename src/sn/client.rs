@@ -160,6 +160,9 @@ pub struct Client {
     /// Client QoS 1/2 PUBLISHes the broker has not acknowledged yet: the
     /// msg id and topic id that the PUBACK repeats.
     uplink: Vec<(u16, u16, TopicIdType)>,
+    /// QoS 1/2 PUBLISHes not given to the broker while it throttles
+    /// publishers (`hold`).
+    held: VecDeque<Publish>,
     /// SUBSCRIBEs waiting for the broker's SUBACK: msg id, topic id, type.
     subscribing: Vec<(u16, u16, TopicIdType)>,
 }
@@ -223,6 +226,7 @@ impl Client {
             registering: None,
             next_msg_id: 0,
             uplink: Vec::new(),
+            held: VecDeque::new(),
             subscribing: Vec::new(),
         };
         client.begin(now, flags.will, shared, out);
@@ -547,6 +551,10 @@ impl Client {
                 out.send(&puback(ReturnCode::NotSupported));
                 return;
             }
+            if self.held.iter().any(|p| p.pkid == msg_id) {
+                // A retry of what waits here already.
+                return;
+            }
             if !self.uplink.iter().any(|u| u.0 == msg_id) {
                 if self.uplink.len() >= MAX_UPLINK {
                     out.send(&puback(ReturnCode::Congestion));
@@ -565,17 +573,20 @@ impl Client {
         })));
     }
 
-    /// The broker cannot take the client's QoS 1/2 PUBLISH `msg_id` now:
-    /// PUBACK "rejected: congestion", and the client sends it again later.
-    pub fn congested(&mut self, msg_id: u16, out: &mut ClientOut) {
-        if let Some(i) = self.uplink.iter().position(|u| u.0 == msg_id) {
-            let (_, topic_id, _) = self.uplink.swap_remove(i);
-            out.send(&Message::PubAck {
-                topic_id,
-                msg_id,
-                code: ReturnCode::Congestion,
-            });
-        }
+    /// The broker throttles publishers (a subscriber is behind): the
+    /// client's QoS 1/2 PUBLISH waits here, unacknowledged, as a TCP
+    /// publisher's bytes wait in its socket. Bounded by `MAX_UPLINK`.
+    pub fn hold(&mut self, publish: Publish) {
+        self.held.push_back(publish);
+    }
+
+    /// The next held PUBLISH, once the broker takes them again.
+    pub fn take_held(&mut self) -> Option<Publish> {
+        self.held.pop_front()
+    }
+
+    pub fn holds(&self) -> bool {
+        !self.held.is_empty()
     }
 
     fn topic_filter(

@@ -219,6 +219,14 @@ impl Gateway {
         self.handle(now, broker, auth, from, data, self.shard);
     }
 
+    /// A datagram longer than `max_datagram`, cut by the receive buffer.
+    pub fn too_large(&mut self) {
+        self.metrics
+            .received
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.count_drop(DropReason::TooLarge);
+    }
+
     /// A datagram another shard received for a client this one owns.
     pub fn forwarded(
         &mut self,
@@ -585,11 +593,16 @@ impl Gateway {
             }
             topics += e.client.topics() as u64;
             buffered += e.client.buffered() as u64;
+            let held = e.client.holds().then_some(e.conn).flatten();
             let has_output = !self.scratch.ends.is_empty() || !self.scratch.broker.is_empty();
+            let mut no_auth =
+                |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
             if has_output {
-                let mut no_auth =
-                    |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
                 self.apply(now, broker, &mut no_auth, i);
+            }
+            if let Some(conn) = held.filter(|_| alive) {
+                // In case the wake at the pressure's end was missed.
+                self.drain(now, broker, &mut no_auth, conn);
             }
             if !alive {
                 gone.push(i);

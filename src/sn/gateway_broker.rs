@@ -121,13 +121,15 @@ impl Gateway {
                 }
             }
             ToBroker::Packet(Packet::Publish(p))
-                if p.qos != QoS::AtMostOnce && e.conn.is_some_and(|c| broker.is_throttled(c)) =>
+                if p.qos != QoS::AtMostOnce
+                    && (e.client.holds() || e.conn.is_some_and(|c| broker.is_throttled(c))) =>
             {
                 // A subscriber is behind: as a TCP publisher is not read
-                // from, this one is told to come back later (§6.9), and
+                // from, this one's PUBLISH waits, unacknowledged, so that
                 // nothing is acknowledged that a full queue would drop.
-                e.client.congested(p.pkid, &mut self.scratch);
-                self.metrics.count_congested();
+                // The broker wakes the connection when the pressure ends.
+                e.client.hold(p);
+                self.metrics.count_held();
             }
             ToBroker::Packet(packet) => {
                 if let Some(conn) = e.conn {
@@ -193,8 +195,21 @@ impl Gateway {
             return;
         };
         self.scratch.clear();
+        self.release_held(now, broker, i, conn);
         if self.read_outbox(now, broker, i, conn) {
             self.apply(now, broker, auth, i);
+        }
+    }
+
+    /// Gives the broker what client `i` held while it was throttled, in
+    /// order, as long as it takes them.
+    fn release_held(&mut self, now: Instant, broker: &mut Broker, i: usize, conn: ConnId) {
+        let Some(e) = self.entries.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        while e.client.holds() && !broker.is_throttled(conn) {
+            let Some(p) = e.client.take_held() else { break };
+            broker.handle_packet(now, conn, Packet::Publish(p));
         }
     }
 

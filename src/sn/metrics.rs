@@ -80,8 +80,8 @@ pub struct SnMetrics {
     pub dropped: [AtomicU64; DropReason::ALL.len()],
     pub buffer_dropped: AtomicU64,
     pub published_minus_one: AtomicU64,
-    /// QoS 1/2 PUBLISHes answered "congestion" under back-pressure.
-    pub congested: AtomicU64,
+    /// QoS 1/2 PUBLISHes held back while the broker throttled publishers.
+    pub held: AtomicU64,
     pub shards: Vec<Gauges>,
 }
 
@@ -93,13 +93,13 @@ impl SnMetrics {
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
             buffer_dropped: AtomicU64::new(0),
             published_minus_one: AtomicU64::new(0),
-            congested: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             shards: (0..shards).map(|_| Gauges::default()).collect(),
         }
     }
 
-    pub fn count_congested(&self) {
-        self.congested.fetch_add(1, Relaxed);
+    pub fn count_held(&self) {
+        self.held.fetch_add(1, Relaxed);
     }
 
     pub fn count_drop(&self, reason: DropReason) {

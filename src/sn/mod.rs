@@ -118,6 +118,7 @@ pub fn start(config: &SnConfig, shards: usize) -> Result<Started, SnStartError> 
             gateway,
             metrics.clone(),
             advertise,
+            config.max_datagram,
         ))
     });
     Ok(Started { factory, listen })

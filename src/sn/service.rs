@@ -20,6 +20,7 @@ use super::metrics::SnMetrics;
 use crate::mqtt::broker::{AuthRefusal, ConnId, ShardId};
 use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
+use crate::transport::udp::{self, Received, RecvBatch, SendQueue, Unqueued};
 
 /// Connections whose outbox grew, gathered by their wakers for the pump.
 #[derive(Default)]
@@ -63,7 +64,21 @@ pub struct SnService {
     sender: RefCell<Option<Waker>>,
     advertise: Option<(SocketAddr, Duration)>,
     next_advertise: Cell<Option<Instant>>,
+    /// The longest datagram taken in (`max_datagram`).
+    max_datagram: usize,
+    /// Answers on their way to the socket, sent many per system call.
+    sends: SendQueue,
 }
+
+/// Datagrams taken from the socket per system call.
+const RECEIVE_BATCH: usize = 64;
+/// Datagrams queued for the socket.
+const SEND_BATCH: usize = 64;
+/// The slot of a queued answer, at least: an answer larger than its slot
+/// (a long message to a client) is sent on its own.
+const MIN_SEND: usize = 1500;
+/// Room for a forwarder's wrapping around an answer (§5.5).
+const WRAPPING: usize = 3 + 255;
 
 impl SnService {
     pub(super) fn new(
@@ -72,6 +87,7 @@ impl SnService {
         gateway: Gateway,
         metrics: Arc<SnMetrics>,
         advertise: Option<(SocketAddr, Duration)>,
+        max_datagram: usize,
     ) -> SnService {
         SnService {
             shard: ShardId(shard as u16),
@@ -85,6 +101,8 @@ impl SnService {
             sender: RefCell::default(),
             advertise: advertise.filter(|_| shard == 0),
             next_advertise: Cell::new(None),
+            max_datagram,
+            sends: SendQueue::new(SEND_BATCH, max_datagram.max(MIN_SEND) + WRAPPING),
         }
     }
 
@@ -160,8 +178,12 @@ impl SnService {
         shard.set_waker(conn, waker);
     }
 
+    /// Parks on glommio's `recv_from` until a datagram arrives; when that
+    /// answered without waiting, takes what else is queued with one
+    /// `recvmmsg`, and gives the gateway the whole batch at once.
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
-        let mut buf = vec![0u8; super::codec::MAX_MESSAGE + 1];
+        let mut batch = RecvBatch::new(RECEIVE_BATCH, self.max_datagram);
+        let mut since_yield = 0;
         loop {
             // While the mesh is full, the socket is not read: its buffer,
             // then the clients' retries, hold what comes (as TCP
@@ -171,7 +193,17 @@ impl SnService {
                 false => Poll::Ready(()),
             })
             .await;
-            let (len, from) = match udp.recv_from(&mut buf).await {
+            batch.clear();
+            let Some(first) = batch.spare() else { continue };
+            let (received, waited) = {
+                let recv = udp.recv_from(first);
+                futures_lite::pin!(recv);
+                match futures_lite::future::poll_once(recv.as_mut()).await {
+                    Some(r) => (r, false),
+                    None => (recv.await, true),
+                }
+            };
+            let (len, from) = match received {
                 Ok(got) => got,
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT-SN socket receive failed");
@@ -179,14 +211,35 @@ impl SnService {
                     continue;
                 }
             };
-            let data = &buf[..len];
+            batch.push(len, from);
+            if waited {
+                since_yield = 0;
+            } else if let Err(e) = batch.receive(udp::fd_of(&udp)) {
+                tracing::warn!(error = %e, "MQTT-SN batch receive failed");
+            }
             let now = Instant::now();
             self.with_gateway(&shard, |g, broker, auth| {
-                g.receive(now, broker, auth, from, data)
+                for i in 0..batch.len() {
+                    match batch.get_mut(i) {
+                        Some(Received::Datagram { from, data }) => {
+                            g.receive(now, broker, auth, from, data)
+                        }
+                        Some(Received::TooLarge { .. }) => g.too_large(),
+                        None => {}
+                    }
+                }
             });
+            // A socket with data ready answers at once: under a flood the
+            // task gives the executor back now and then.
+            since_yield += batch.len();
+            if since_yield >= RECEIVE_BATCH {
+                since_yield = 0;
+                futures_lite::future::yield_now().await;
+            }
         }
     }
 
+    /// Moves the gateway's answers to the send queue.
     async fn send_loop(self: Rc<Self>, udp: Rc<UdpSocket>) {
         loop {
             poll_fn(|cx| {
@@ -203,8 +256,10 @@ impl SnService {
             .await;
             let batch = std::mem::take(&mut *self.sending.borrow_mut());
             for (datagram, to) in batch.iter() {
-                if let Err(e) = udp.send_to(datagram, to).await {
-                    tracing::debug!(error = %e, %to, "MQTT-SN send failed");
+                if let Err(Unqueued::TooLarge) = self.sends.send(datagram, to).await {
+                    if let Err(e) = udp.send_to(datagram, to).await {
+                        tracing::debug!(error = %e, %to, "MQTT-SN send failed");
+                    }
                 }
             }
             *self.sending.borrow_mut() = batch;
@@ -255,6 +310,17 @@ impl Service for SnService {
         });
         *self.udp.borrow_mut() = Some(udp.clone());
         glommio::spawn_local(self.clone().send_loop(udp.clone())).detach();
+        let sender = self.clone();
+        let socket = udp.clone();
+        glommio::spawn_local(async move {
+            sender
+                .sends
+                .run(&socket, |n| {
+                    tracing::debug!(n, "MQTT-SN datagrams refused by the kernel")
+                })
+                .await
+        })
+        .detach();
         glommio::spawn_local(self.clone().receive_loop(shard.clone(), udp)).detach();
         glommio::spawn_local(self.clone().pump_loop(shard)).detach();
     }

@@ -23,6 +23,7 @@ pub mod proxy;
 mod tcp;
 mod tls;
 pub mod tls_config;
+pub mod udp;
 pub mod ws;
 
 pub use counters::{Counters, HandshakeFailure};

@@ -24,7 +24,6 @@ pub mod metrics;
 pub mod packet;
 pub mod routes;
 mod service;
-mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -25,13 +25,13 @@ use crate::http::Route;
 use crate::mqtt::broker::{owner_shard, ConnId, ServiceEvent, ShardId};
 use crate::mqtt::codec::{Connect, ConnectReturnCode};
 use crate::shard::{Service, Shard};
+use crate::transport::udp::{self, Received, RecvBatch, SendQueue};
 use crate::voice::backend::{Backend, BackendSpec};
 use crate::voice::bridge::{self, BridgeCmd};
 use crate::voice::config::VoiceConfig;
 use crate::voice::gateway::{Action, DeviceKey, DeviceStatus, Gateway, Outgoing, VoiceCounters};
 use crate::voice::identity;
 use crate::voice::packet;
-use crate::voice::udp::{self, Received, RecvBatch, SendQueue};
 
 /// Frames queued towards one backend before audio is dropped: a backend
 /// that stops reading must not grow the shard's memory.
@@ -158,7 +158,7 @@ impl VoiceService {
             statuses: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             shard_counters: RefCell::new(vec![VoiceCounters::default(); shards]),
-            sends: SendQueue::new(SEND_BATCH),
+            sends: SendQueue::new(SEND_BATCH, packet::MAX_DATAGRAM),
             forwarded: std::cell::OnceCell::new(),
             me: std::cell::OnceCell::new(),
             home: std::cell::OnceCell::new(),
@@ -345,7 +345,7 @@ impl VoiceService {
     /// moment ago, and a `recvmmsg` would mostly find nothing: the next
     /// `recv_from` tries the socket before it parks anyway.
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
-        let mut batch = RecvBatch::new(RECEIVE_BATCH);
+        let mut batch = RecvBatch::new(RECEIVE_BATCH, packet::MAX_DATAGRAM);
         let mut since_yield = 0;
         loop {
             batch.clear();

@@ -528,6 +528,15 @@ async fn receive(local: Rc<Local>, slot: usize, socket: Rc<UdpSocket>, shared: R
         };
         let message = buf.get(..n).map(codec::decode);
         match message {
+            Some(Ok(Message::PubAck {
+                code: ReturnCode::Congestion,
+                ..
+            })) => {
+                // "Rejected: congestion" (§6.9): the message stays in the
+                // window and is sent again when its retry is due, as a
+                // client waits before it tries again (the gateway counts
+                // these in shardmq_sn_congested_total).
+            }
             Some(Ok(Message::PubAck { msg_id, code, .. })) => {
                 let known = shared.unacked.borrow_mut().acked(msg_id);
                 if code != ReturnCode::Accepted {

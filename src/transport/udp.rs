@@ -2,13 +2,14 @@
 //! `MSG_DONTWAIT` on the shard's UDP socket, over buffers allocated once.
 //!
 //! glommio 0.9.0's `UdpSocket` moves one datagram per call, each a system
-//! call or an io_uring operation. The voice service keeps it as the
+//! call or an io_uring operation. The UDP services (the voice gateway,
+//! the MQTT-SN gateway) keep it as the
 //! readiness source (a `recv_from` that parks the task on io_uring until a
 //! datagram arrives, and the fallback `send_to` when the kernel pushes
 //! back) and moves the bulk of the datagrams here, many per system call:
 //! [`RecvBatch`] and [`SendBatch`] wrap the calls, [`SendQueue`] gathers a
 //! shard's outgoing datagrams for one sending task. Every `unsafe` of the
-//! voice path's batching lives in this module.
+//! UDP services' batching lives in this module.
 
 use std::cell::RefCell;
 use std::io;
@@ -18,8 +19,6 @@ use std::task::{Poll, Waker};
 
 use socket2::SockAddr;
 
-use crate::voice::packet::MAX_DATAGRAM;
-
 /// The descriptor of glommio's socket, for the batched calls beside it.
 pub fn fd_of(socket: &glommio::net::UdpSocket) -> BorrowedFd<'_> {
     // SAFETY: a glommio `UdpSocket` owns its descriptor and closes it only
@@ -27,17 +26,16 @@ pub fn fd_of(socket: &glommio::net::UdpSocket) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(socket.as_raw_fd()) }
 }
 
-/// A receive buffer: one byte more than any datagram the protocol allows,
-/// so that a longer datagram shows as cut.
-const RECV_SLOT: usize = MAX_DATAGRAM + 1;
-
 /// The size of a `sockaddr_storage` (128 bytes: the cast cannot truncate).
 const STORAGE_LEN: libc::socklen_t =
     std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
 
 /// Datagrams received together; each slot is reused by the next batch.
 pub struct RecvBatch {
-    /// `capacity` slots of `RECV_SLOT` bytes.
+    /// The longest datagram the protocol allows; each slot is one byte
+    /// more, so that a longer datagram shows as cut.
+    max: usize,
+    /// `capacity` slots of `max + 1` bytes.
     buffers: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iovecs: Box<[libc::iovec]>,
@@ -63,12 +61,12 @@ const EMPTY_SLOT: Slot = Slot {
 /// One datagram of a [`RecvBatch`].
 #[derive(Debug)]
 pub enum Received<'a> {
-    /// A datagram of at most `MAX_DATAGRAM` bytes, writable in place.
+    /// A datagram no longer than the batch's maximum, writable in place.
     Datagram {
         from: SocketAddr,
         data: &'a mut [u8],
     },
-    /// Longer than `MAX_DATAGRAM`: the buffer cut it.
+    /// Longer than the batch's maximum: the buffer cut it.
     TooLarge { from: SocketAddr },
 }
 
@@ -100,10 +98,11 @@ fn last_error() -> io::Error {
 impl RecvBatch {
     /// A batch of `capacity` datagrams (at least one), allocated now and
     /// never again.
-    pub fn new(capacity: usize) -> RecvBatch {
+    pub fn new(capacity: usize, max_datagram: usize) -> RecvBatch {
         let capacity = capacity.clamp(1, u32::MAX as usize);
         RecvBatch {
-            buffers: vec![0u8; capacity * RECV_SLOT].into_boxed_slice(),
+            max: max_datagram,
+            buffers: vec![0u8; capacity * (max_datagram + 1)].into_boxed_slice(),
             addrs: vec![zeroed_storage(); capacity].into_boxed_slice(),
             iovecs: vec![empty_iovec(); capacity].into_boxed_slice(),
             headers: vec![zeroed_header(); capacity].into_boxed_slice(),
@@ -116,8 +115,17 @@ impl RecvBatch {
         self.received.len()
     }
 
+    /// The size of a slot.
+    fn slot(&self) -> usize {
+        self.max + 1
+    }
+
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Forgets the datagrams held; their slots are reused.
@@ -128,19 +136,21 @@ impl RecvBatch {
     /// The next free slot's buffer, to receive one datagram into by other
     /// means (then [`push`](Self::push) it); `None` when full.
     pub fn spare(&mut self) -> Option<&mut [u8]> {
-        let start = self.len.checked_mul(RECV_SLOT)?;
-        self.buffers.get_mut(start..start + RECV_SLOT)
+        let size = self.slot();
+        let start = self.len.checked_mul(size)?;
+        self.buffers.get_mut(start..start + size)
     }
 
     /// Records the datagram of `len` bytes from `from` that was received
-    /// into [`spare`](Self::spare); a `len` past `MAX_DATAGRAM` means it
+    /// into [`spare`](Self::spare); a `len` past `self.max` means it
     /// was cut. Ignored when full.
     pub fn push(&mut self, len: usize, from: SocketAddr) {
+        let (size, max) = (self.slot(), self.max);
         if let Some(slot) = self.received.get_mut(self.len) {
             *slot = Slot {
                 from: Some(from),
-                len: len.min(RECV_SLOT),
-                truncated: len > MAX_DATAGRAM,
+                len: len.min(size),
+                truncated: len > max,
             };
             self.len += 1;
         }
@@ -155,6 +165,7 @@ impl RecvBatch {
         if free == 0 {
             return Ok(0);
         }
+        let (size, max) = (self.slot(), self.max);
         let buffers = self.buffers.as_mut_ptr();
         for i in first..self.capacity() {
             let (Some(iov), Some(addr), Some(header)) = (
@@ -164,10 +175,10 @@ impl RecvBatch {
             ) else {
                 return Ok(0);
             };
-            // SAFETY: `i < capacity`, so `i * RECV_SLOT` is within
-            // `buffers`, which holds `capacity * RECV_SLOT` bytes.
-            iov.iov_base = unsafe { buffers.add(i * RECV_SLOT) }.cast();
-            iov.iov_len = RECV_SLOT;
+            // SAFETY: `i < capacity`, so `i * size` is within
+            // `buffers`, which holds `capacity * size` bytes.
+            iov.iov_base = unsafe { buffers.add(i * size) }.cast();
+            iov.iov_len = size;
             *header = zeroed_header();
             header.msg_hdr.msg_name = std::ptr::addr_of_mut!(*addr).cast();
             header.msg_hdr.msg_namelen = STORAGE_LEN;
@@ -178,7 +189,7 @@ impl RecvBatch {
             // SAFETY: `fd` is an open socket for the call (BorrowedFd).
             // Headers `first..capacity` each point at their own live
             // `sockaddr_storage` (its size in `msg_namelen`) and at one
-            // iovec covering their own `RECV_SLOT` bytes of `buffers`; no
+            // iovec covering their own `size` bytes of `buffers`; no
             // two overlap, and all outlive the call, which does not block
             // (MSG_DONTWAIT) and keeps no pointer afterwards. `free` fits
             // in u32 as the capacity is clamped to it.
@@ -219,8 +230,8 @@ impl RecvBatch {
             // socket) leaves `from` empty, and `get_mut` skips the slot.
             *slot = Slot {
                 from,
-                len: len.min(RECV_SLOT),
-                truncated: len > MAX_DATAGRAM || header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+                len: len.min(size),
+                truncated: len > max || header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
             };
             self.len += 1;
         }
@@ -238,7 +249,7 @@ impl RecvBatch {
         if slot.truncated {
             return Some(Received::TooLarge { from });
         }
-        let start = i * RECV_SLOT;
+        let start = i * self.slot();
         let data = self.buffers.get_mut(start..start + slot.len)?;
         Some(Received::Datagram { from, data })
     }
@@ -267,7 +278,9 @@ pub struct Flushed {
 /// Datagrams waiting to be sent together, in order, each to its own
 /// address; fixed capacity, allocated once.
 pub struct SendBatch {
-    /// `capacity` slots of `MAX_DATAGRAM` bytes.
+    /// The longest datagram it takes: the size of a slot.
+    max: usize,
+    /// `capacity` slots of `max` bytes.
     buffers: Box<[u8]>,
     /// Length and destination of the queued slots; `start..end` are queued.
     lens: Box<[usize]>,
@@ -280,11 +293,12 @@ pub struct SendBatch {
 
 impl SendBatch {
     /// A batch of `capacity` datagrams (at least one).
-    pub fn new(capacity: usize) -> SendBatch {
+    pub fn new(capacity: usize, max_datagram: usize) -> SendBatch {
         let capacity = capacity.clamp(1, u32::MAX as usize);
         let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
         SendBatch {
-            buffers: vec![0u8; capacity * MAX_DATAGRAM].into_boxed_slice(),
+            max: max_datagram,
+            buffers: vec![0u8; capacity * max_datagram].into_boxed_slice(),
             lens: vec![0; capacity].into_boxed_slice(),
             addrs: vec![unspecified; capacity].into_boxed_slice(),
             iovecs: vec![empty_iovec(); capacity].into_boxed_slice(),
@@ -313,14 +327,14 @@ impl SendBatch {
 
     /// Queues a copy of `data` for `to`, after those already queued.
     pub fn push(&mut self, data: &[u8], to: SocketAddr) -> Result<(), Unqueued> {
-        if data.len() > MAX_DATAGRAM {
+        if data.len() > self.max {
             return Err(Unqueued::TooLarge);
         }
         if self.end == self.capacity() {
             self.compact();
         }
         let i = self.end;
-        let start = i * MAX_DATAGRAM;
+        let start = i * self.max;
         let (Some(buffer), Some(len), Some(addr)) = (
             self.buffers.get_mut(start..start + data.len()),
             self.lens.get_mut(i),
@@ -342,7 +356,7 @@ impl SendBatch {
         }
         let len = *self.lens.get(self.start)?;
         let to = self.addrs.get(self.start)?.as_socket()?;
-        let start = self.start * MAX_DATAGRAM;
+        let start = self.start * self.max;
         Some((self.buffers.get(start..start + len)?, to))
     }
 
@@ -362,7 +376,7 @@ impl SendBatch {
         if self.start == 0 {
             return;
         }
-        let (from, to) = (self.start * MAX_DATAGRAM, self.end * MAX_DATAGRAM);
+        let (from, to) = (self.start * self.max, self.end * self.max);
         self.buffers.copy_within(from..to, 0);
         self.lens.copy_within(self.start..self.end, 0);
         for i in 0..self.len() {
@@ -397,9 +411,9 @@ impl SendBatch {
             ) else {
                 break;
             };
-            // SAFETY: `i < capacity`, so `i * MAX_DATAGRAM` is within
-            // `buffers`, which holds `capacity * MAX_DATAGRAM` bytes.
-            iov.iov_base = unsafe { buffers.add(i * MAX_DATAGRAM) }.cast();
+            // SAFETY: `i < capacity`, so `i * self.max` is within
+            // `buffers`, which holds `capacity * self.max` bytes.
+            iov.iov_base = unsafe { buffers.add(i * self.max) }.cast();
             iov.iov_len = *len;
             *header = zeroed_header();
             // The kernel only reads the address of a message it sends.
@@ -413,7 +427,7 @@ impl SendBatch {
             // SAFETY: `fd` is an open socket for the call (BorrowedFd).
             // Headers `start..end` were set up above, each pointing at its
             // own live `SockAddr` (with its length) and at one iovec over
-            // its own `lens[i]` (at most `MAX_DATAGRAM`) bytes of
+            // its own `lens[i]` (at most `self.max`) bytes of
             // `buffers`; none moved since, all outlive the call, which
             // does not block (MSG_DONTWAIT) and keeps no pointer. `queued`
             // fits in u32 as the capacity is clamped to it.
@@ -483,9 +497,9 @@ pub struct SendQueue {
 
 impl SendQueue {
     /// A queue of at most `capacity` datagrams.
-    pub fn new(capacity: usize) -> SendQueue {
+    pub fn new(capacity: usize, max_datagram: usize) -> SendQueue {
         SendQueue {
-            batch: RefCell::new(SendBatch::new(capacity)),
+            batch: RefCell::new(SendBatch::new(capacity, max_datagram)),
             sender: RefCell::new(None),
             waiting: RefCell::new(Vec::new()),
         }
@@ -536,7 +550,7 @@ impl SendQueue {
     /// the kernel, and batches resume after it: the order holds. Only one
     /// task may run this.
     pub async fn run(&self, socket: &glommio::net::UdpSocket, mut dropped: impl FnMut(u64)) {
-        let mut spill = vec![0u8; MAX_DATAGRAM];
+        let mut spill = vec![0u8; self.batch.borrow().max];
         loop {
             std::future::poll_fn(|cx| {
                 if !self.batch.borrow().is_empty() {

@@ -6,6 +6,9 @@ use std::os::fd::AsFd;
 
 use super::*;
 
+/// The voice gateway's maximum, as the batches were first made for.
+const MAX_DATAGRAM: usize = 1500;
+
 fn bound() -> UdpSocket {
     let s = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
     s.set_nonblocking(true).expect("non-blocking");
@@ -59,7 +62,7 @@ fn a_batch_receives_every_queued_datagram_with_its_source() {
         source.send_to(&data, addr(&receiver)).expect("send");
         expected.insert((addr(source), data));
     }
-    let mut batch = RecvBatch::new(32);
+    let mut batch = RecvBatch::new(32, MAX_DATAGRAM);
     let (got, sizes) = receive_all(&mut batch, &receiver, 100);
     let got: HashSet<_> = got
         .into_iter()
@@ -74,7 +77,7 @@ fn a_batch_receives_every_queued_datagram_with_its_source() {
 #[test]
 fn a_receive_with_nothing_queued_returns_none_at_once() {
     let receiver = bound();
-    let mut batch = RecvBatch::new(4);
+    let mut batch = RecvBatch::new(4, MAX_DATAGRAM);
     assert_eq!(batch.receive(receiver.as_fd()).expect("recvmmsg"), 0);
     assert_eq!(batch.len(), 0);
     assert!(batch.get_mut(0).is_none());
@@ -91,7 +94,7 @@ fn a_datagram_longer_than_the_protocol_allows_is_reported_too_large() {
         .send_to(&[3u8; MAX_DATAGRAM + 500], to)
         .expect("send");
     source.send_to(b"after", to).expect("send");
-    let mut batch = RecvBatch::new(8);
+    let mut batch = RecvBatch::new(8, MAX_DATAGRAM);
     let (got, _) = receive_all(&mut batch, &receiver, 4);
     let from = addr(&source);
     assert_eq!(
@@ -112,7 +115,7 @@ fn a_datagram_received_by_other_means_joins_the_batch() {
     let to = addr(&receiver);
     source.send_to(b"first", to).expect("send");
     source.send_to(b"second", to).expect("send");
-    let mut batch = RecvBatch::new(4);
+    let mut batch = RecvBatch::new(4, MAX_DATAGRAM);
     let spare = batch.spare().expect("empty batch has room");
     assert_eq!(spare.len(), MAX_DATAGRAM + 1);
     // As the service does with glommio's `recv_from` before draining.
@@ -148,7 +151,7 @@ fn a_datagram_received_by_other_means_joins_the_batch() {
 
 #[test]
 fn a_full_batch_takes_no_more() {
-    let mut batch = RecvBatch::new(1);
+    let mut batch = RecvBatch::new(1, MAX_DATAGRAM);
     let from = SocketAddr::from(([127, 0, 0, 1], 9));
     batch.push(3, from);
     assert_eq!(batch.len(), batch.capacity());
@@ -161,7 +164,7 @@ fn a_full_batch_takes_no_more() {
 fn one_flush_delivers_each_datagram_to_its_own_destination_in_order() {
     let sender = bound();
     let receivers = [bound(), bound(), bound()];
-    let mut batch = SendBatch::new(32);
+    let mut batch = SendBatch::new(32, MAX_DATAGRAM);
     for i in 0..30u8 {
         let to = addr(&receivers[usize::from(i % 3)]);
         batch.push(&[i; 10], to).expect("room");
@@ -178,7 +181,7 @@ fn one_flush_delivers_each_datagram_to_its_own_destination_in_order() {
     );
     assert!(batch.is_empty());
     for (r, receiver) in receivers.iter().enumerate() {
-        let mut batch = RecvBatch::new(32);
+        let mut batch = RecvBatch::new(32, MAX_DATAGRAM);
         let (got, _) = receive_all(&mut batch, receiver, 10);
         let want: Vec<_> = (0..30u8)
             .filter(|i| usize::from(i % 3) == r)
@@ -192,7 +195,7 @@ fn one_flush_delivers_each_datagram_to_its_own_destination_in_order() {
 fn a_refused_datagram_does_not_hold_up_the_rest() {
     let sender = bound();
     let receiver = bound();
-    let mut batch = SendBatch::new(4);
+    let mut batch = SendBatch::new(4, MAX_DATAGRAM);
     batch.push(b"one", addr(&receiver)).expect("room");
     // An IPv6 destination from an IPv4 socket: refused at once.
     let unreachable = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 9));
@@ -209,7 +212,7 @@ fn a_refused_datagram_does_not_hold_up_the_rest() {
         }
     );
     assert_eq!(refused, vec![unreachable]);
-    let mut recv = RecvBatch::new(4);
+    let mut recv = RecvBatch::new(4, MAX_DATAGRAM);
     let (got, _) = receive_all(&mut recv, &receiver, 2);
     let contents: Vec<_> = got.into_iter().map(|(_, d)| d).collect();
     assert_eq!(contents, vec![Some(b"one".to_vec()), Some(b"two".to_vec())]);
@@ -219,7 +222,7 @@ fn a_refused_datagram_does_not_hold_up_the_rest() {
 fn the_send_queue_is_bounded_and_keeps_its_order_across_pops() {
     let to = SocketAddr::from(([127, 0, 0, 1], 9));
     let other = SocketAddr::from(([127, 0, 0, 2], 10));
-    let mut batch = SendBatch::new(3);
+    let mut batch = SendBatch::new(3, MAX_DATAGRAM);
     assert_eq!(
         batch.push(&[0; MAX_DATAGRAM + 1], to),
         Err(Unqueued::TooLarge)
@@ -257,7 +260,7 @@ fn the_send_queue_makes_producers_wait_for_room_and_loses_nothing() {
         let from = socket.local_addr().expect("bound");
         // Two slots for forty datagrams from two producers: each must wait
         // for the sending task to make room.
-        let queue = std::rc::Rc::new(SendQueue::new(2));
+        let queue = std::rc::Rc::new(SendQueue::new(2, MAX_DATAGRAM));
         let sender = {
             let queue = queue.clone();
             glommio::spawn_local(async move {
@@ -281,7 +284,7 @@ fn the_send_queue_makes_producers_wait_for_room_and_loses_nothing() {
         }
         let too_large = queue.send(&[0; MAX_DATAGRAM + 1], to).await;
         assert_eq!(too_large, Err(Unqueued::TooLarge));
-        let mut batch = RecvBatch::new(64);
+        let mut batch = RecvBatch::new(64, MAX_DATAGRAM);
         let mut got = Vec::new();
         for _ in 0..1000 {
             futures_lite::future::yield_now().await;
