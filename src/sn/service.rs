@@ -178,9 +178,8 @@ impl SnService {
         shard.set_waker(conn, waker);
     }
 
-    /// Parks on glommio's `recv_from` until a datagram arrives; when that
-    /// answered without waiting, takes what else is queued with one
-    /// `recvmmsg`, and gives the gateway the whole batch at once.
+    /// Gives the gateway each batch the socket yields at once
+    /// (`udp::receive_batch`).
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut batch = RecvBatch::new(RECEIVE_BATCH, self.max_datagram);
         let mut since_yield = 0;
@@ -193,29 +192,16 @@ impl SnService {
                 false => Poll::Ready(()),
             })
             .await;
-            batch.clear();
-            let Some(first) = batch.spare() else { continue };
-            let (received, waited) = {
-                let recv = udp.recv_from(first);
-                futures_lite::pin!(recv);
-                match futures_lite::future::poll_once(recv.as_mut()).await {
-                    Some(r) => (r, false),
-                    None => (recv.await, true),
-                }
-            };
-            let (len, from) = match received {
-                Ok(got) => got,
+            let waited = match udp::receive_batch(&udp, &mut batch).await {
+                Ok(waited) => waited,
                 Err(e) => {
                     tracing::warn!(error = %e, "MQTT-SN socket receive failed");
                     glommio::timer::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            batch.push(len, from);
             if waited {
                 since_yield = 0;
-            } else if let Err(e) = batch.receive(udp::fd_of(&udp)) {
-                tracing::warn!(error = %e, "MQTT-SN batch receive failed");
             }
             let now = Instant::now();
             self.with_gateway(&shard, |g, broker, auth| {

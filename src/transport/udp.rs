@@ -264,6 +264,39 @@ pub enum Unqueued {
     TooLarge,
 }
 
+/// Fills `batch` (emptied first) from `socket`: parks on glommio's
+/// `recv_from` until a datagram arrives; when that answered without
+/// waiting (a queue had built up), takes what else is queued with one
+/// `recvmmsg`. After a wait the socket was empty a moment ago, and a
+/// `recvmmsg` would mostly find nothing: the next call tries the socket
+/// before it parks anyway. Returns whether it waited.
+pub async fn receive_batch(
+    socket: &glommio::net::UdpSocket,
+    batch: &mut RecvBatch,
+) -> io::Result<bool> {
+    batch.clear();
+    let Some(first) = batch.spare() else {
+        return Ok(false);
+    };
+    let (received, waited) = {
+        let recv = socket.recv_from(first);
+        futures_lite::pin!(recv);
+        match futures_lite::future::poll_once(recv.as_mut()).await {
+            Some(r) => (r, false),
+            None => (recv.await, true),
+        }
+    };
+    let (len, from) = received?;
+    batch.push(len, from);
+    if !waited {
+        if let Err(e) = batch.receive(fd_of(socket)) {
+            // The first datagram is in hand: keep it, say why no more.
+            tracing::warn!(error = %e, "UDP batch receive failed");
+        }
+    }
+    Ok(waited)
+}
+
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {

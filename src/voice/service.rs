@@ -339,40 +339,21 @@ impl VoiceService {
         }
     }
 
-    /// Parks on glommio's `recv_from` until a datagram arrives; when that
-    /// answered without waiting (a queue had built up), takes what else is
-    /// queued with one `recvmmsg`. After a wait the socket was empty a
-    /// moment ago, and a `recvmmsg` would mostly find nothing: the next
-    /// `recv_from` tries the socket before it parks anyway.
+    /// Handles each batch the socket yields (`udp::receive_batch`).
     async fn receive_loop(self: Rc<Self>, shard: Rc<Shard>, udp: Rc<UdpSocket>) {
         let mut batch = RecvBatch::new(RECEIVE_BATCH, packet::MAX_DATAGRAM);
         let mut since_yield = 0;
         loop {
-            batch.clear();
-            let Some(first) = batch.spare() else {
-                continue;
-            };
-            let (received, waited) = {
-                let recv = udp.recv_from(first);
-                futures_lite::pin!(recv);
-                match futures_lite::future::poll_once(recv.as_mut()).await {
-                    Some(r) => (r, false),
-                    None => (recv.await, true),
-                }
-            };
-            let (n, from) = match received {
-                Ok(r) => r,
+            let waited = match udp::receive_batch(&udp, &mut batch).await {
+                Ok(waited) => waited,
                 Err(e) => {
                     tracing::warn!(error = %e, "UDP receive failed");
                     glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
-            batch.push(n, from);
             if waited {
                 since_yield = 0;
-            } else if let Err(e) = batch.receive(udp::fd_of(&udp)) {
-                tracing::warn!(error = %e, "UDP batch receive failed");
             }
             for i in 0..batch.len() {
                 match batch.get_mut(i) {
