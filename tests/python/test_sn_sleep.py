@@ -63,7 +63,9 @@ def test_sleeping_client_gets_its_buffer_on_pingreq_then_pingresp(sn_broker, raw
     pub.publish("sn/sleep/t", b"m1", qos=1)
     pub.publish("sn/sleep/t", b"m2", qos=0)
     pub.publish("sn/sleep/t", b"m3", qos=1)
-    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 3) == 3
+    # The QoS 0 one at least is in the gateway's buffer (QoS 1 ones may wait
+    # in the broker session instead).
+    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) >= 1
     assert r.quiet(0.5) == [], "sent to a sleeping client"
 
     r.send(sn.pingreq("sn-sleeper"))
@@ -89,11 +91,12 @@ def test_sleeper_wakes_from_a_new_address(sn_broker, raw, make_client):
     assert old.connect("sn-moved") == 0
     t = old.subscribe("sn/moved/t", qos=1).topic_id
     fall_asleep(old, 30)
-    pub.publish("sn/moved/t", b"kept", qos=1)
-    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) == 1
+    pub.publish("sn/moved/t", b"kept1", qos=1)
+    pub.publish("sn/moved/t", b"kept0", qos=0)
+    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) >= 1
     new = raw()
     new.send(sn.pingreq("sn-moved"))
-    assert [p for _, p, _, _ in receive(new, 1, {t: "sn/moved/t"})] == [b"kept"]
+    assert [p for _, p, _, _ in receive(new, 2, {t: "sn/moved/t"})] == [b"kept1", b"kept0"]
     new.expect(sn.PINGRESP)
     assert old.quiet(0.3) == []
 
@@ -109,10 +112,12 @@ def test_pingresp_waits_for_the_acknowledgements_while_awake(sn_broker, raw, mak
     r.subscribe("sn/awake/t", qos=1)
     fall_asleep(r, 30)
     pub.publish("sn/awake/t", b"held", qos=1)
-    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) == 1
+    pub.publish("sn/awake/t", b"after", qos=0)
+    assert sn_broker.wait_metric("shardmq_sn_buffered_messages", lambda v: v >= 1) >= 1
 
     r.send(sn.pingreq("sn-awake"))
     p = r.expect(sn.PUBLISH)
+    assert (p.qos, p.data) == (1, b"held")
     assert sn_broker.wait_metric(AWAKE, lambda v: v == 1) == 1
     assert [x for x in r.quiet(0.3) if x.mtype == sn.PINGRESP] == [], "PINGRESP before PUBACK"
     r.send(sn.puback(p.topic_id, p.msg_id))
