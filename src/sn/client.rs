@@ -78,6 +78,12 @@ impl ClientOut {
         }
     }
 
+    /// Whether the call produced anything for the gateway to act on
+    /// (datagrams, broker steps, or drops to count).
+    pub fn has_output(&self) -> bool {
+        !self.ends.is_empty() || !self.broker.is_empty() || self.buffer_dropped > 0
+    }
+
     pub fn clear(&mut self) {
         self.wire.clear();
         self.ends.clear();

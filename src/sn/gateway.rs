@@ -594,7 +594,7 @@ impl Gateway {
             topics += e.client.topics() as u64;
             buffered += e.client.buffered() as u64;
             let held = e.client.holds().then_some(e.conn).flatten();
-            let has_output = !self.scratch.ends.is_empty() || !self.scratch.broker.is_empty();
+            let has_output = self.scratch.has_output();
             let mut no_auth =
                 |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
             if has_output {

@@ -184,9 +184,7 @@ impl Gateway {
         if closing && e.client.state() != State::Closed {
             e.client.broker_closed(&mut self.scratch);
         }
-        !self.scratch.ends.is_empty()
-            || !self.scratch.broker.is_empty()
-            || e.client.state() == State::Closed
+        self.scratch.has_output() || e.client.state() == State::Closed
     }
 
     /// The broker wrote to (or closes) `conn`.

@@ -1327,3 +1327,33 @@ fn a_behind_subscriber_holds_qos1_publishes_back_unacknowledged_rather_than_drop
     assert_eq!(delivered, accepted, "every acknowledged message delivered");
     assert_eq!(accepted + congested, 200);
 }
+
+#[test]
+fn qos0_messages_past_a_sleepers_buffer_are_dropped_and_counted_6_14() {
+    let mut net = Net::new(1);
+    let dev = addr(1, 1);
+    net.sn_connect(0, dev, "sleeper", 30);
+    net.send(
+        0,
+        dev,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Short),
+            msg_id: 1,
+            topic: TopicRef::Short(*b"cm"),
+        },
+    );
+    net.replies(dev);
+    net.send(0, dev, Message::Disconnect(Some(600)));
+    net.replies(dev);
+    let app = net.mqtt("app");
+    // `shared()` keeps 100 for a sleeper.
+    for _ in 0..130 {
+        net.mqtt_send(app, mqtt_publish("cm", QoS::AtMostOnce, 0, b"x"));
+    }
+    assert!(net.replies(dev).is_empty());
+    assert_eq!(net.metrics.buffer_dropped.load(Relaxed), 30);
+    net.send(0, dev, Message::PingReq(Some(b"sleeper")));
+    let replies = net.replies(dev);
+    assert_eq!(replies.len(), 101, "the buffer, then PINGRESP");
+    assert_eq!(replies.last(), Some(&enc(&Message::PingResp)));
+}
