@@ -78,6 +78,12 @@ impl ClientOut {
         }
     }
 
+    /// Whether the call produced anything for the gateway to act on
+    /// (datagrams, broker steps, or drops to count).
+    pub fn has_output(&self) -> bool {
+        !self.ends.is_empty() || !self.broker.is_empty() || self.buffer_dropped > 0
+    }
+
     pub fn clear(&mut self) {
         self.wire.clear();
         self.ends.clear();
@@ -133,9 +139,16 @@ struct Registering {
 
 /// The will being built or kept: MQTT-SN may change either half (§6.4).
 #[derive(Debug, Default, Clone)]
-struct Will {
+pub struct Will {
     topic: Option<(Flags, String)>,
     message: Bytes,
+}
+
+impl Will {
+    /// Whether there is a will to keep (a topic).
+    pub fn is_set(&self) -> bool {
+        self.topic.is_some()
+    }
 }
 
 /// One client's machine.
@@ -189,10 +202,14 @@ fn mqtt_qos(qos: SnQoS) -> QoS {
 impl Client {
     /// A CONNECT from a client the gateway does not hold. `None` when the
     /// CONNECT cannot be taken (its answer is in `out`).
+    /// `kept`: the will a CleanSession=false connection of the same client
+    /// id left, which a CleanSession=false CONNECT without the Will flag
+    /// takes up again (§6.3).
     pub fn connect(
         now: Instant,
         shared: &Shared,
         message: &Message<'_>,
+        kept: Option<Will>,
         out: &mut ClientOut,
     ) -> Option<Client> {
         let Message::Connect {
@@ -219,7 +236,7 @@ impl Client {
             sleep: Duration::ZERO,
             last_heard: now,
             resuming: false,
-            will: Will::default(),
+            will: kept.filter(|_| !flags.clean_session).unwrap_or_default(),
             topics: Topics::default(),
             pending: VecDeque::new(),
             in_flight: None,
@@ -255,9 +272,22 @@ impl Client {
             self.state = State::WillTopic;
             out.send(&Message::WillTopicReq);
         } else {
-            self.will = Will::default();
+            // §6.3: CleanSession=false without the Will flag keeps the
+            // stored will; CleanSession=true deletes it.
+            if self.clean {
+                self.will = Will::default();
+            }
             self.open(now, shared, out);
         }
+    }
+
+    /// Whether the client's session (and will, §6.3) outlives it.
+    pub fn keeps_session(&self) -> bool {
+        !self.clean
+    }
+
+    pub fn will(&self) -> &Will {
+        &self.will
     }
 
     fn open(&mut self, now: Instant, shared: &Shared, out: &mut ClientOut) {
@@ -330,6 +360,7 @@ impl Client {
             ) => {
                 // Again (its CONNACK was lost), or awake from sleep.
                 self.keepalive = Duration::from_secs(u64::from(*duration_s));
+                self.clean = flags.clean_session;
                 if matches!(self.state, State::Asleep | State::Awake | State::Active) {
                     self.resuming = true;
                     if !flags.will {

@@ -107,7 +107,8 @@ impl Rig {
         let now = Instant::now();
         let shared = shared();
         let mut out = ClientOut::default();
-        let client = Client::connect(now, &shared, &connect, &mut out).expect("a valid CONNECT");
+        let client =
+            Client::connect(now, &shared, &connect, None, &mut out).expect("a valid CONNECT");
         Rig {
             now,
             shared,
@@ -219,7 +220,7 @@ fn a_connect_with_a_bad_protocol_id_or_empty_id_is_refused_5_4_4() {
             duration_s: 10,
             client_id,
         };
-        assert!(Client::connect(Instant::now(), &shared, &connect, &mut out).is_none());
+        assert!(Client::connect(Instant::now(), &shared, &connect, None, &mut out).is_none());
         let sent: Vec<_> = out.datagrams().map(|d| decode(d).unwrap()).collect();
         assert_eq!(sent, [Message::ConnAck(ReturnCode::NotSupported)]);
         assert!(out.broker.is_empty());

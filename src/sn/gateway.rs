@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::client::{Client, ClientOut, Shared, State, ToBroker};
+use super::client::{Client, ClientOut, Shared, State, ToBroker, Will};
 use super::codec::{self, msg_type, Message, SnQoS, TopicIdType};
 use super::metrics::{DropReason, SnMetrics};
 use super::topics::short_name;
@@ -146,6 +146,10 @@ pub struct Gateway {
     minus_one: Option<ConnId>,
     next_local_id: u64,
     scratch: ClientOut,
+    /// The wills of CleanSession=false clients gone, by client id, for
+    /// their next CleanSession=false CONNECT without the Will flag (§6.3);
+    /// at most `MAX_KEPT_WILLS`.
+    kept_wills: HashMap<String, Will>,
     /// `scratch.broker`'s vector while its steps run (`apply`).
     spare_steps: Vec<ToBroker>,
     mqtt_buf: BytesMut,
@@ -154,6 +158,10 @@ pub struct Gateway {
     pub opened: Vec<ConnId>,
     pub released: Vec<ConnId>,
 }
+
+/// Wills kept for clients gone (§6.3), per shard; past this a new one is
+/// not kept.
+const MAX_KEPT_WILLS: usize = 100_000;
 
 /// Rate buckets kept at most; past this, unknown addresses are refused
 /// until the idle ones are swept (a flood of forged sources).
@@ -185,6 +193,7 @@ impl Gateway {
             next_local_id: 0,
             scratch: ClientOut::default(),
             spare_steps: Vec::new(),
+            kept_wills: HashMap::new(),
             mqtt_buf: BytesMut::new(),
             outgoing: Outgoing::default(),
             mesh: Vec::new(),
@@ -372,8 +381,16 @@ impl Gateway {
                         });
                     }
                 }
+                let clean =
+                    matches!(message, Message::Connect { flags, .. } if flags.clean_session);
+                let kept = if clean {
+                    self.kept_wills.remove(id);
+                    None
+                } else {
+                    self.kept_wills.get(id).cloned()
+                };
                 self.scratch.clear();
-                let client = Client::connect(now, &self.shared, &message, &mut self.scratch);
+                let client = Client::connect(now, &self.shared, &message, kept, &mut self.scratch);
                 let Some(client) = client else {
                     self.flush_scratch(&key, ctrl);
                     if via == self.shard {
@@ -594,7 +611,7 @@ impl Gateway {
             topics += e.client.topics() as u64;
             buffered += e.client.buffered() as u64;
             let held = e.client.holds().then_some(e.conn).flatten();
-            let has_output = !self.scratch.ends.is_empty() || !self.scratch.broker.is_empty();
+            let has_output = self.scratch.has_output();
             let mut no_auth =
                 |_: &Connect, _: SocketAddr| Err(ConnectReturnCode::ServerUnavailable);
             if has_output {

@@ -184,9 +184,7 @@ impl Gateway {
         if closing && e.client.state() != State::Closed {
             e.client.broker_closed(&mut self.scratch);
         }
-        !self.scratch.ends.is_empty()
-            || !self.scratch.broker.is_empty()
-            || e.client.state() == State::Closed
+        self.scratch.has_output() || e.client.state() == State::Closed
     }
 
     /// The broker wrote to (or closes) `conn`.
@@ -236,6 +234,15 @@ impl Gateway {
         }
         if self.by_id.get(e.client.client_id()) == Some(&i) {
             self.by_id.remove(e.client.client_id());
+        }
+        let id = e.client.client_id();
+        if e.client.keeps_session() && e.client.will().is_set() {
+            if self.kept_wills.len() < super::MAX_KEPT_WILLS || self.kept_wills.contains_key(id) {
+                self.kept_wills
+                    .insert(id.to_string(), e.client.will().clone());
+            }
+        } else {
+            self.kept_wills.remove(id);
         }
         if let Some(conn) = e.conn {
             self.by_conn.remove(&conn);

@@ -1327,3 +1327,85 @@ fn a_behind_subscriber_holds_qos1_publishes_back_unacknowledged_rather_than_drop
     assert_eq!(delivered, accepted, "every acknowledged message delivered");
     assert_eq!(accepted + congested, 200);
 }
+
+#[test]
+fn qos0_messages_past_a_sleepers_buffer_are_dropped_and_counted_6_14() {
+    let mut net = Net::new(1);
+    let dev = addr(1, 1);
+    net.sn_connect(0, dev, "sleeper", 30);
+    net.send(
+        0,
+        dev,
+        Message::Subscribe {
+            flags: Flags::new(SnQoS::AtMostOnce, TopicIdType::Short),
+            msg_id: 1,
+            topic: TopicRef::Short(*b"cm"),
+        },
+    );
+    net.replies(dev);
+    net.send(0, dev, Message::Disconnect(Some(600)));
+    net.replies(dev);
+    let app = net.mqtt("app");
+    // `shared()` keeps 100 for a sleeper.
+    for _ in 0..130 {
+        net.mqtt_send(app, mqtt_publish("cm", QoS::AtMostOnce, 0, b"x"));
+    }
+    assert!(net.replies(dev).is_empty());
+    assert_eq!(net.metrics.buffer_dropped.load(Relaxed), 30);
+    net.send(0, dev, Message::PingReq(Some(b"sleeper")));
+    let replies = net.replies(dev);
+    assert_eq!(replies.len(), 101, "the buffer, then PINGRESP");
+    assert_eq!(replies.last(), Some(&enc(&Message::PingResp)));
+}
+
+fn connect_keeping(id: &str, will: bool, duration_s: u16) -> Message<'_> {
+    let mut flags = Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal);
+    flags.will = will;
+    Message::Connect {
+        flags,
+        protocol_id: 0x01,
+        duration_s,
+        client_id: id.as_bytes(),
+    }
+}
+
+#[test]
+fn clean_session_false_keeps_the_will_for_the_next_connect_without_the_will_flag_6_3() {
+    let mut net = Net::new(1);
+    let watcher = net.mqtt("watcher");
+    net.subscribe(watcher, "wills/#", QoS::AtMostOnce);
+    let dev = addr(1, 1);
+    net.send(0, dev, connect_keeping("keeper", true, 10));
+    assert_eq!(net.replies(dev), [enc(&Message::WillTopicReq)]);
+    let flags = Flags::new(SnQoS::AtMostOnce, TopicIdType::Normal);
+    net.send(0, dev, Message::WillTopic(Some((flags, b"wills/keeper"))));
+    assert_eq!(net.replies(dev), [enc(&Message::WillMsgReq)]);
+    net.send(0, dev, Message::WillMsg(b"gone"));
+    assert_eq!(
+        net.replies(dev),
+        [enc(&Message::ConnAck(ReturnCode::Accepted))]
+    );
+    net.send(0, dev, Message::Disconnect(None));
+    net.replies(dev);
+    assert!(net.publishes(watcher).is_empty(), "DISCONNECT: no will");
+
+    // CleanSession=false, Will=false: the stored will, no dialogue.
+    net.send(0, dev, connect_keeping("keeper", false, 10));
+    assert_eq!(
+        net.replies(dev),
+        [enc(&Message::ConnAck(ReturnCode::Accepted))]
+    );
+    net.advance(Duration::from_secs(16));
+    assert_eq!(
+        net.publishes(watcher),
+        [("wills/keeper".to_string(), Bytes::from_static(b"gone"))]
+    );
+
+    // CleanSession=true, Will=false: the will is deleted.
+    net.sn_connect(0, dev, "keeper", 10);
+    net.advance(Duration::from_secs(16));
+    assert!(
+        net.publishes(watcher).is_empty(),
+        "no will after a clean CONNECT"
+    );
+}
