@@ -199,11 +199,6 @@ def test_disconnect_does_not_publish_the_will(sn_broker, lib, make_client):
     assert w.collect(2.5) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MQTT-SN 1.2 §6.3: the gateway forgets the will at DISCONNECT; CleanSession=false, Will=false "
-    "must keep it with the rest of the client's stored data",
-)
 def test_clean_false_without_will_flag_keeps_the_stored_will(sn_broker, raw, make_client):
     # MQTT-SN 1.2 §6.3: CleanSession=false, Will=false: "the GW keeps all
     # stored client's data" - the will too.

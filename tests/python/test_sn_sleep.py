@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import sn_raw as sn
 from sn_support import (  # noqa: F401 (fixtures)
     lib,
@@ -128,11 +126,6 @@ def test_pingresp_waits_for_the_acknowledgements_while_awake(sn_broker, raw, mak
     assert sn_broker.metric(AWAKE) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 (sleeping clients: bounded, counted when dropped): the buffer is bounded but "
-    "shardmq_sn_buffer_dropped_total stays 0",
-)
 def test_sleep_buffer_is_bounded_and_counts_what_it_drops(sn_factory, raw, make_client):
     # MQTT-SN 1.2 §6.14 leaves the buffer's size to the gateway: over
     # sleep_buffer_messages, QoS 0 messages are dropped and counted.
@@ -147,11 +140,11 @@ def test_sleep_buffer_is_bounded_and_counts_what_it_drops(sn_factory, raw, make_
     for i in range(5):
         pub.publish("sn/bound/t", f"b{i}".encode(), qos=0)
     assert b.wait_metric("shardmq_sn_buffer_dropped_total", lambda v: v >= before + 3, timeout=5) == before + 3
-    assert b.metric("shardmq_sn_buffered_messages") == 2
+    assert b.wait_metric("shardmq_sn_buffered_messages", lambda v: v == 2) == 2
     r.send(sn.pingreq("sn-bound"))
-    got = receive(r, 5, {t: "sn/bound/t"}, timeout=1.5)
+    got = receive(r, 2, {t: "sn/bound/t"})
     assert len(got) == 2, got
-    r.expect(sn.PINGRESP)
+    r.expect(sn.PINGRESP)  # the two kept, and nothing more
 
 
 def test_sleeping_client_missing_its_duration_is_lost_with_its_will(sn_broker, lib, make_client):
