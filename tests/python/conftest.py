@@ -147,7 +147,14 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed:
         for broker in getattr(item, "_brokers", []):
-            report.sections.append((f"broker log (port {broker.port})", broker.log_tail()))
+            # Suites keep their own server objects here too (presence's),
+            # named by another port attribute; a report never fails on it.
+            port = getattr(broker, "port", getattr(broker, "mqtt_port", "?"))
+            try:
+                tail = broker.log_tail()
+            except (OSError, ValueError) as e:
+                tail = f"(log unreadable: {e})"
+            report.sections.append((f"broker log (port {port})", tail))
 
 
 @pytest.fixture

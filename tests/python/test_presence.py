@@ -274,10 +274,14 @@ def test_a_late_subscriber_gets_the_retained_snapshot_at_once(presence_factory):
     late.subscribe([(SNAPSHOT_TOPIC, 1)])
     msgs = late.wait_messages(1, 2)
     assert msgs, "no retained snapshot"
-    fleet, msg, body = fleet_of(msgs)
+    # The first is the retained one. The nodes send no health reports, so
+    # on a slow machine the 2 s health timeout may already have marked
+    # them offline (and a live snapshot may follow): the fleet is checked
+    # by its members.
+    fleet, msg, body = fleet_of(msgs[:1])
     assert msg.retain
     assert body["message_type"] == "node_list" and body["version"] == "2.0.0"
-    assert fleet == {"analysis-001": "online", "api-001": "online"}
+    assert set(fleet) == {"analysis-001", "api-001"}
     # A change is published again, coalesced.
     late.clear()
     node(presence_factory, p, "analysis-003")
