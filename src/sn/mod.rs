@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::Socket;
 
 use crate::mqtt::broker::ShardId;
 use crate::shard::ServiceFactory;
@@ -127,11 +127,10 @@ pub fn start(config: &SnConfig, shards: usize) -> Result<Started, SnStartError> 
 /// The socket receive buffer asked for.
 const RECV_BUFFER: usize = 4 << 20;
 
+/// One shard's socket of the group: SO_BROADCAST where ADVERTISE goes
+/// out, and a receive buffer for bursts.
 fn bind_one(addr: SocketAddr, broadcast: bool) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    let socket = crate::transport::udp::bind_reuseport(addr)?;
     if broadcast {
         socket.set_broadcast(true)?;
     }
@@ -139,6 +138,5 @@ fn bind_one(addr: SocketAddr, broadcast: bool) -> std::io::Result<Socket> {
     // the shard is busy; the kernel caps this at net.core.rmem_max
     // (`tuning/check` shows it).
     socket.set_recv_buffer_size(RECV_BUFFER)?;
-    socket.bind(&addr.into())?;
     Ok(socket)
 }

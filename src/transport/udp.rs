@@ -297,6 +297,18 @@ pub async fn receive_batch(
     Ok(waited)
 }
 
+/// A non-blocking UDP socket bound to `addr` in a `SO_REUSEPORT` group:
+/// each shard of a UDP service binds one to the same port.
+pub fn bind_reuseport(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Flushed {

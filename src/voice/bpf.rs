@@ -32,8 +32,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use socket2::{Domain, Protocol, Socket, Type};
-
+use crate::transport::udp::bind_reuseport;
 use crate::voice::packet::CONN_ID_OFFSET;
 
 /// One classic BPF instruction without jumps.
@@ -145,7 +144,7 @@ pub fn bind_group(addr: SocketAddr, shards: usize, steer: bool) -> io::Result<Ud
         .ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidInput, "shards must be 1..=u32::MAX")
         })?;
-    let first = bind_one(addr)?;
+    let first = bind_reuseport(addr)?;
     let local_addr = first
         .local_addr()?
         .as_socket()
@@ -153,7 +152,7 @@ pub fn bind_group(addr: SocketAddr, shards: usize, steer: bool) -> io::Result<Ud
     let mut sockets = Vec::with_capacity(shards);
     sockets.push(OwnedFd::from(first));
     for _ in 1..shards {
-        sockets.push(OwnedFd::from(bind_one(local_addr)?));
+        sockets.push(OwnedFd::from(bind_reuseport(local_addr)?));
     }
     let steering = match sockets.first() {
         Some(fd) if steer => match attach(fd.as_fd(), shards_u32) {
@@ -167,15 +166,6 @@ pub fn bind_group(addr: SocketAddr, shards: usize, steer: bool) -> io::Result<Ud
         local_addr,
         steering,
     })
-}
-
-fn bind_one(addr: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_nonblocking(true)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket)
 }
 
 #[cfg(test)]
